@@ -1,0 +1,120 @@
+"""The customer chat websocket: thin JSON frame handling over chatbot.services."""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from chatbot.selectors import conversation_history
+from chatbot.services import conversation_start, message_answer
+
+logger = logging.getLogger(__name__)
+
+MAX_CLIENT_ID_CHARS = 100
+
+
+class FrameError(Exception):
+    """A client frame that cannot be accepted; becomes an error frame, never a closed socket."""
+
+    def __init__(self, code: str, detail: str, reply_to: str | None = None):
+        super().__init__(detail)
+        self.code, self.detail, self.reply_to = code, detail, reply_to
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One customer's connection. Frames are documented in README.md (Chat protocol)."""
+
+    async def connect(self):
+        await self.accept()
+        query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
+        requested = (query.get("conversation") or [""])[0]
+        site = (query.get("site") or ["default"])[0][:100] or "default"
+        self.conversation, resumed = await database_sync_to_async(conversation_start)(
+            conversation_id=requested or None, site=site
+        )
+        if requested and not resumed:
+            await self._send_error("conversation_not_found", "That conversation does not exist; a new one was started.")
+        await self.send_json({"type": "session", "conversation": str(self.conversation.id), "resumed": resumed})
+        if resumed:
+            history = await database_sync_to_async(conversation_history)(
+                conversation=self.conversation, limit=settings.CHATBOT_HISTORY_ON_RESUME
+            )
+            await self.send_json({"type": "history", "messages": history})
+
+    async def receive(self, text_data=None, bytes_data=None):
+        try:
+            if text_data is None:
+                raise FrameError("invalid_frame", "Send JSON text frames, not binary.")
+            # Bound the work before parsing: a frame can't be much larger than its longest text.
+            if len(text_data) > settings.CHATBOT_MAX_MESSAGE_CHARS * 8 + 1024:
+                raise FrameError("frame_too_large", "The frame is too large.")
+            try:
+                content = json.loads(text_data)
+            except ValueError as exc:
+                raise FrameError("invalid_json", "The frame is not valid JSON.") from exc
+            await self.receive_json(content)
+        except FrameError as error:
+            await self._send_error(error.code, error.detail, error.reply_to)
+
+    async def receive_json(self, content, **kwargs):
+        if not isinstance(content, dict):
+            raise FrameError("invalid_frame", "A frame must be a JSON object.")
+        frame_type = content.get("type")
+        if frame_type == "ping":
+            await self.send_json({"type": "pong"})
+            return
+        if frame_type != "message":
+            raise FrameError("unknown_type", f"Unknown frame type {str(frame_type)[:40]!r}.")
+        client_id, text = self._parse_message(content)
+        try:
+            reply = await database_sync_to_async(message_answer)(
+                conversation=self.conversation, client_id=client_id, text=text
+            )
+        except Exception:  # noqa: BLE001 - one failed answer must not drop the customer's connection
+            logger.exception("answering message %s failed", client_id)
+            raise FrameError("internal_error", "Sorry, something went wrong; please try again.", client_id) from None
+        message = reply.message
+        await self.send_json(
+            {
+                "type": "answer",
+                "reply_to": client_id,
+                "message_id": message.id,
+                "source": message.source,
+                "text": message.text,
+                "entry_id": message.entry_id,
+                "score": round(message.score or 0.0, 4),
+                "duplicate": reply.duplicate,
+            }
+        )
+
+    @staticmethod
+    def _parse_message(content: dict) -> tuple[str, str]:
+        client_id = content.get("id")
+        if not isinstance(client_id, str) or not client_id.strip() or len(client_id) > MAX_CLIENT_ID_CHARS:
+            raise FrameError(
+                "invalid_id",
+                f'A message needs an "id": a non-empty string of at most {MAX_CLIENT_ID_CHARS} characters.',
+            )
+        text = content.get("text")
+        if text is None:
+            raise FrameError("missing_text", 'A message needs a "text".', client_id)
+        if not isinstance(text, str):
+            raise FrameError("invalid_text", '"text" must be a string.', client_id)
+        text = text.strip()
+        if not text:
+            raise FrameError("empty_text", "The message is empty.", client_id)
+        limit = settings.CHATBOT_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            raise FrameError("text_too_long", f"The message is longer than {limit} characters.", client_id)
+        return client_id, text
+
+    async def _send_error(self, code: str, detail: str, reply_to: str | None = None):
+        frame = {"type": "error", "code": code, "detail": detail}
+        if reply_to is not None:
+            frame["reply_to"] = reply_to
+        await self.send_json(frame)

@@ -1,0 +1,162 @@
+"""manage.py runstack: everything `make run` starts, in one supervised foreground process.
+
+Order: Redis (embedded when REDIS_URL is unset) -> migrate -> demo knowledge base (when the KB
+is empty) -> Celery worker -> ASGI server (Daphne) -> wait until the index is published ->
+print the URL. Ctrl-C stops the children, then Redis, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from config import embedded_redis
+from kb.models import Entry
+
+
+def worker_command(queue: str) -> list[str]:
+    """The Celery worker exactly as docker-compose's `worker` service runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "--loglevel=INFO",
+        "--concurrency=1",
+        "--queues",
+        queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def web_command(host: str, port: int) -> list[str]:
+    """The ASGI server exactly as docker-compose's `web` service runs it."""
+    return [sys.executable, "-m", "daphne", "--bind", host, "--port", str(port), "config.asgi:application"]
+
+
+class Command(BaseCommand):
+    help = "Start Redis (if embedded), migrate, load the demo KB, and run the web server and a Celery worker."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument("--no-demo", action="store_true", help="do not load the demo knowledge base")
+        parser.add_argument("--ready-timeout", type=float, default=180.0)
+
+    def handle(self, *args, host: str, port: int, no_demo: bool, ready_timeout: float, **options):
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.redis_pid = None
+        self.stopping = False
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start(host, port, no_demo, ready_timeout)
+            self._supervise()
+        finally:
+            self._stop()
+
+    def _start(self, host: str, port: int, no_demo: bool, ready_timeout: float) -> None:
+        if settings.REDIS_EMBEDDED:
+            self.redis_pid = embedded_redis.start(settings.REDIS_SOCKET)
+            self._say(f"Redis: embedded, on {settings.REDIS_SOCKET}")
+        else:
+            self._say(f"Redis: {settings.REDIS_URL}")
+        call_command("migrate", interactive=False, verbosity=0)
+        self._say(f"Database: {settings.DATABASES['default']['ENGINE'].rsplit('.', 1)[-1]} (migrated)")
+        if not no_demo and not Entry.objects.exists():
+            self._say(f"Loading the demo knowledge base: manage.py kb_import {settings.KB_DEMO_FILE.name}")
+            call_command("kb_import", str(settings.KB_DEMO_FILE))
+        login = self._admin_login()
+        self._spawn("worker", worker_command(settings.CELERY_TASK_DEFAULT_QUEUE))
+        self._spawn("web", web_command(host, port))
+        url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
+        self._wait_ready(url, ready_timeout)
+        self.stdout.write(self.style.SUCCESS(f"\n  Chat demo:  {url}\n  Admin:      {url}admin/   {login}\n"))
+        self._say("Press Ctrl-C to stop.")
+
+    def _admin_login(self) -> str:
+        users = get_user_model().objects
+        password_file: Path = settings.VAR_DIR / "admin-password.txt"
+        if not users.filter(is_superuser=True).exists():
+            password = secrets.token_urlsafe(12)
+            users.create_superuser("admin", "admin@example.com", password)
+            password_file.write_text(password + "\n")
+            password_file.chmod(0o600)
+        if password_file.exists() and users.filter(username="admin").exists():
+            return f"(user admin, password {password_file.read_text().strip()})"
+        return "(log in with your superuser; `manage.py changepassword <user>` resets a password)"
+
+    def _spawn(self, name: str, command: list[str]) -> None:
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
+        }
+        # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
+        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.children.append((name, process))
+
+    def _wait_ready(self, url: str, timeout: float) -> None:
+        self._say("Waiting for the web server and the first index version (the embedder loads once)...")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping:
+            self._check_children()
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
+                    health = json.load(response)
+                if health.get("index_version") is not None:
+                    self._say(f"Index v{health['index_version']} published ({health['vectors']} phrasings).")
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        if not self.stopping:
+            raise CommandError(f"not ready after {timeout:.0f}s: see the worker and web output above")
+
+    def _check_children(self) -> None:
+        for name, process in self.children:
+            if process.poll() is not None:
+                raise CommandError(f"the {name} process exited with code {process.returncode}")
+
+    def _supervise(self) -> None:
+        while not self.stopping:
+            self._check_children()
+            time.sleep(0.5)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def _stop(self) -> None:
+        for _, process in reversed(self.children):
+            if process.poll() is None:
+                process.terminate()
+        for name, process in reversed(self.children):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._say(f"{name} did not stop in 15 s; killing it")
+                process.kill()
+                process.wait()
+        if self.redis_pid:
+            embedded_redis.stop(self.redis_pid)
+        if self.children:
+            self._say("Stopped.")
+
+    def _say(self, text: str) -> None:
+        self.stdout.write(f"[runstack] {text}")
+        self.stdout.flush()

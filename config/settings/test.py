@@ -1,0 +1,51 @@
+"""Test settings: PostgreSQL and Redis on 127.0.0.1 (the services CI provides).
+
+When a service is missing and CI is not set, tests fall back to SQLite and skip what needs Redis;
+with CI=true the suite fails instead (see tests/conftest.py).
+"""
+
+import socket
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import VAR_DIR, env
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+SECRET_KEY = "test-only-key"
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+POSTGRES_AVAILABLE = _reachable("127.0.0.1", 5432)
+REDIS_AVAILABLE = _reachable("127.0.0.1", 6379)
+
+if "DATABASE_URL" not in env:
+    if POSTGRES_AVAILABLE:
+        DATABASES = {"default": env.db_url_config("postgres://postgres@127.0.0.1:5432/test")}
+    else:
+        DATABASES = {
+            "default": {
+                "ENGINE": "django.db.backends.sqlite3",
+                "NAME": str(VAR_DIR / "test-db.sqlite3"),
+                "TEST": {"NAME": str(VAR_DIR / "test-db.sqlite3")},
+                "OPTIONS": {"timeout": 20},
+            }
+        }
+
+# Redis database 15 keeps test traffic away from a developer's data in database 0.
+TEST_REDIS_URL = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
+REDIS_URL = TEST_REDIS_URL
+REDIS_EMBEDDED = False
+CELERY_BROKER_URL = TEST_REDIS_URL if REDIS_AVAILABLE else "memory://"
+CELERY_TASK_DEFAULT_QUEUE = "chatbot-test"
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

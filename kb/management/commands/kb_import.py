@@ -1,0 +1,30 @@
+"""manage.py kb_import FILE: load FAQ entries from CSV or JSON, all or nothing."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from kb.importing import ImportFileError, entries_import, read_rows
+
+
+class Command(BaseCommand):
+    help = "Import FAQ entries from a .csv or .json file (rows matching an existing question update it)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", type=Path)
+
+    def handle(self, *args, file: Path, **options):
+        try:
+            rows = read_rows(file)
+        except ImportFileError as exc:
+            raise CommandError(str(exc)) from exc
+        with tqdm(total=len(rows), desc="import", unit="row", disable=options["verbosity"] < 1) as bar:
+            result = entries_import(rows=rows, progress=bar.update)
+        if not result.ok:
+            for error in result.errors:
+                self.stderr.write(error)
+            raise CommandError(f"{len(result.errors)} row(s) have errors; nothing was saved")
+        self.stdout.write(
+            self.style.SUCCESS(f"imported {file.name}: {result.created} created, {result.updated} updated")
+        )

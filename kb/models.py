@@ -1,0 +1,116 @@
+"""Knowledge-base data: FAQ entries, their phrasings (each embedded as its own vector) and the
+published versions of the vector index. The database is the source of truth for vectors."""
+
+import hashlib
+
+from django.db import models
+
+
+class Language(models.TextChoices):
+    ENGLISH = "en", "English"
+    CHINESE = "zh", "Chinese"
+
+
+class Entry(models.Model):
+    """One FAQ entry: a canonical question, its answer and where it belongs."""
+
+    question = models.CharField(max_length=500)
+    answer = models.TextField(max_length=5000)
+    category = models.CharField(max_length=100, blank=True, db_index=True)
+    language = models.CharField(max_length=8, choices=Language.choices, default=Language.ENGLISH)
+    is_published = models.BooleanField("published", default=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "entries"
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.question
+
+
+class EmbeddingState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    EMBEDDED = "embedded", "Embedded"
+    FAILED = "failed", "Failed"
+
+
+def text_hash(text: str) -> str:
+    """Hash of a phrasing's text; a vector is current only while this hash is unchanged."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+class Variant(models.Model):
+    """One phrasing of an entry's question (the main question is the primary variant)."""
+
+    entry = models.ForeignKey(Entry, on_delete=models.CASCADE, related_name="variants")
+    text = models.CharField(max_length=500)
+    is_primary = models.BooleanField(default=False)
+    content_hash = models.CharField(max_length=64, editable=False)
+    # Dirty means "the stored vector (if any) is not for the current text"; indexed because the
+    # worker selects on it in every batch.
+    is_dirty = models.BooleanField(default=True, db_index=True, editable=False)
+    embedding = models.BinaryField(null=True, editable=False)
+    embedded_hash = models.CharField(max_length=64, blank=True, editable=False)
+    embedding_state = models.CharField(
+        max_length=10, choices=EmbeddingState.choices, default=EmbeddingState.PENDING, editable=False
+    )
+    embedding_error = models.TextField(blank=True, editable=False)
+    embedded_at = models.DateTimeField(null=True, editable=False)
+
+    class Meta:
+        ordering = ["entry_id", "-is_primary", "id"]
+        verbose_name = "phrasing"
+        constraints = [
+            models.UniqueConstraint(fields=["entry", "text"], name="kb_variant_unique_text_per_entry"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def save(self, *args, **kwargs):
+        # Keep the hash and dirty flag derived from the text on every write path (services,
+        # admin inlines, shell), so no edit can leave a stale vector looking current.
+        self.content_hash = text_hash(self.text)
+        if self.content_hash != self.embedded_hash:
+            self.is_dirty = True
+            self.embedding_state = EmbeddingState.PENDING
+        super().save(*args, **kwargs)
+
+
+class IndexVersion(models.Model):
+    """A published FAISS index file; the highest id is the one every web process serves."""
+
+    filename = models.CharField(max_length=200)
+    embedder = models.CharField(max_length=200)
+    dimension = models.PositiveIntegerField()
+    vector_count = models.PositiveIntegerField()
+    entry_count = models.PositiveIntegerField()
+    kb_revision = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"v{self.pk} ({self.vector_count} vectors)"
+
+
+class IndexWriterLock(models.Model):
+    """A single row locked with SELECT ... FOR UPDATE so only one process writes the index."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+
+    def __str__(self) -> str:
+        return "index writer lock"
+
+
+class KbRevision(models.Model):
+    """A counter bumped by every knowledge-base change; an index built at an older revision is stale."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    value = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"KB revision {self.value}"

@@ -1,0 +1,260 @@
+"""Writes to the knowledge base: entries, their phrasings, embedding batches, index publishing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from kb.embedders import get_embedder
+from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant
+from kb.vector_index import build_index, write_index_file
+
+logger = logging.getLogger(__name__)
+
+
+class EntryInvalid(ValueError):
+    """An entry's fields break a rule; the message says which."""
+
+
+def _clean(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _validate(*, question: str, answer: str, language: str, variants: list[str]) -> None:
+    if not question:
+        raise EntryInvalid("question is empty")
+    if len(question) > Entry._meta.get_field("question").max_length:
+        raise EntryInvalid("question is longer than 500 characters")
+    if not answer.strip():
+        raise EntryInvalid("answer is empty")
+    if len(answer) > Entry._meta.get_field("answer").max_length:
+        raise EntryInvalid("answer is longer than 5000 characters")
+    known = {code for code, _ in Entry._meta.get_field("language").choices}
+    if language not in known:
+        raise EntryInvalid(f"unknown language {language!r} (known: {', '.join(sorted(known))})")
+    for text in variants:
+        if len(text) > Variant._meta.get_field("text").max_length:
+            raise EntryInvalid(f"phrasing is longer than 500 characters: {text[:40]!r}...")
+
+
+def kb_changed_notify() -> None:
+    """Bump the KB revision and, once the transaction commits, ask a worker to embed what is
+    dirty and publish a new index version (once per transaction, however many rows changed)."""
+    KbRevision.objects.get_or_create(id=1)
+    KbRevision.objects.filter(id=1).update(value=F("value") + 1)
+    connection = transaction.get_connection()
+    # Django keeps pending callbacks as (savepoint ids, func, robust); a rollback discards them,
+    # so this check never suppresses the enqueue of a later transaction.
+    if not any(item[1] is _enqueue_refresh for item in connection.run_on_commit):
+        transaction.on_commit(_enqueue_refresh)
+
+
+def _enqueue_refresh() -> None:
+    from kb.tasks import kb_refresh
+
+    try:
+        kb_refresh.delay()
+    except Exception:  # noqa: BLE001 - a down broker must not fail an edit that is saved
+        # The edit is committed and its rows are dirty; the worker's start-up sweep (and the
+        # next edit) picks them up.
+        logger.exception("could not enqueue kb_refresh; dirty rows wait for the next sweep")
+
+
+def kb_revision() -> int:
+    """The current knowledge-base revision."""
+    return KbRevision.objects.filter(id=1).values_list("value", flat=True).first() or 0
+
+
+def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None) -> None:
+    """Make the primary phrasing equal the question; with ``variants``, make the other phrasings
+    exactly that list (kept ones keep their vectors, new ones start dirty)."""
+    primary = entry.variants.filter(is_primary=True).first()
+    duplicate_of_question = entry.variants.filter(is_primary=False, text=entry.question)
+    duplicate_of_question.delete()
+    if primary is None:
+        Variant.objects.create(entry=entry, text=entry.question, is_primary=True)
+    elif primary.text != entry.question:
+        primary.text = entry.question
+        primary.save()
+    if variants is None:
+        return
+    wanted = []
+    for text in variants:
+        text = _clean(text)
+        if text and text != entry.question and text not in wanted:
+            wanted.append(text)
+    entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
+    existing = set(entry.variants.values_list("text", flat=True))
+    for text in wanted:
+        if text not in existing:
+            Variant.objects.create(entry=entry, text=text)
+
+
+@transaction.atomic
+def entry_create(
+    *,
+    question: str,
+    answer: str,
+    category: str = "",
+    language: str = "en",
+    is_published: bool = True,
+    variants: list[str] | None = None,
+) -> Entry:
+    """Create an entry with its phrasings; embedding is queued once the transaction commits."""
+    question, variants = _clean(question), [_clean(v) for v in variants or []]
+    _validate(question=question, answer=answer, language=language, variants=variants)
+    entry = Entry.objects.create(
+        question=question,
+        answer=answer.strip(),
+        category=_clean(category),
+        language=language,
+        is_published=is_published,
+    )
+    entry_variants_sync(entry=entry, variants=variants)
+    kb_changed_notify()
+    return entry
+
+
+@transaction.atomic
+def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -> Entry:
+    """Change an entry's fields (and, when given, its full list of alternate phrasings)."""
+    allowed = {"question", "answer", "category", "language", "is_published"}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise EntryInvalid(f"unknown fields: {', '.join(sorted(unknown))}")
+    for name, value in fields.items():
+        if name in {"question", "category"}:
+            value = _clean(value)
+        elif name == "answer":
+            value = value.strip()
+        setattr(entry, name, value)
+    clean_variants = None if variants is None else [_clean(v) for v in variants]
+    _validate(question=entry.question, answer=entry.answer, language=entry.language, variants=clean_variants or [])
+    entry.save()
+    entry_variants_sync(entry=entry, variants=clean_variants)
+    kb_changed_notify()
+    return entry
+
+
+@transaction.atomic
+def entry_delete(*, entry: Entry) -> None:
+    """Delete an entry; it leaves the answers with the next index version."""
+    entry.delete()
+    kb_changed_notify()
+
+
+@dataclass(frozen=True)
+class EmbedBatchResult:
+    """What one embedding batch did."""
+
+    selected: int
+    embedded: int
+    stale: int  # edited while being embedded: left dirty for the next batch
+    remaining: int
+
+
+def variants_embed_batch(*, limit: int | None = None) -> EmbedBatchResult:
+    """Embed up to ``limit`` dirty phrasings in one model call and store their vectors.
+
+    Safe to run twice or concurrently: a vector is stored only if the phrasing's text hash is
+    still the one that was embedded, so an edit made meanwhile stays dirty.
+    """
+    limit = limit or settings.KB_EMBED_BATCH_SIZE
+    todo = Variant.objects.filter(is_dirty=True).exclude(embedding_state=EmbeddingState.FAILED)
+    batch = list(todo.order_by("id").values_list("id", "text", "content_hash")[:limit])
+    if not batch:
+        return EmbedBatchResult(selected=0, embedded=0, stale=0, remaining=0)
+    embedder = get_embedder()
+    try:
+        vectors = embedder.encode([text for _, text, _ in batch])
+    except Exception as exc:  # noqa: BLE001 - any model error is recorded on the rows, not lost
+        logger.exception("embedding a batch of %d phrasings failed", len(batch))
+        variants_mark_failed(variant_ids=[row[0] for row in batch], reason=f"{type(exc).__name__}: {exc}")
+        return EmbedBatchResult(selected=len(batch), embedded=0, stale=0, remaining=todo.count())
+    now = timezone.now()
+    embedded = 0
+    for (variant_id, _, content_hash), vector in zip(batch, vectors, strict=False):
+        embedded += Variant.objects.filter(id=variant_id, content_hash=content_hash).update(
+            embedding=vector.astype(np.float32).tobytes(),
+            embedded_hash=content_hash,
+            is_dirty=False,
+            embedding_state=EmbeddingState.EMBEDDED,
+            embedding_error="",
+            embedded_at=now,
+        )
+    remaining = todo.count()
+    return EmbedBatchResult(selected=len(batch), embedded=embedded, stale=len(batch) - embedded, remaining=remaining)
+
+
+def variants_mark_failed(*, variant_ids: list[int], reason: str) -> int:
+    """Record why embedding failed; the rows stay dirty so a later run retries them."""
+    return Variant.objects.filter(id__in=variant_ids, is_dirty=True).update(
+        embedding_state=EmbeddingState.FAILED, embedding_error=reason[:2000]
+    )
+
+
+def index_publish() -> IndexVersion:
+    """Build the index from every embedded phrasing of published entries and publish it as a new
+    version. One writer at a time (row lock); the file is written to a temp name and renamed."""
+    embedder = get_embedder()
+    with transaction.atomic():
+        IndexWriterLock.objects.get_or_create(id=1)
+        IndexWriterLock.objects.select_for_update().get(id=1)
+        revision = kb_revision()
+        rows = list(
+            Variant.objects.filter(entry__is_published=True, embedding__isnull=False, is_dirty=False)
+            .order_by("id")
+            .values_list("id", "entry_id", "embedding")
+        )
+        variant_ids = np.array([row[0] for row in rows], dtype=np.int64)
+        entry_ids = np.array([row[1] for row in rows], dtype=np.int64)
+        vectors = (
+            np.frombuffer(b"".join(bytes(row[2]) for row in rows), dtype=np.float32).reshape(len(rows), -1)
+            if rows
+            else np.zeros((0, embedder.dimension), dtype=np.float32)
+        )
+        if vectors.shape[1] != embedder.dimension:
+            raise RuntimeError(
+                f"stored vectors have dimension {vectors.shape[1]} but {embedder.name} gives "
+                f"{embedder.dimension}: run `manage.py kb_reindex` after changing the embedder"
+            )
+        version = IndexVersion.objects.create(
+            filename="pending",
+            embedder=embedder.name,
+            dimension=embedder.dimension,
+            vector_count=len(rows),
+            entry_count=len(set(entry_ids.tolist())),
+            kb_revision=revision,
+        )
+        version.filename = f"index-v{version.pk:06d}.npz"
+        write_index_file(
+            settings.KB_INDEX_DIR / version.filename,
+            build_index(vectors, variant_ids, embedder.dimension),
+            variant_ids,
+            entry_ids,
+        )
+        version.save(update_fields=["filename"])
+    _remove_old_index_files(keep=settings.KB_INDEX_KEEP_VERSIONS)
+    logger.info("published index %s", version)
+    return version
+
+
+def _remove_old_index_files(*, keep: int) -> None:
+    current = set(IndexVersion.objects.order_by("-id").values_list("filename", flat=True)[:keep])
+    for path in settings.KB_INDEX_DIR.glob("index-v*.npz"):
+        if path.name not in current:
+            path.unlink(missing_ok=True)
+
+
+def index_publish_if_stale() -> IndexVersion | None:
+    """Publish a new index version unless the newest one was built at the current KB revision."""
+    latest = IndexVersion.objects.order_by("-id").values_list("kb_revision", flat=True).first()
+    if latest is not None and latest >= kb_revision():
+        return None
+    return index_publish()
