@@ -15,7 +15,7 @@ ARG PIP_EXTRA_INDEX_URL=""
 RUN pip install -r requirements.txt
 
 COPY . .
-RUN DJANGO_SECRET_KEY=collectstatic-only-key-not-used-at-runtime-000000 DJANGO_ALLOWED_HOSTS=localhost \
+RUN DJANGO_SECRET_KEY=collectstatic-only-key-not-used-at-runtime-0000000000000000 DJANGO_ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput \
     && useradd --create-home --uid 1000 app && mkdir -p var && chown -R app var
 USER app

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install run test lint bench compose-check clean
+.PHONY: install run test test-tools lint compose-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,19 @@ run: install
 	$(PY) manage.py runstack --host $(HOST) --port $(PORT)
 
 ## Install and run the whole test suite (PostgreSQL and Redis on 127.0.0.1 when present).
-test: install
-	@command -v docker-compose >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null; } || echo "docker-compose not installable here; its test will say so"
+test: install test-tools
 	$(PY) -m pytest
+
+# Debian's chromium (browser tests) and docker-compose (compose file check), when missing.
+test-tools:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v docker-compose >/dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (apt)"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	  || echo "could not install$$missing: the tests that need them will say so"; \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,167 @@
+"""Round trips through the real ASGI application (origin check, auth stack, router, consumer)."""
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from chatbot.models import Conversation, Message
+from config.asgi import application
+from tests.factories import entries_create, kb_embed_and_publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = [(b"origin", b"http://localhost")]
+
+
+@pytest.fixture
+def shop(transactional_db):
+    entries = {entry.question: entry for entry in entries_create()}
+    kb_embed_and_publish()
+    return entries
+
+
+async def open_chat(query=""):
+    communicator = WebsocketCommunicator(application, f"/ws/chat/{query}", headers=ORIGIN)
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+async def ask(communicator, text, client_id=None):
+    client_id = client_id or str(uuid.uuid4())
+    await communicator.send_json_to({"type": "message", "id": client_id, "text": text})
+    return await communicator.receive_json_from(timeout=20)
+
+
+@database_sync_to_async
+def saved_messages():
+    return list(Message.objects.order_by("id").values("role", "text", "client_id", "source", "entry_id", "retrieval"))
+
+
+async def test_faq_hit_answers_with_the_entry_and_saves_both_turns(shop):
+    chat = await open_chat()
+    session = await chat.receive_json_from()
+    assert session["type"] == "session" and session["resumed"] is False
+    answer = await ask(chat, "where is my parcel?", client_id="c-1")
+    track = shop["How do I track my order?"]
+    assert answer["type"] == "answer" and answer["reply_to"] == "c-1"
+    assert (answer["source"], answer["entry_id"], answer["text"]) == ("faq", track.id, track.answer)
+    assert answer["score"] >= 0.6 and isinstance(answer["message_id"], int)
+    customer, bot = await saved_messages()
+    assert (customer["role"], customer["text"], customer["client_id"]) == ("customer", "where is my parcel?", "c-1")
+    assert (bot["role"], bot["source"], bot["entry_id"]) == ("bot", "faq", track.id)
+    assert bot["retrieval"][0]["entry_id"] == track.id and len(bot["retrieval"]) == 4
+    assert await database_sync_to_async(Conversation.objects.filter(id=session["conversation"]).exists)()
+    await chat.disconnect()
+
+
+async def test_unrelated_question_gets_the_fallback(shop):
+    chat = await open_chat()
+    await chat.receive_json_from()
+    answer = await ask(chat, "What will the weather be like on Mars tomorrow?")
+    assert answer["source"] == "fallback" and answer["entry_id"] is None
+    assert answer["score"] < 0.6 and "Sorry" in answer["text"]
+    chinese = await ask(chat, "请问火星明天的天气怎么样？")
+    assert chinese["source"] == "fallback" and "抱歉" in chinese["text"]
+    bot_messages = [m for m in await saved_messages() if m["role"] == "bot"]
+    assert [m["source"] for m in bot_messages] == ["fallback", "fallback"]
+    await chat.disconnect()
+
+
+BAD_FRAMES = [
+    ("not json at all", "invalid_json"),
+    ('["a", "list"]', "invalid_frame"),
+    ('{"type": "shout", "id": "x", "text": "hi"}', "unknown_type"),
+    ('{"id": "x", "text": "hi"}', "unknown_type"),
+    ('{"type": "message", "text": "hi"}', "invalid_id"),
+    ('{"type": "message", "id": "", "text": "hi"}', "invalid_id"),
+    ('{"type": "message", "id": 7, "text": "hi"}', "invalid_id"),
+    ('{"type": "message", "id": "x"}', "missing_text"),
+    ('{"type": "message", "id": "x", "text": 12}', "invalid_text"),
+    ('{"type": "message", "id": "x", "text": "   \\n "}', "empty_text"),
+    (json.dumps({"type": "message", "id": "x", "text": "a" * 2001}), "text_too_long"),
+    ("x" * 50_000, "frame_too_large"),
+]
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_stays_open(shop):
+    chat = await open_chat()
+    await chat.receive_json_from()
+    for raw, code in BAD_FRAMES:
+        await chat.send_to(text_data=raw)
+        error = await chat.receive_json_from()
+        assert (error["type"], error["code"]) == ("error", code), raw[:60]
+        assert error["detail"]
+    await chat.send_to(bytes_data=b"\x00\x01")
+    assert (await chat.receive_json_from())["code"] == "invalid_frame"
+    assert await saved_messages() == []
+    # Still open and still answering.
+    answer = await ask(chat, "can I pay with paypal?")
+    assert answer["source"] == "faq"
+    assert len(await saved_messages()) == 2
+    await chat.disconnect()
+
+
+async def test_resume_continues_the_conversation_with_its_history(shop):
+    first = await open_chat()
+    conversation = (await first.receive_json_from())["conversation"]
+    answer = await ask(first, "I forgot my password", client_id="q1")
+    await first.disconnect()
+
+    second = await open_chat(f"?conversation={conversation}")
+    session = await second.receive_json_from()
+    assert session == {"type": "session", "conversation": conversation, "resumed": True}
+    history = await second.receive_json_from()
+    assert history["type"] == "history"
+    assert [(m["role"], m["text"]) for m in history["messages"]] == [
+        ("customer", "I forgot my password"),
+        ("bot", answer["text"]),
+    ]
+    assert history["messages"][1]["reply_to"] == "q1"
+    await ask(second, "and can I return a sweater?")
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=conversation).count)() == 4
+    assert await database_sync_to_async(Conversation.objects.count)() == 1
+    await second.disconnect()
+
+
+async def test_unknown_or_malformed_conversation_starts_a_new_one(shop):
+    for query in (f"?conversation={uuid.uuid4()}", "?conversation=not-a-uuid"):
+        chat = await open_chat(query)
+        error = await chat.receive_json_from()
+        assert (error["type"], error["code"]) == ("error", "conversation_not_found")
+        session = await chat.receive_json_from()
+        assert session["type"] == "session" and session["resumed"] is False
+        await chat.disconnect()
+
+
+async def test_repeated_client_id_is_answered_once(shop):
+    chat = await open_chat()
+    await chat.receive_json_from()
+    first = await ask(chat, "What is your return policy?", client_id="same")
+    again = await ask(chat, "What is your return policy?", client_id="same")
+    assert first["duplicate"] is False and again["duplicate"] is True
+    assert again["message_id"] == first["message_id"] and again["text"] == first["text"]
+    assert len(await saved_messages()) == 2
+    # The same client id in another conversation is a different message.
+    other = await open_chat()
+    await other.receive_json_from()
+    assert (await ask(other, "What is your return policy?", client_id="same"))["duplicate"] is False
+    assert len(await saved_messages()) == 4
+    await chat.disconnect()
+    await other.disconnect()
+
+
+async def test_ping_gets_pong(shop):
+    chat = await open_chat()
+    await chat.receive_json_from()
+    await chat.send_json_to({"type": "ping"})
+    assert await chat.receive_json_from() == {"type": "pong"}
+    await chat.disconnect()
+
+
+async def test_foreign_origin_is_refused(shop):
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"https://evil.example")])
+    connected, _ = await communicator.connect()
+    assert not connected

@@ -1,0 +1,111 @@
+"""Settings, the embedded Redis, and docker-compose declaring the commands `make run` starts."""
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+
+import pytest
+import redis
+import yaml
+from django.conf import settings
+
+from chatbot.management.commands.runstack import web_command, worker_command
+from config import embedded_redis
+
+BASE = settings.BASE_DIR
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+    return subprocess.run([sys.executable, "-c", code], cwd=BASE, env={**clean, **env}, capture_output=True,
+                          text=True, timeout=120)
+
+
+def run_manage(*args, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_defaults_are_sqlite_and_the_embedded_redis(tmp_path):
+    result = run_python(
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings.local'; django.setup();"
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE']); print(s.DATABASES['default']['NAME']);"
+        "print(s.REDIS_EMBEDDED, s.REDIS_URL, s.CELERY_BROKER_URL, s.CHANNEL_LAYERS['default']['CONFIG']['hosts'])",
+        VAR_DIR=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    engine, name, redis_line = result.stdout.strip().splitlines()
+    assert engine == "django.db.backends.sqlite3" and name == str(tmp_path / "db.sqlite3")
+    sock = tmp_path / "redis.sock"
+    assert redis_line == f"True unix://{sock}?db=0 redis+socket://{sock} ['unix://{sock}?db=0']"
+
+
+def test_urls_switch_to_postgres_and_redis():
+    result = run_python(
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings.local'; django.setup();"
+        "from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME'], s.REDIS_EMBEDDED, s.CELERY_BROKER_URL)",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop", REDIS_URL="redis://127.0.0.1:6379/3",
+    )
+    assert result.stdout.split() == ["django.db.backends.postgresql", "shop", "False", "redis://127.0.0.1:6379/3"]
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = run_manage("check", DJANGO_SETTINGS_MODULE="config.settings.production", DJANGO_ALLOWED_HOSTS="shop.example")
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_production_passes_check_deploy():
+    result = run_manage(
+        "check", "--deploy", "--fail-level", "WARNING",
+        DJANGO_SETTINGS_MODULE="config.settings.production", DJANGO_ALLOWED_HOSTS="shop.example",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50), CHATBOT_WARM_UP="0",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_embedded_redis_starts_answers_and_stops(tmp_path):
+    sock = tmp_path / "r.sock"
+    pid = embedded_redis.start(sock)
+    try:
+        assert pid and embedded_redis.is_running(sock)
+        client = redis.Redis(unix_socket_path=str(sock))
+        client.set("k", "v")
+        assert client.get("k") == b"v"
+        assert embedded_redis.start(sock) is None  # already running: reused, not doubled
+    finally:
+        embedded_redis.stop(pid)
+    for _ in range(50):
+        if not embedded_redis.is_running(sock):
+            break
+        import time
+
+        time.sleep(0.1)
+    assert not embedded_redis.is_running(sock)
+
+
+def compose() -> dict:
+    return yaml.safe_load((BASE / "docker-compose.yml").read_text())
+
+
+def test_compose_services_run_the_commands_make_run_starts():
+    services = compose()["services"]
+    assert {"postgres", "redis", "web", "worker"} <= set(services)
+    assert services["web"]["command"] == ["python", *web_command("0.0.0.0", 8000)[1:]]
+    assert services["worker"]["command"] == ["python", *worker_command("chatbot")[1:]]
+    assert settings.CELERY_TASK_DEFAULT_QUEUE == "chatbot-test"  # tests use their own queue name
+
+
+def test_docker_compose_config_accepts_the_file():
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("docker-compose is not installed (make test installs Debian's docker-compose)")
+        pytest.skip("docker-compose is not installed")
+    result = subprocess.run([binary, "config", "--quiet"], cwd=BASE, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
