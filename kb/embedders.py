@@ -70,7 +70,9 @@ class SentenceTransformerEmbedder:
 
         self._model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
         self.name = f"sentence-transformers:{model}"
-        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        dimension = (
+            getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        )
         self.dimension = int(dimension())
         self._tokenizer = self._model.tokenizer
 

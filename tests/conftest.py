@@ -1,5 +1,6 @@
 """Shared fixtures. PostgreSQL and Redis on 127.0.0.1 are used when present; with CI=true their
 absence fails the run instead of skipping (config/settings/test.py picks the database)."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,10 @@ def pytest_sessionstart(session):
     if IN_CI:
         missing = [
             name
-            for name, available in (("PostgreSQL at 127.0.0.1:5432", settings.POSTGRES_AVAILABLE),
-                                    ("Redis at 127.0.0.1:6379", settings.REDIS_AVAILABLE))
+            for name, available in (
+                ("PostgreSQL at 127.0.0.1:5432", settings.POSTGRES_AVAILABLE),
+                ("Redis at 127.0.0.1:6379", settings.REDIS_AVAILABLE),
+            )
             if not available
         ]
         if missing:

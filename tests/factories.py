@@ -1,4 +1,5 @@
 """Knowledge-base builders for tests: real services, real embedder, real index files."""
+
 from __future__ import annotations
 
 from kb import services

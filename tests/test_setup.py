@@ -1,4 +1,5 @@
 """Settings, the embedded Redis, and docker-compose declaring the commands `make run` starts."""
+
 import os
 import secrets
 import shutil
@@ -16,16 +17,20 @@ from config import embedded_redis
 BASE = settings.BASE_DIR
 
 
-def run_python(code: str, **env) -> subprocess.CompletedProcess:
+def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the project's Python with only the given settings variables (none inherited)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
-    return subprocess.run([sys.executable, "-c", code], cwd=BASE, env={**clean, **env}, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=BASE, env={**clean, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
-def run_manage(*args, **env) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return run("-c", code, **env)
+
+
+def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return run("manage.py", *args, **env)
 
 
 def test_defaults_are_sqlite_and_the_embedded_redis(tmp_path):
@@ -47,23 +52,31 @@ def test_urls_switch_to_postgres_and_redis():
     result = run_python(
         "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings.local'; django.setup();"
         "from django.conf import settings as s;"
-        "print(s.DATABASES['default']['ENGINE'], s.DATABASES['default']['NAME'], s.REDIS_EMBEDDED, s.CELERY_BROKER_URL)",
-        DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop", REDIS_URL="redis://127.0.0.1:6379/3",
+        "db = s.DATABASES['default']; print(db['ENGINE'], db['NAME'], s.REDIS_EMBEDDED, s.CELERY_BROKER_URL)",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop",
+        REDIS_URL="redis://127.0.0.1:6379/3",
     )
     assert result.stdout.split() == ["django.db.backends.postgresql", "shop", "False", "redis://127.0.0.1:6379/3"]
 
 
 def test_production_refuses_to_start_without_a_secret_key():
-    result = run_manage("check", DJANGO_SETTINGS_MODULE="config.settings.production", DJANGO_ALLOWED_HOSTS="shop.example")
+    result = run_manage(
+        "check", DJANGO_SETTINGS_MODULE="config.settings.production", DJANGO_ALLOWED_HOSTS="shop.example"
+    )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
 def test_production_passes_check_deploy():
     result = run_manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        DJANGO_SETTINGS_MODULE="config.settings.production", DJANGO_ALLOWED_HOSTS="shop.example",
-        DJANGO_SECRET_KEY=secrets.token_urlsafe(50), CHATBOT_WARM_UP="0",
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        DJANGO_ALLOWED_HOSTS="shop.example",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        CHATBOT_WARM_UP="0",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

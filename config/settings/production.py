@@ -1,8 +1,8 @@
 """Production: base settings with security tightened; secrets have no defaults."""
 
-from config.settings.base import *  # noqa: F403
 from django.core.exceptions import ImproperlyConfigured
 
+from config.settings.base import *  # noqa: F403
 from config.settings.base import env
 
 DEBUG = False

@@ -1,4 +1,5 @@
 """Round trips through the real ASGI application (origin check, auth stack, router, consumer)."""
+
 import json
 import uuid
 

@@ -1,4 +1,5 @@
 """The demo page in headless Chromium: type a question, see the FAQ answer; reload, see history."""
+
 import os
 import socket
 import subprocess
@@ -15,8 +16,13 @@ from tests.integration.test_worker_pipeline import database_url
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
 
 
 def free_port() -> int:
@@ -31,11 +37,17 @@ def live_web(transactional_db, tmp_path):
     entries = entries_create()
     kb_embed_and_publish()
     port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings.test", "DATABASE_URL": database_url(),
-           "KB_INDEX_DIR": str(settings.KB_INDEX_DIR), "CHATBOT_WARM_UP": "1"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings.test",
+        "DATABASE_URL": database_url(),
+        "KB_INDEX_DIR": str(settings.KB_INDEX_DIR),
+        "CHATBOT_WARM_UP": "1",
+    }
     log = (tmp_path / "web.log").open("w")
-    process = subprocess.Popen(web_command("127.0.0.1", port), env=env, cwd=settings.BASE_DIR, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        web_command("127.0.0.1", port), env=env, cwd=settings.BASE_DIR, stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://localhost:{port}/"
     deadline = time.monotonic() + 120
     while True:

@@ -1,5 +1,6 @@
 """A real Celery worker process on the real Redis embeds a batch; the web side answers from the
 new index version without a restart."""
+
 import os
 import subprocess
 import time
@@ -37,8 +38,13 @@ def worker(transactional_db, redis_client, tmp_path):
         "KB_INDEX_DIR": str(settings.KB_INDEX_DIR),
         "KB_EMBED_BATCH_SIZE": "4",  # several batches for a handful of entries
     }
-    process = subprocess.Popen(worker_command(settings.CELERY_TASK_DEFAULT_QUEUE), env=env, stdout=log,
-                               stderr=subprocess.STDOUT, cwd=settings.BASE_DIR)
+    process = subprocess.Popen(
+        worker_command(settings.CELERY_TASK_DEFAULT_QUEUE),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=settings.BASE_DIR,
+    )
     yield process
     process.terminate()
     try:
@@ -84,7 +90,8 @@ async def test_worker_embeds_in_batches_and_chat_answers_from_each_new_version(w
     before = await ask("Do you deliver to Canada?")
     assert before["source"] == "fallback"
     shipping = await database_sync_to_async(services.entry_create)(
-        question="Do you ship internationally?", answer="Yes, to 40 countries including Canada.",
+        question="Do you ship internationally?",
+        answer="Yes, to 40 countries including Canada.",
         variants=["do you deliver to canada", "international shipping"],
     )
     second = await database_sync_to_async(wait_for_version)(first.pk)

@@ -16,15 +16,25 @@ def test_demo_knowledge_base_imports_in_both_languages():
     assert 30 <= len(demo) <= 50
     assert Entry.objects.count() == len(demo)
     assert set(Entry.objects.values_list("language", flat=True)) == {"en", "zh"}
-    assert set(Entry.objects.values_list("category", flat=True)) == {"orders", "shipping", "returns", "payment", "account"}
+    assert set(Entry.objects.values_list("category", flat=True)) == {
+        "orders",
+        "shipping",
+        "returns",
+        "payment",
+        "account",
+    }
     assert Variant.objects.count() == len(demo) + sum(len(item["variants"]) for item in demo)
 
 
 def test_reimport_updates_instead_of_duplicating(tmp_path):
     path = tmp_path / "faq.csv"
-    path.write_text("question,answer,category,language,variants\nHow do I pay?,By card.,payment,en,pay options|payment methods\n")
+    path.write_text(
+        "question,answer,category,language,variants\nHow do I pay?,By card.,payment,en,pay options|payment methods\n"
+    )
     call_command("kb_import", str(path), verbosity=0)
-    path.write_text("question,answer,category,language,variants\nHow do I pay?,By card or PayPal.,payment,en,pay options\n")
+    path.write_text(
+        "question,answer,category,language,variants\nHow do I pay?,By card or PayPal.,payment,en,pay options\n"
+    )
     call_command("kb_import", str(path), verbosity=0)
     entry = Entry.objects.get()
     assert entry.answer == "By card or PayPal."
@@ -33,14 +43,18 @@ def test_reimport_updates_instead_of_duplicating(tmp_path):
 
 def test_bad_rows_are_all_reported_and_nothing_is_saved(tmp_path):
     path = tmp_path / "faq.json"
-    path.write_text(json.dumps([
-        {"question": "Good one", "answer": "fine"},
-        {"question": "", "answer": "no question"},
-        {"question": "Klingon?", "answer": "x", "language": "tlh"},
-        {"question": "Good one", "answer": "again"},
-        {"question": "Typo", "answer": "x", "publisehd": True},
-        {"question": "Draft?", "answer": "x", "published": "maybe"},
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                {"question": "Good one", "answer": "fine"},
+                {"question": "", "answer": "no question"},
+                {"question": "Klingon?", "answer": "x", "language": "tlh"},
+                {"question": "Good one", "answer": "again"},
+                {"question": "Typo", "answer": "x", "publisehd": True},
+                {"question": "Draft?", "answer": "x", "published": "maybe"},
+            ]
+        )
+    )
     result = entries_import(rows=read_rows(path))
     assert result.errors == [
         "row 2: question is empty",

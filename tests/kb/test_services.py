@@ -12,7 +12,9 @@ pytestmark = pytest.mark.django_db
 
 def test_entry_create_makes_primary_and_alternate_phrasings_dirty():
     entry = services.entry_create(
-        question="  How do I track   my order? ", answer="Account > Orders.", category="orders",
+        question="  How do I track   my order? ",
+        answer="Account > Orders.",
+        category="orders",
         variants=["where is my package", "where is my package", "", "How do I track my order?"],
     )
     texts = list(entry.variants.values_list("text", "is_primary", "is_dirty", "embedding_state"))
@@ -132,7 +134,7 @@ def test_old_index_files_are_removed(settings):
     for _ in range(4):
         services.index_publish()
     files = sorted(path.name for path in settings.KB_INDEX_DIR.glob("index-v*.npz"))
-    assert files == [v.filename for v in IndexVersion.objects.order_by("id")][-settings.KB_INDEX_KEEP_VERSIONS:]
+    assert files == [v.filename for v in IndexVersion.objects.order_by("id")][-settings.KB_INDEX_KEEP_VERSIONS :]
 
 
 def test_unreadable_query_is_not_searched():
