@@ -1,7 +1,8 @@
 """Top-level URL routes."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chatbot import views as chatbot_views
 
@@ -9,4 +10,7 @@ urlpatterns = [
     path("", chatbot_views.demo_page, name="demo"),
     path("healthz", chatbot_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include("kb.api.urls")),
 ]

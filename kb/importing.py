@@ -46,6 +46,12 @@ def read_rows(path: Path) -> list[dict]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from exc
+    return read_rows_from_bytes(path.name, raw)
+
+
+def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
+    """Rows of an uploaded file, its format told by the file name's suffix."""
+    path = Path(name)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

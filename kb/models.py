@@ -4,6 +4,12 @@ published versions of the vector index. The database is the source of truth for 
 import hashlib
 
 from django.db import models
+from simple_history.models import HistoricalRecords
+
+# Pipeline bookkeeping changes on every embedding run; history keeps what editors changed.
+PIPELINE_FIELDS = ["content_hash", "is_dirty", "embedding", "embedded_hash", "embedding_state", "embedding_error",
+                   "embedded_at"]
+EDITORS_GROUP = "KB editors"
 
 
 class Language(models.TextChoices):
@@ -21,6 +27,7 @@ class Entry(models.Model):
     is_published = models.BooleanField("published", default=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
 
     class Meta:
         verbose_name_plural = "entries"
@@ -58,6 +65,7 @@ class Variant(models.Model):
     )
     embedding_error = models.TextField(blank=True, editable=False)
     embedded_at = models.DateTimeField(null=True, editable=False)
+    history = HistoricalRecords(excluded_fields=PIPELINE_FIELDS)
 
     class Meta:
         ordering = ["entry_id", "-is_primary", "id"]
