@@ -7,8 +7,15 @@ from django.db import models
 from simple_history.models import HistoricalRecords
 
 # Pipeline bookkeeping changes on every embedding run; history keeps what editors changed.
-PIPELINE_FIELDS = ["content_hash", "is_dirty", "embedding", "embedded_hash", "embedding_state", "embedding_error",
-                   "embedded_at"]
+PIPELINE_FIELDS = [
+    "content_hash",
+    "is_dirty",
+    "embedding",
+    "embedded_hash",
+    "embedding_state",
+    "embedding_error",
+    "embedded_at",
+]
 EDITORS_GROUP = "KB editors"
 
 
@@ -96,6 +103,7 @@ class IndexVersion(models.Model):
     vector_count = models.PositiveIntegerField()
     entry_count = models.PositiveIntegerField()
     kb_revision = models.PositiveBigIntegerField(default=0)
+    kind = models.CharField(max_length=10, default="flat")  # flat (exact) or hnsw (approximate)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from kb.embedders import get_embedder
 from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant
-from kb.vector_index import build_index, write_index_file
+from kb.vector_index import build_index, choose_index_kind, write_index_file
 
 logger = logging.getLogger(__name__)
 
@@ -177,19 +177,56 @@ def variants_embed_batch(*, limit: int | None = None) -> EmbedBatchResult:
         logger.exception("embedding a batch of %d phrasings failed", len(batch))
         variants_mark_failed(variant_ids=[row[0] for row in batch], reason=f"{type(exc).__name__}: {exc}")
         return EmbedBatchResult(selected=len(batch), embedded=0, stale=0, remaining=todo.count())
-    now = timezone.now()
-    embedded = 0
-    for (variant_id, _, content_hash), vector in zip(batch, vectors, strict=False):
-        embedded += Variant.objects.filter(id=variant_id, content_hash=content_hash).update(
-            embedding=vector.astype(np.float32).tobytes(),
-            embedded_hash=content_hash,
-            is_dirty=False,
-            embedding_state=EmbeddingState.EMBEDDED,
-            embedding_error="",
-            embedded_at=now,
-        )
+    embedded = _store_vectors(batch, vectors)
     remaining = todo.count()
     return EmbedBatchResult(selected=len(batch), embedded=embedded, stale=len(batch) - embedded, remaining=remaining)
+
+
+@transaction.atomic
+def _store_vectors(batch: list[tuple[int, str, str]], vectors: np.ndarray) -> int:
+    """Store each vector whose phrasing still has the text that was embedded; return how many.
+
+    The rows are locked while we compare hashes, so an editor's save lands either before (and
+    the stale vector is dropped) or after (and marks the row dirty again)."""
+    embedded_hash = {variant_id: content_hash for variant_id, _, content_hash in batch}
+    current = Variant.objects.select_for_update().filter(id__in=list(embedded_hash)).only("id", "content_hash")
+    vector_of = {variant_id: vector for (variant_id, _, _), vector in zip(batch, vectors, strict=True)}
+    now = timezone.now()
+    fresh = []
+    for variant in current:
+        if variant.content_hash != embedded_hash[variant.id]:
+            continue
+        variant.embedding = vector_of[variant.id].astype(np.float32).tobytes()
+        variant.embedded_hash = variant.content_hash
+        variant.is_dirty = False
+        variant.embedding_state = EmbeddingState.EMBEDDED
+        variant.embedding_error = ""
+        variant.embedded_at = now
+        fresh.append(variant)
+    Variant.objects.bulk_update(
+        fresh, ["embedding", "embedded_hash", "is_dirty", "embedding_state", "embedding_error", "embedded_at"]
+    )
+    return len(fresh)
+
+
+def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int:
+    """Embed every phrasing again, batch by batch, replacing vectors in place.
+
+    Rows are never marked dirty on the way, so an index published meanwhile (by an editor's
+    change) still holds every phrasing and chat keeps answering. Returns how many were stored."""
+    batch_size = batch_size or settings.KB_EMBED_BATCH_SIZE
+    embedder = get_embedder()
+    stored, last_id = 0, 0
+    while True:
+        batch = list(
+            Variant.objects.filter(id__gt=last_id).order_by("id").values_list("id", "text", "content_hash")[:batch_size]
+        )
+        if not batch:
+            return stored
+        stored += _store_vectors(batch, embedder.encode([text for _, text, _ in batch]))
+        last_id = batch[-1][0]
+        if progress is not None:
+            progress(len(batch))
 
 
 def variants_mark_failed(*, variant_ids: list[int], reason: str) -> int:
@@ -233,13 +270,13 @@ def index_publish() -> IndexVersion:
             kb_revision=revision,
         )
         version.filename = f"index-v{version.pk:06d}.npz"
-        write_index_file(
-            settings.KB_INDEX_DIR / version.filename,
-            build_index(vectors, variant_ids, embedder.dimension),
-            variant_ids,
-            entry_ids,
+        kind = choose_index_kind(
+            configured=settings.KB_INDEX_TYPE, vector_count=len(rows), hnsw_threshold=settings.KB_INDEX_HNSW_THRESHOLD
         )
-        version.save(update_fields=["filename"])
+        version.kind = kind
+        index = build_index(vectors, variant_ids, embedder.dimension, kind=kind)
+        write_index_file(settings.KB_INDEX_DIR / version.filename, index, variant_ids, entry_ids)
+        version.save(update_fields=["filename", "kind"])
     _remove_old_index_files(keep=settings.KB_INDEX_KEEP_VERSIONS)
     logger.info("published index %s", version)
     return version

@@ -4,7 +4,7 @@ import logging
 
 from celery import shared_task
 from celery.signals import worker_ready
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 
 from kb import services
 
@@ -14,7 +14,9 @@ logger = logging.getLogger(__name__)
 @shared_task(
     bind=True,
     acks_late=True,
-    autoretry_for=(DatabaseError,),
+    # Only what a retry can fix: the database restarting or a dropped connection. Model errors are
+    # recorded on the rows by the service instead.
+    autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=2,
     retry_backoff_max=60,
     max_retries=5,

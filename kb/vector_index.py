@@ -40,9 +40,29 @@ class LoadedIndex:
         ]
 
 
-def build_index(vectors: np.ndarray, variant_ids: np.ndarray, dimension: int) -> faiss.Index:
-    """Exact inner-product index over unit vectors (cosine), addressed by variant id."""
-    index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+def choose_index_kind(*, configured: str, vector_count: int, hnsw_threshold: int) -> str:
+    """'flat' (exact) or 'hnsw' (approximate): as configured, or by size when 'auto'."""
+    if configured not in {"auto", "flat", "hnsw"}:
+        raise ValueError(f"KB_INDEX_TYPE must be auto, flat or hnsw, not {configured!r}")
+    if configured != "auto":
+        return configured
+    return "hnsw" if vector_count >= hnsw_threshold else "flat"
+
+
+def build_index(
+    vectors: np.ndarray, variant_ids: np.ndarray, dimension: int, *, kind: str = "flat", hnsw_m: int = 32
+) -> faiss.Index:
+    """Inner-product index over unit vectors (cosine), addressed by variant id.
+
+    Flat search is exact and fast enough for tens of thousands of phrasings; HNSW keeps search
+    sub-millisecond for millions at a small recall cost."""
+    if kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(dimension, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = 80
+        inner.hnsw.efSearch = 64
+    else:
+        inner = faiss.IndexFlatIP(dimension)
+    index = faiss.IndexIDMap2(inner)
     if len(variant_ids):
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), variant_ids.astype(np.int64))
     return index

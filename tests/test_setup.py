@@ -11,7 +11,7 @@ import redis
 import yaml
 from django.conf import settings
 
-from chatbot.management.commands.runstack import web_command, worker_command
+from chatbot.management.commands.runstack import beat_command, web_command, worker_command
 from config import embedded_redis
 
 BASE = settings.BASE_DIR
@@ -108,9 +108,10 @@ def compose() -> dict:
 
 def test_compose_services_run_the_commands_make_run_starts():
     services = compose()["services"]
-    assert {"postgres", "redis", "web", "worker"} <= set(services)
+    assert {"postgres", "redis", "web", "worker", "beat"} <= set(services)
     assert services["web"]["command"] == ["python", *web_command("0.0.0.0", 8000)[1:]]
     assert services["worker"]["command"] == ["python", *worker_command("chatbot")[1:]]
+    assert services["beat"]["command"] == ["python", *beat_command()[1:]]
     assert settings.CELERY_TASK_DEFAULT_QUEUE == "chatbot-test"  # tests use their own queue name
 
 

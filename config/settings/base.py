@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "import_export",
     "simple_history",
     "kb",
@@ -120,6 +121,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Knowledge-base entries, phrasings, search and import.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The docs page must work offline: Swagger UI and ReDoc come from the sidecar's static files, not a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # Phrasings and entries' embedding summaries share one set of states: one schema name for it.
+    "ENUM_NAME_OVERRIDES": {"EmbeddingStateEnum": "kb.models.EmbeddingState"},
 }
 
 # Import/export in the admin: every import runs in one transaction and is all-or-nothing.
@@ -152,6 +159,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A broker that is down must not hang a web request or an import for long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+# A task of a worker that died is delivered again after this long (acks_late); it must exceed
+# the longest task time limit.
+CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = 900
+CELERY_BEAT_SCHEDULE = {
+    # Catches anything an enqueue missed (broker down at save time, a worker killed mid-batch).
+    "kb-sweep": {"task": "kb.tasks.kb_refresh", "schedule": env.float("KB_SWEEP_SECONDS", default=60.0)},
+}
 
 # --- Knowledge base ---------------------------------------------------------------------------
 KB_EMBEDDER = env.str("KB_EMBEDDER", default="kb.embedders.SentenceTransformerEmbedder")
@@ -161,6 +175,9 @@ KB_INDEX_DIR = Path(env.str("KB_INDEX_DIR", default=str(VAR_DIR / "index")))
 KB_INDEX_POLL_SECONDS = env.float("KB_INDEX_POLL_SECONDS", default=1.0)
 KB_INDEX_KEEP_VERSIONS = env.int("KB_INDEX_KEEP_VERSIONS", default=3)
 KB_SEARCH_TOP_K = env.int("KB_SEARCH_TOP_K", default=5)
+# "auto" builds an exact flat index below the threshold and HNSW (approximate) above it.
+KB_INDEX_TYPE = env.str("KB_INDEX_TYPE", default="auto")
+KB_INDEX_HNSW_THRESHOLD = env.int("KB_INDEX_HNSW_THRESHOLD", default=100_000)
 KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
 
 # --- Chat -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from django.conf import settings
 
 from chatbot.management.commands.runstack import web_command
 from tests.factories import entries_create, kb_embed_and_publish
-from tests.integration.test_worker_pipeline import database_url
+from tests.integration.workers import database_url
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

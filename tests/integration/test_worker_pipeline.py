@@ -1,68 +1,29 @@
 """A real Celery worker process on the real Redis embeds a batch; the web side answers from the
 new index version without a restart."""
 
-import os
-import subprocess
-import time
 import uuid
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 
-from chatbot.management.commands.runstack import worker_command
 from config.asgi import application
 from kb import services
-from kb.models import IndexVersion, Variant
+from kb.models import Variant
 from tests.factories import entries_create
+from tests.integration.workers import start_worker, stop_worker, wait_for_version
 
 pytestmark = [pytest.mark.redis, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
-def database_url() -> str:
-    db = settings.DATABASES["default"]
-    if db["ENGINE"].endswith("sqlite3"):
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
 @pytest.fixture
 def worker(transactional_db, redis_client, tmp_path):
-    """One Celery worker started with the command `make run` uses, on the test DB and Redis."""
-    log = (tmp_path / "worker.log").open("w")
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings.test",
-        "DATABASE_URL": database_url(),
-        "KB_INDEX_DIR": str(settings.KB_INDEX_DIR),
-        "KB_EMBED_BATCH_SIZE": "4",  # several batches for a handful of entries
-    }
-    process = subprocess.Popen(
-        worker_command(settings.CELERY_TASK_DEFAULT_QUEUE),
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=settings.BASE_DIR,
-    )
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
-    print((tmp_path / "worker.log").read_text()[-4000:])
-
-
-def wait_for_version(newer_than: int, timeout: float = 120.0) -> IndexVersion:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        version = IndexVersion.objects.order_by("-id").first()
-        if version is not None and version.pk > newer_than and not Variant.objects.filter(is_dirty=True).exists():
-            return version
-        time.sleep(0.2)
-    raise AssertionError("the worker did not publish a new index version in time")
+    """One Celery worker on the test database and Redis, with small batches."""
+    log_path = tmp_path / "worker.log"
+    process = start_worker(log_path, KB_EMBED_BATCH_SIZE="4")  # several batches for a handful of entries
+    yield log_path
+    stop_worker(process)
+    print(log_path.read_text()[-4000:])
 
 
 async def ask(text: str) -> dict:
@@ -80,7 +41,7 @@ async def test_worker_embeds_in_batches_and_chat_answers_from_each_new_version(w
     first = await database_sync_to_async(wait_for_version)(0)
     total = await database_sync_to_async(Variant.objects.count)()
     assert total > 4 and first.vector_count == total and first.entry_count == len(entries)
-    log = (settings.KB_INDEX_DIR.parent / "worker.log").read_text()
+    log = worker.read_text()
     assert log.count("'remaining': 0") >= 1 and "'remaining': " in log.replace("'remaining': 0", "")
 
     answer = await ask("where is my parcel?")

@@ -1,7 +1,7 @@
 """manage.py runstack: everything `make run` starts, in one supervised foreground process.
 
 Order: Redis (embedded when REDIS_URL is unset) -> migrate -> demo knowledge base (when the KB
-is empty) -> Celery worker -> ASGI server (Daphne) -> wait until the index is published ->
+is empty) -> Celery worker and beat -> ASGI server (Daphne) -> wait until the index is published ->
 print the URL. Ctrl-C stops the children, then Redis, and exits 0.
 """
 
@@ -41,6 +41,21 @@ def worker_command(queue: str) -> list[str]:
         queue,
         "--without-gossip",
         "--without-mingle",
+    ]
+
+
+def beat_command() -> list[str]:
+    """Celery beat (the periodic KB sweep) exactly as docker-compose's `beat` service runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "beat",
+        "--loglevel=INFO",
+        "--schedule",
+        "var/celerybeat-schedule",
     ]
 
 
@@ -84,6 +99,7 @@ class Command(BaseCommand):
             call_command("kb_import", str(settings.KB_DEMO_FILE))
         login = self._admin_login()
         self._spawn("worker", worker_command(settings.CELERY_TASK_DEFAULT_QUEUE))
+        self._spawn("beat", beat_command())
         self._spawn("web", web_command(host, port))
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
         self._wait_ready(url, ready_timeout)
@@ -108,7 +124,9 @@ class Command(BaseCommand):
             "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
         }
         # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self.children.append((name, process))
 
     def _wait_ready(self, url: str, timeout: float) -> None:
