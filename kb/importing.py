@@ -1,7 +1,12 @@
-"""Reading FAQ files (CSV, JSON) into entries: all rows are checked first, then saved together.
+"""Reading FAQ files (CSV, JSON, XLSX) into entries: all rows are checked, then saved together.
 
-CSV columns: question, answer, category, language, published, variants (alternate phrasings
-separated by "|" or new lines). JSON: a list of objects with the same keys ("variants" a list).
+Entry layout (CSV/XLSX columns, JSON keys): question, answer, category, language, published,
+variants (alternate phrasings separated by "|" or new lines; a list in JSON).
+
+Phrasing layout (e.g. BANKING77's train.csv): columns text and category, one customer phrasing a
+row; each category becomes one entry whose question is its first phrasing and whose other
+phrasings become variants. Optional columns answer (first non-empty one wins; default
+"(intent: <category>)") and language.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class ImportResult:
     created: int = 0
     updated: int = 0
     errors: list[str] = field(default_factory=list)
+    # (row number, "create" | "update", question, phrasing count) for a preview
+    plan: list[tuple[int, str, str, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -52,6 +59,8 @@ def read_rows(path: Path) -> list[dict]:
 def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
     """Rows of an uploaded file, its format told by the file name's suffix."""
     path = Path(name)
+    if path.suffix.lower() == ".xlsx":
+        return _rows_in_phrasing_layout(_read_xlsx(path.name, raw))
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -66,13 +75,77 @@ def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
             raise ImportFileError(f"{path.name} must hold a JSON list of objects")
         return data
     if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        columns = {name.strip().lower() for name in reader.fieldnames or []}
-        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-        if missing:
-            raise ImportFileError(f"{path.name} lacks column(s): {', '.join(missing)}")
-        return [{(key or "").strip().lower(): value for key, value in row.items()} for row in reader]
-    raise ImportFileError(f"unsupported file type {suffix!r}: use .csv or .json")
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = [
+                {(key or "").strip().lower(): value for key, value in row.items() if key is not None} for row in reader
+            ]
+        except csv.Error as exc:
+            raise ImportFileError(f"{path.name} is not valid CSV: {exc}") from exc
+        return _rows_in_phrasing_layout(_check_columns(path.name, reader.fieldnames or [], rows))
+    raise ImportFileError(f"unsupported file type {suffix!r}: use .csv, .json or .xlsx")
+
+
+def _read_xlsx(name: str, raw: bytes) -> list[dict]:
+    from openpyxl import load_workbook
+
+    try:
+        sheet = load_workbook(io.BytesIO(raw), read_only=True, data_only=True).worksheets[0]
+        cells = [["" if value is None else value for value in row] for row in sheet.iter_rows(values_only=True)]
+    except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a broken file
+        raise ImportFileError(f"{name} is not a readable .xlsx workbook: {exc}") from exc
+    if not cells:
+        raise ImportFileError(f"{name} is empty")
+    header = [str(value).strip().lower() for value in cells[0]]
+    rows = [
+        {
+            key: (value if isinstance(value, bool) else str(value))
+            for key, value in zip(header, row, strict=False)
+            if key
+        }
+        for row in cells[1:]
+        if any(str(value).strip() for value in row)
+    ]
+    return _check_columns(name, header, rows)
+
+
+def _check_columns(name: str, header: list[str], rows: list[dict]) -> list[dict]:
+    columns = {str(column).strip().lower() for column in header}
+    if {"text", "category"} <= columns and "question" not in columns:
+        return rows  # phrasing layout
+    missing = [column for column in REQUIRED_COLUMNS if column not in columns]
+    if missing:
+        raise ImportFileError(
+            f"{name} lacks column(s): {', '.join(missing)} (or use the phrasing layout: text, category)"
+        )
+    return rows
+
+
+def _rows_in_phrasing_layout(rows: list[dict]) -> list[dict]:
+    """Group phrasing-per-row files into one entry row per category; others pass through."""
+    if not rows or "question" in rows[0] or not {"text", "category"} <= set(rows[0]):
+        return rows
+    grouped: dict[str, dict] = {}
+    for row in rows:
+        category = str(row.get("category") or "").strip()
+        text = " ".join(str(row.get("text") or "").split())
+        entry = grouped.setdefault(
+            category,
+            {
+                "question": text,
+                "answer": "",
+                "category": category,
+                "language": row.get("language") or "en",
+                "variants": [],
+            },
+        )
+        if text and text != entry["question"] and text not in entry["variants"]:
+            entry["variants"].append(text)
+        if not entry["answer"] and str(row.get("answer") or "").strip():
+            entry["answer"] = str(row["answer"]).strip()
+    for category, entry in grouped.items():
+        entry["answer"] = entry["answer"] or f"(intent: {category})"
+    return list(grouped.values())
 
 
 def _parse_row(row: dict) -> dict:
@@ -108,11 +181,12 @@ def _parse_row(row: dict) -> dict:
     }
 
 
-def entries_import(*, rows: list[dict], progress=None) -> ImportResult:
+def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) -> ImportResult:
     """Create or update (matched by question) one entry per row, all or nothing.
 
     Every row is saved inside one transaction; if any row fails, everything is rolled back and
     the result lists each failing row (numbered from 1, as in a spreadsheet after its header).
+    With ``dry_run`` the same checks run and the plan is reported, then everything is rolled back.
     """
     result = ImportResult()
     seen: dict[str, int] = {}
@@ -132,11 +206,14 @@ def entries_import(*, rows: list[dict], progress=None) -> ImportResult:
                     else:
                         services.entry_update(entry=existing, **fields)
                         result.updated += 1
+                    action = "create" if existing is None else "update"
+                    result.plan.append((number, action, fields["question"], 1 + len(fields["variants"])))
             except services.EntryInvalid as exc:
                 result.errors.append(f"row {number}: {exc}")
             if progress is not None:
                 progress(1)
-        if result.errors:
+        if result.errors or dry_run:
             transaction.set_rollback(True)
+        if result.errors:
             result.created = result.updated = 0
     return result

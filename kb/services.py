@@ -10,9 +10,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from simple_history.utils import bulk_create_with_history
 
 from kb.embedders import get_embedder
-from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant
+from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant, text_hash
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ def _clean(text: str | None) -> str:
     return " ".join((text or "").split())
 
 
-def _validate(*, question: str, answer: str, language: str, variants: list[str]) -> None:
+def _validate(*, question: str, answer: str, language: str, variants: list[str], category: str = "") -> None:
     if not question:
         raise EntryInvalid("question is empty")
     if len(question) > Entry._meta.get_field("question").max_length:
@@ -38,6 +39,8 @@ def _validate(*, question: str, answer: str, language: str, variants: list[str])
     known = {code for code, _ in Entry._meta.get_field("language").choices}
     if language not in known:
         raise EntryInvalid(f"unknown language {language!r} (known: {', '.join(sorted(known))})")
+    if len(category) > Entry._meta.get_field("category").max_length:
+        raise EntryInvalid("category is longer than 100 characters")
     for text in variants:
         if len(text) > Variant._meta.get_field("text").max_length:
             raise EntryInvalid(f"phrasing is longer than 500 characters: {text[:40]!r}...")
@@ -91,9 +94,10 @@ def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None) -> N
             wanted.append(text)
     entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
     existing = set(entry.variants.values_list("text", flat=True))
-    for text in wanted:
-        if text not in existing:
-            Variant.objects.create(entry=entry, text=text)
+    # One INSERT for all new phrasings (imports bring hundreds per entry); bulk_create skips
+    # Variant.save(), so the hash is set here, and history rows are written alongside.
+    new = [Variant(entry=entry, text=text, content_hash=text_hash(text)) for text in wanted if text not in existing]
+    bulk_create_with_history(new, Variant, batch_size=500)
 
 
 @transaction.atomic
@@ -108,7 +112,7 @@ def entry_create(
 ) -> Entry:
     """Create an entry with its phrasings; embedding is queued once the transaction commits."""
     question, variants = _clean(question), [_clean(v) for v in variants or []]
-    _validate(question=question, answer=answer, language=language, variants=variants)
+    _validate(question=question, answer=answer, language=language, variants=variants, category=_clean(category))
     entry = Entry.objects.create(
         question=question,
         answer=answer.strip(),
@@ -135,7 +139,13 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
             value = value.strip()
         setattr(entry, name, value)
     clean_variants = None if variants is None else [_clean(v) for v in variants]
-    _validate(question=entry.question, answer=entry.answer, language=entry.language, variants=clean_variants or [])
+    _validate(
+        question=entry.question,
+        answer=entry.answer,
+        language=entry.language,
+        variants=clean_variants or [],
+        category=entry.category,
+    )
     entry.save()
     entry_variants_sync(entry=entry, variants=clean_variants)
     kb_changed_notify()
@@ -147,6 +157,37 @@ def entry_delete(*, entry: Entry) -> None:
     """Delete an entry; it leaves the answers with the next index version."""
     entry.delete()
     kb_changed_notify()
+
+
+@transaction.atomic
+def entries_delete(*, entry_ids: list[int]) -> int:
+    """Delete many entries at once."""
+    count = len(entry_ids)
+    for entry in Entry.objects.filter(id__in=entry_ids):
+        entry.delete()  # one by one, so each leaves a history record
+    kb_changed_notify()
+    return count
+
+
+@transaction.atomic
+def entries_set_published(*, entry_ids: list[int], published: bool) -> int:
+    """Publish or unpublish many entries; the next index version follows."""
+    entries = list(Entry.objects.filter(id__in=entry_ids).exclude(is_published=published))
+    for entry in entries:
+        entry.is_published = published
+        entry.save(update_fields=["is_published", "updated_at"])
+    kb_changed_notify()
+    return len(entries)
+
+
+@transaction.atomic
+def entries_reembed(*, entry_ids: list[int]) -> int:
+    """Embed these entries' phrasings again (failed ones included); returns how many were queued."""
+    count = Variant.objects.filter(entry_id__in=entry_ids).update(
+        is_dirty=True, embedded_hash="", embedding_state=EmbeddingState.PENDING, embedding_error=""
+    )
+    kb_changed_notify()
+    return count
 
 
 @dataclass(frozen=True)
@@ -245,7 +286,9 @@ def index_publish() -> IndexVersion:
         IndexWriterLock.objects.select_for_update().get(id=1)
         revision = kb_revision()
         rows = list(
-            Variant.objects.filter(entry__is_published=True, embedding__isnull=False, is_dirty=False)
+            # A phrasing being re-embedded keeps its previous vector until the new one is stored,
+            # so re-embedding never takes an entry out of the answers.
+            Variant.objects.filter(entry__is_published=True, embedding__isnull=False)
             .order_by("id")
             .values_list("id", "entry_id", "embedding")
         )

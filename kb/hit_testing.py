@@ -1,0 +1,130 @@
+"""Hit testing: what the bot would answer, through the very pipeline live chat uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from chatbot.pipeline import Answer, answer_question
+from kb.importing import ImportFileError
+from kb.models import Entry
+
+
+@dataclass(frozen=True)
+class HitTestCase:
+    """One labelled question and what the bot did with it."""
+
+    question: str
+    expected: str
+    expected_entry_ids: frozenset[int]
+    answer: Answer
+
+    @property
+    def top_entry_id(self) -> int | None:
+        return self.answer.hits[0].entry_id if self.answer.hits else None
+
+    @property
+    def retrieved_right(self) -> bool:
+        """The best retrieved entry is an expected one."""
+        return self.top_entry_id in self.expected_entry_ids
+
+    @property
+    def answered_right(self) -> bool:
+        """The bot answered from the FAQ, with an expected entry."""
+        return self.answer.source == "faq" and self.answer.entry_id in self.expected_entry_ids
+
+
+@dataclass
+class HitTestReport:
+    """Accuracy over a labelled file and the cases that went wrong."""
+
+    cases: list[HitTestCase] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.cases)
+
+    @property
+    def top1_accuracy(self) -> float:
+        return sum(case.retrieved_right for case in self.cases) / self.total if self.cases else 0.0
+
+    @property
+    def answer_accuracy(self) -> float:
+        return sum(case.answered_right for case in self.cases) / self.total if self.cases else 0.0
+
+    @property
+    def misses(self) -> list[HitTestCase]:
+        return [case for case in self.cases if not case.retrieved_right]
+
+
+def hit_test(questions: list[str]) -> list[tuple[str, Answer]]:
+    """Each non-empty question with the answer the bot would give."""
+    return [(question, answer_question(question)) for question in (q.strip() for q in questions) if question]
+
+
+def _expected_lookup() -> tuple[dict[str, frozenset[int]], dict[str, int], set[int]]:
+    by_category: dict[str, set[int]] = {}
+    by_question: dict[str, int] = {}
+    ids = set()
+    for entry_id, question, category in Entry.objects.values_list("id", "question", "category"):
+        by_category.setdefault(category.casefold(), set()).add(entry_id)
+        by_question[" ".join(question.split()).casefold()] = entry_id
+        ids.add(entry_id)
+    return {key: frozenset(value) for key, value in by_category.items()}, by_question, ids
+
+
+def hit_test_rows(rows: list[dict], progress=None) -> HitTestReport:
+    """Run labelled rows: a ``question`` (or ``text``) and the expected entry, given as
+    ``expected`` (an entry id or the entry's question) or as ``category`` (any entry of it)."""
+    by_category, by_question, ids = _expected_lookup()
+    report = HitTestReport()
+    for number, row in enumerate(rows, start=1):
+        question = str(row.get("question") or row.get("text") or "").strip()
+        if not question:
+            report.errors.append(f"row {number}: no question")
+            continue
+        if row.get("expected") not in (None, ""):
+            expected = str(row["expected"]).strip()
+            if expected.isdigit() and int(expected) in ids:
+                expected_ids = frozenset({int(expected)})
+            elif " ".join(expected.split()).casefold() in by_question:
+                expected_ids = frozenset({by_question[" ".join(expected.split()).casefold()]})
+            else:
+                report.errors.append(f"row {number}: no entry with id or question {expected!r}")
+                continue
+        elif row.get("category") not in (None, ""):
+            expected = str(row["category"]).strip()
+            expected_ids = by_category.get(expected.casefold(), frozenset())
+            if not expected_ids:
+                report.errors.append(f"row {number}: no entry in category {expected!r}")
+                continue
+        else:
+            report.errors.append(f"row {number}: no expected entry (column expected or category)")
+            continue
+        report.cases.append(HitTestCase(question, expected, expected_ids, answer_question(question)))
+        if progress is not None:
+            progress(1)
+    return report
+
+
+def read_labelled_rows(name: str, raw: bytes) -> list[dict]:
+    """Rows of a labelled question file (.csv or .json), without the import's entry grouping."""
+    import csv
+    import io
+    import json
+
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"{name} is not UTF-8 text") from exc
+    if name.lower().endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(f"{name} is not valid JSON: {exc}") from exc
+        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+            raise ImportFileError(f"{name} must hold a JSON list of objects")
+        return data
+    if name.lower().endswith(".csv"):
+        return [{(k or "").strip().lower(): v for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    raise ImportFileError(f"unsupported file type for {name}: use .csv or .json")
