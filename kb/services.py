@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history
@@ -157,6 +157,54 @@ def entry_delete(*, entry: Entry) -> None:
     """Delete an entry; it leaves the answers with the next index version."""
     entry.delete()
     kb_changed_notify()
+
+
+PRIMARY_READ_ONLY = "this is the entry's primary phrasing (its question): edit the entry's question instead"
+
+
+def variant_create(*, entry: Entry, text: str) -> Variant:
+    """Add an alternate phrasing to an entry; it starts dirty and embedding is queued."""
+    text = _clean(text)
+    _validate_phrasing(text)
+    try:
+        # A savepoint of its own, so a duplicate (unique constraint) leaves the connection usable.
+        with transaction.atomic():
+            variant = Variant.objects.create(entry=entry, text=text)
+            kb_changed_notify()
+    except IntegrityError as exc:
+        raise EntryInvalid(f"the entry already has the phrasing {text!r}") from exc
+    return variant
+
+
+def variant_update(*, variant: Variant, text: str) -> Variant:
+    """Change an alternate phrasing's text (Variant.save marks it dirty when the text changed)."""
+    if variant.is_primary:
+        raise EntryInvalid(PRIMARY_READ_ONLY)
+    variant.text = _clean(text)
+    _validate_phrasing(variant.text)
+    try:
+        with transaction.atomic():
+            variant.save()
+            kb_changed_notify()
+    except IntegrityError as exc:
+        raise EntryInvalid(f"the entry already has the phrasing {variant.text!r}") from exc
+    return variant
+
+
+def variant_delete(*, variant: Variant) -> None:
+    """Delete an alternate phrasing; it leaves the answers with the next index version."""
+    if variant.is_primary:
+        raise EntryInvalid(PRIMARY_READ_ONLY)
+    with transaction.atomic():
+        variant.delete()
+        kb_changed_notify()
+
+
+def _validate_phrasing(text: str) -> None:
+    if not text:
+        raise EntryInvalid("phrasing is empty")
+    if len(text) > Variant._meta.get_field("text").max_length:
+        raise EntryInvalid("phrasing is longer than 500 characters")
 
 
 @transaction.atomic

@@ -1,3 +1,16 @@
 """REST API routes of the knowledge base (mounted under /api/)."""
 
-urlpatterns = []
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from kb.api import views
+
+router = SimpleRouter()
+router.register("kb/entries", views.EntryViewSet, basename="kb-entry")
+router.register("kb/variants", views.VariantViewSet, basename="kb-variant")
+
+urlpatterns = [
+    path("kb/search", views.SearchView.as_view(), name="kb-search"),
+    path("kb/import", views.ImportView.as_view(), name="kb-import"),
+    *router.urls,
+]
