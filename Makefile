@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install run test test-tools lint compose-check clean
+.PHONY: install run test test-tools lint bench compose-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-tools:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || echo "could not install$$missing: the tests that need them will say so"; \
 	fi
+
+## Benchmarks: print a table and save JSON under bench/results/ (see docs/BENCHMARKS.md).
+bench: install
+	$(PY) bench/bench_pipeline.py
 
 lint: install
 	$(VENV)/bin/ruff check .

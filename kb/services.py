@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Length
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history
 
@@ -59,10 +60,10 @@ def kb_changed_notify() -> None:
 
 
 def _enqueue_refresh() -> None:
-    from kb.tasks import kb_refresh
+    from kb.tasks import kb_refresh_fan_out
 
     try:
-        kb_refresh.delay()
+        kb_refresh_fan_out()
     except Exception:  # noqa: BLE001 - a down broker must not fail an edit that is saved
         # The edit is committed and its rows are dirty; the worker's start-up sweep (and the
         # next edit) picks them up.
@@ -74,7 +75,7 @@ def kb_revision() -> int:
     return KbRevision.objects.filter(id=1).values_list("value", flat=True).first() or 0
 
 
-def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None) -> None:
+def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None, new_entry: bool = False) -> None:
     """Make the primary phrasing equal the question; with ``variants``, make the other phrasings
     exactly that list (kept ones keep their vectors, new ones start dirty)."""
     primary = entry.variants.filter(is_primary=True).first()
@@ -95,9 +96,13 @@ def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None) -> N
     entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
     existing = set(entry.variants.values_list("text", flat=True))
     # One INSERT for all new phrasings (imports bring hundreds per entry); bulk_create skips
-    # Variant.save(), so the hash is set here, and history rows are written alongside.
+    # Variant.save(), so the hash is set here. A new entry's phrasings are part of the entry's own
+    # creation record; phrasings added later get history rows of their own.
     new = [Variant(entry=entry, text=text, content_hash=text_hash(text)) for text in wanted if text not in existing]
-    bulk_create_with_history(new, Variant, batch_size=500)
+    if new_entry:
+        Variant.objects.bulk_create(new, batch_size=500)
+    else:
+        bulk_create_with_history(new, Variant, batch_size=500)
 
 
 @transaction.atomic
@@ -120,7 +125,7 @@ def entry_create(
         language=language,
         is_published=is_published,
     )
-    entry_variants_sync(entry=entry, variants=variants)
+    entry_variants_sync(entry=entry, variants=variants, new_entry=True)
     kb_changed_notify()
     return entry
 
@@ -251,51 +256,48 @@ class EmbedBatchResult:
 def variants_embed_batch(*, limit: int | None = None) -> EmbedBatchResult:
     """Embed up to ``limit`` dirty phrasings in one model call and store their vectors.
 
-    Safe to run twice or concurrently: a vector is stored only if the phrasing's text hash is
+    Safe to run twice or concurrently: the batch's rows are locked with SKIP LOCKED, so parallel
+    workers take disjoint batches, and a vector is stored only if the phrasing's text hash is
     still the one that was embedded, so an edit made meanwhile stays dirty.
     """
     limit = limit or settings.KB_EMBED_BATCH_SIZE
     todo = Variant.objects.filter(is_dirty=True).exclude(embedding_state=EmbeddingState.FAILED)
-    batch = list(todo.order_by("id").values_list("id", "text", "content_hash")[:limit])
-    if not batch:
-        return EmbedBatchResult(selected=0, embedded=0, stale=0, remaining=0)
-    embedder = get_embedder()
-    try:
-        vectors = embedder.encode([text for _, text, _ in batch])
-    except Exception as exc:  # noqa: BLE001 - any model error is recorded on the rows, not lost
-        logger.exception("embedding a batch of %d phrasings failed", len(batch))
-        variants_mark_failed(variant_ids=[row[0] for row in batch], reason=f"{type(exc).__name__}: {exc}")
-        return EmbedBatchResult(selected=len(batch), embedded=0, stale=0, remaining=todo.count())
-    embedded = _store_vectors(batch, vectors)
-    remaining = todo.count()
-    return EmbedBatchResult(selected=len(batch), embedded=embedded, stale=len(batch) - embedded, remaining=remaining)
+    with transaction.atomic():
+        # Similar lengths in one batch pad little: this alone makes batches ~2x faster than id order.
+        claimed = todo.select_for_update(skip_locked=True).order_by(Length("text"), "id")
+        batch = list(claimed.values_list("id", "text", "content_hash")[:limit])
+        if not batch:
+            return EmbedBatchResult(selected=0, embedded=0, stale=0, remaining=todo.count())
+        try:
+            vectors = get_embedder().encode([text for _, text, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - any model error is recorded on the rows, not lost
+            logger.exception("embedding a batch of %d phrasings failed", len(batch))
+            variants_mark_failed(variant_ids=[row[0] for row in batch], reason=f"{type(exc).__name__}: {exc}")
+            return EmbedBatchResult(selected=len(batch), embedded=0, stale=0, remaining=todo.count())
+        embedded = _store_vectors(batch, vectors)
+    return EmbedBatchResult(selected=len(batch), embedded=embedded, stale=len(batch) - embedded, remaining=todo.count())
 
 
-@transaction.atomic
 def _store_vectors(batch: list[tuple[int, str, str]], vectors: np.ndarray) -> int:
     """Store each vector whose phrasing still has the text that was embedded; return how many.
 
-    The rows are locked while we compare hashes, so an editor's save lands either before (and
-    the stale vector is dropped) or after (and marks the row dirty again)."""
-    embedded_hash = {variant_id: content_hash for variant_id, _, content_hash in batch}
-    current = Variant.objects.select_for_update().filter(id__in=list(embedded_hash)).only("id", "content_hash")
-    vector_of = {variant_id: vector for (variant_id, _, _), vector in zip(batch, vectors, strict=True)}
-    now = timezone.now()
-    fresh = []
-    for variant in current:
-        if variant.content_hash != embedded_hash[variant.id]:
-            continue
-        variant.embedding = vector_of[variant.id].astype(np.float32).tobytes()
-        variant.embedded_hash = variant.content_hash
-        variant.is_dirty = False
-        variant.embedding_state = EmbeddingState.EMBEDDED
-        variant.embedding_error = ""
-        variant.embedded_at = now
-        fresh.append(variant)
-    Variant.objects.bulk_update(
-        fresh, ["embedding", "embedded_hash", "is_dirty", "embedding_state", "embedding_error", "embedded_at"]
+    One statement per row, sent together (executemany): the hash check sits in the UPDATE's
+    WHERE, which the database re-evaluates under the row lock, so an editor's save lands either
+    before (the stale vector is dropped) or after (and marks the row dirty again). Django's
+    bulk_update builds CASE expressions that cost more than the model call for 64 rows."""
+    table = connection.ops.quote_name(Variant._meta.db_table)
+    sql = (
+        f"UPDATE {table} SET embedding = %s, embedded_hash = content_hash, is_dirty = %s, embedding_state = %s, "
+        "embedding_error = '', embedded_at = %s WHERE id = %s AND content_hash = %s"
     )
-    return len(fresh)
+    now = timezone.now()
+    params = [
+        (vector.astype(np.float32).tobytes(), False, EmbeddingState.EMBEDDED.value, now, variant_id, content_hash)
+        for (variant_id, _, content_hash), vector in zip(batch, vectors, strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
+        return cursor.rowcount
 
 
 def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int:
@@ -312,7 +314,9 @@ def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int
         )
         if not batch:
             return stored
-        stored += _store_vectors(batch, embedder.encode([text for _, text, _ in batch]))
+        vectors = embedder.encode([text for _, text, _ in batch])
+        with transaction.atomic():
+            stored += _store_vectors(batch, vectors)
         last_id = batch[-1][0]
         if progress is not None:
             progress(len(batch))

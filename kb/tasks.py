@@ -3,7 +3,7 @@
 import logging
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready
 from django.db import InterfaceError, OperationalError
 
 from kb import services
@@ -31,13 +31,39 @@ def kb_refresh(self):
     """
     result = services.variants_embed_batch()
     if result.remaining:
-        kb_refresh.delay()
+        # Keep this chain going while it finds work; a chain that finds every remaining row
+        # locked by another worker's batch stops, and the busy chains finish the job.
+        if result.selected:
+            kb_refresh.delay()
         return {"embedded": result.embedded, "remaining": result.remaining}
     version = services.index_publish_if_stale()
     return {"embedded": result.embedded, "remaining": 0, "index_version": version.pk if version else None}
 
 
+@worker_process_init.connect
+def _load_embedder(**_kwargs):
+    """Load the model when a pool process starts, not inside the first batch someone waits for."""
+    import os
+
+    import torch
+    from django.conf import settings
+
+    from kb.embedders import get_embedder
+
+    # Share the cores between the pool processes instead of each claiming all of them.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.CELERY_WORKER_CONCURRENCY)))
+    get_embedder().encode(["warm up"])
+
+
+def kb_refresh_fan_out() -> None:
+    """Start one kb_refresh chain per pool process, so all of them embed in parallel."""
+    from django.conf import settings
+
+    for _ in range(max(1, settings.CELERY_WORKER_CONCURRENCY)):
+        kb_refresh.delay()
+
+
 @worker_ready.connect
 def _sweep_on_start(**_kwargs):
     """Catch up on whatever changed while no worker ran (entries are saved even then)."""
-    kb_refresh.delay()
+    kb_refresh_fan_out()

@@ -36,7 +36,6 @@ def worker_command(queue: str) -> list[str]:
         "config",
         "worker",
         "--loglevel=INFO",
-        "--concurrency=1",
         "--queues",
         queue,
         "--without-gossip",
