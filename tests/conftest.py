@@ -49,6 +49,20 @@ def _index_dir(settings, tmp_path):
     yield
 
 
+SHARED_DATA = settings.BASE_DIR.parent / "shared" / "data"
+
+
+@pytest.fixture
+def banking77_train():
+    """BANKING77's training file from ../shared/data (beside the checkout, as in CI)."""
+    path = SHARED_DATA / "banking77" / "train.csv"
+    if not path.exists():
+        if IN_CI:
+            pytest.fail(f"{path} is missing: the shared data must sit beside the checkout")
+        pytest.skip(f"{path} is missing")
+    return path
+
+
 @pytest.fixture
 def redis_client():
     """The test Redis database, emptied before and after the test."""

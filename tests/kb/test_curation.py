@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from openpyxl import load_workbook
@@ -19,7 +18,6 @@ from tests.factories import entries_create, kb_embed_and_publish
 
 pytestmark = pytest.mark.django_db
 
-BANKING_TRAIN = settings.BASE_DIR.parent / "shared" / "data" / "banking77" / "train.csv"
 
 
 @pytest.fixture
@@ -67,8 +65,8 @@ def test_kb_export_command_writes_a_reimportable_file(tmp_path):
         call_command("kb_export", str(tmp_path / "out.txt"), verbosity=0)
 
 
-def test_banking77_phrasing_layout_becomes_one_entry_per_category():
-    rows = read_rows(BANKING_TRAIN)
+def test_banking77_phrasing_layout_becomes_one_entry_per_category(banking77_train):
+    rows = read_rows(banking77_train)
     assert len(rows) == 77
     card_arrival = next(row for row in rows if row["category"] == "card_arrival")
     assert card_arrival["question"] == "I am still waiting on my card?"
