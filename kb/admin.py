@@ -4,6 +4,7 @@ with a preview, export, and hit testing. Every write goes through kb.services.""
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -188,6 +189,10 @@ class EntryAdmin(SimpleHistoryAdmin):
             if preview.ok:
                 token = secrets.token_hex(16)
                 uploads.mkdir(parents=True, exist_ok=True)
+                # Previews never confirmed would pile up: keep a day's worth.
+                for stale in uploads.glob("*"):
+                    if stale.stat().st_mtime < time.time() - 86400:
+                        stale.unlink(missing_ok=True)
                 (uploads / f"{token}{Path(upload.name).suffix.lower()}").write_bytes(raw)
             return self._page(
                 request,

@@ -155,8 +155,11 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Two pool processes with one math thread each embed ~15% faster than one process with two
-# threads on 2 cores, and overlap each other's database work (bench/bench_pipeline.py).
-CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=2)
+# threads on 2 cores, and overlap each other's database work (bench/bench_pipeline.py). SQLite
+# has one writer at a time, which would serialise them: there one process uses every core.
+CELERY_WORKER_CONCURRENCY = env.int(
+    "CELERY_WORKER_CONCURRENCY", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 2
+)
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="chatbot")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A broker that is down must not hang a web request or an import for long.

@@ -38,6 +38,11 @@ if "DATABASE_URL" not in env:
             }
         }
 
+# As in base: one pool process on SQLite (one writer at a time), two otherwise.
+CELERY_WORKER_CONCURRENCY = env.int(
+    "CELERY_WORKER_CONCURRENCY", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 2
+)
+
 # Redis database 15 keeps test traffic away from a developer's data in database 0.
 TEST_REDIS_URL = env.str("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
 REDIS_URL = TEST_REDIS_URL
