@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chatbot.pipeline import Answer, answer_question
-from kb.importing import ImportFileError
+from kb.importing import read_table
 from kb.models import Entry
 
 
@@ -108,23 +108,5 @@ def hit_test_rows(rows: list[dict], progress=None) -> HitTestReport:
 
 
 def read_labelled_rows(name: str, raw: bytes) -> list[dict]:
-    """Rows of a labelled question file (.csv or .json), without the import's entry grouping."""
-    import csv
-    import io
-    import json
-
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{name} is not UTF-8 text") from exc
-    if name.lower().endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ImportFileError(f"{name} is not valid JSON: {exc}") from exc
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise ImportFileError(f"{name} must hold a JSON list of objects")
-        return data
-    if name.lower().endswith(".csv"):
-        return [{(k or "").strip().lower(): v for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
-    raise ImportFileError(f"unsupported file type for {name}: use .csv or .json")
+    """Rows of a labelled question file (.csv, .json or .xlsx), without the import's grouping."""
+    return read_table(name, raw)[1]

@@ -57,15 +57,25 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
-    """Rows of an uploaded file, its format told by the file name's suffix."""
+    """Entry rows of an uploaded file, its format told by the file name's suffix."""
+    header, rows = read_table(name, raw)
+    if header is not None:
+        rows = _check_columns(Path(name).name, header, rows)
+    return _rows_in_phrasing_layout(rows)
+
+
+def read_table(name: str, raw: bytes) -> tuple[list[str] | None, list[dict]]:
+    """The header (None for JSON) and rows of a .csv, .json or .xlsx file, keys lower-cased."""
     path = Path(name)
-    if path.suffix.lower() == ".xlsx":
-        return _rows_in_phrasing_layout(_read_xlsx(path.name, raw))
+    suffix = path.suffix.lower()
+    if suffix == ".xlsx":
+        return _read_xlsx(path.name, raw)
+    if suffix not in {".csv", ".json"}:
+        raise ImportFileError(f"unsupported file type {suffix!r}: use .csv, .json or .xlsx")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ImportFileError(f"{path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    suffix = path.suffix.lower()
     if suffix == ".json":
         try:
             data = json.loads(text)
@@ -73,20 +83,16 @@ def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
             raise ImportFileError(f"{path.name} is not valid JSON: {exc}") from exc
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise ImportFileError(f"{path.name} must hold a JSON list of objects")
-        return data
-    if suffix == ".csv":
-        try:
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            rows = [
-                {(key or "").strip().lower(): value for key, value in row.items() if key is not None} for row in reader
-            ]
-        except csv.Error as exc:
-            raise ImportFileError(f"{path.name} is not valid CSV: {exc}") from exc
-        return _rows_in_phrasing_layout(_check_columns(path.name, reader.fieldnames or [], rows))
-    raise ImportFileError(f"unsupported file type {suffix!r}: use .csv, .json or .xlsx")
+        return None, data
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = [{(key or "").strip().lower(): value for key, value in row.items() if key is not None} for row in reader]
+    except csv.Error as exc:
+        raise ImportFileError(f"{path.name} is not valid CSV: {exc}") from exc
+    return [str(column).strip().lower() for column in reader.fieldnames or []], rows
 
 
-def _read_xlsx(name: str, raw: bytes) -> list[dict]:
+def _read_xlsx(name: str, raw: bytes) -> tuple[list[str], list[dict]]:
     from openpyxl import load_workbook
 
     try:
@@ -106,7 +112,7 @@ def _read_xlsx(name: str, raw: bytes) -> list[dict]:
         for row in cells[1:]
         if any(str(value).strip() for value in row)
     ]
-    return _check_columns(name, header, rows)
+    return header, rows
 
 
 def _check_columns(name: str, header: list[str], rows: list[dict]) -> list[dict]:
