@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from chatbot.language import detect_language
 from chatbot.models import Source
+from kb.language import detect_language
 from kb.selectors import EntryHit, entry_search
 
 

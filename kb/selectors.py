@@ -58,7 +58,7 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
     if not embedder.can_read(query):
         return SearchResult(hits=[], index_version=None, readable=False)
     started = time.perf_counter()
-    vector = embedder.encode([query])[0]
+    vector = embedder.encode_query(query)
     embedded = time.perf_counter()
     index = current_index.get()
     if index is None:

