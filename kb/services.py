@@ -52,10 +52,9 @@ def kb_changed_notify() -> None:
     dirty and publish a new index version (once per transaction, however many rows changed)."""
     KbRevision.objects.get_or_create(id=1)
     KbRevision.objects.filter(id=1).update(value=F("value") + 1)
-    connection = transaction.get_connection()
     # Django keeps pending callbacks as (savepoint ids, func, robust); a rollback discards them,
     # so this check never suppresses the enqueue of a later transaction.
-    if not any(item[1] is _enqueue_refresh for item in connection.run_on_commit):
+    if not any(item[1] is _enqueue_refresh for item in transaction.get_connection().run_on_commit):
         transaction.on_commit(_enqueue_refresh)
 
 
