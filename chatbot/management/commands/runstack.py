@@ -25,37 +25,17 @@ from django.core.management.base import BaseCommand, CommandError
 from config import embedded_redis
 from kb.models import Entry
 
+CELERY = [sys.executable, "-m", "celery", "-A", "config"]
+
 
 def worker_command(queue: str) -> list[str]:
     """The Celery worker exactly as docker-compose's `worker` service runs it."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "worker",
-        "--loglevel=INFO",
-        "--queues",
-        queue,
-        "--without-gossip",
-        "--without-mingle",
-    ]
+    return [*CELERY, "worker", "--loglevel=INFO", "--queues", queue, "--without-gossip", "--without-mingle"]
 
 
 def beat_command() -> list[str]:
     """Celery beat (the periodic KB sweep) exactly as docker-compose's `beat` service runs it."""
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "config",
-        "beat",
-        "--loglevel=INFO",
-        "--schedule",
-        "var/celerybeat-schedule",
-    ]
+    return [*CELERY, "beat", "--loglevel=INFO", "--schedule", "var/celerybeat-schedule"]
 
 
 def web_command(host: str, port: int) -> list[str]:
