@@ -322,7 +322,8 @@ def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int
 
 
 def variants_mark_failed(*, variant_ids: list[int], reason: str) -> int:
-    """Record why embedding failed; the rows stay dirty so a later run retries them."""
+    """Record why embedding failed. The rows stay dirty but batches skip them until an edit or the
+    re-embed action (entries_reembed) resets them, so one bad row cannot loop the worker."""
     return Variant.objects.filter(id__in=variant_ids, is_dirty=True).update(
         embedding_state=EmbeddingState.FAILED, embedding_error=reason[:2000]
     )
