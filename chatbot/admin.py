@@ -1,14 +1,26 @@
 """Read-only transcript views in the admin until the ops console arrives."""
 
 from django.contrib import admin
+from simple_history.admin import SimpleHistoryAdmin
 
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, DecisionThresholds, Message
 
 
 class MessageInline(admin.TabularInline):
     model = Message
     fk_name = "conversation"
-    fields = ("created_at", "role", "text", "source", "entry", "score", "retrieval", "decision", "timings_ms")
+    fields = (
+        "created_at",
+        "role",
+        "text",
+        "source",
+        "entry",
+        "score",
+        "citations",
+        "retrieval",
+        "decision",
+        "timings_ms",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -35,3 +47,46 @@ class MessageAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(DecisionThresholds)
+class DecisionThresholdsAdmin(SimpleHistoryAdmin):
+    """One row per question language; kb_calibrate fills them from labelled questions, and an
+    editor can adjust them here (every change is kept in History)."""
+
+    list_display = (
+        "language",
+        "answer_threshold",
+        "clarify_threshold",
+        "clarify_margin",
+        "max_suggestions",
+        "calibrated",
+    )
+    fields = (
+        "language",
+        "answer_threshold",
+        "clarify_threshold",
+        "clarify_margin",
+        "max_suggestions",
+        "calibration_summary",
+        "updated_at",
+    )
+    readonly_fields = ("calibration_summary", "updated_at")
+    history_list_display = ["answer_threshold", "clarify_threshold", "clarify_margin"]
+
+    @admin.display(description="calibrated")
+    def calibrated(self, obj):
+        return obj.calibration.get("at", "never")[:19] if obj.calibration else "never"
+
+    @admin.display(description="last calibration")
+    def calibration_summary(self, obj):
+        data = obj.calibration
+        if not data:
+            return "Not calibrated: run `python manage.py kb_calibrate LABELLED_FILE`."
+        metrics, files = data.get("metrics", {}), ", ".join(data.get("files", []))
+        return (
+            f"{data.get('at', '')[:19]} on {data.get('questions', '?')} questions ({files}): "
+            f"precision {metrics.get('precision', 0):.3f}, recall {metrics.get('recall', 0):.3f}, "
+            f"F1 {metrics.get('f1', 0):.3f}, wrong answers {metrics.get('wrong_rate', 0):.2%} "
+            f"(cap {data.get('max_wrong_rate', 0):.2%})"
+        )

@@ -10,8 +10,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from chatbot.answering import ChoiceInvalid, message_reply, reply_frame, suggestion_choose
 from chatbot.selectors import conversation_history
-from chatbot.services import conversation_start, message_answer
+from chatbot.services import conversation_start
 
 logger = logging.getLogger(__name__)
 
@@ -68,29 +69,42 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if frame_type == "ping":
             await self.send_json({"type": "pong"})
             return
+        if frame_type == "choose":
+            await self._choose(content)
+            return
         if frame_type != "message":
             raise FrameError("unknown_type", f"Unknown frame type {str(frame_type)[:40]!r}.")
         client_id, text = self._parse_message(content)
+
+        async def send_delta(chunk: str) -> None:
+            await self.send_json({"type": "delta", "reply_to": client_id, "text": chunk})
+
         try:
-            reply = await database_sync_to_async(message_answer)(
-                conversation=self.conversation, client_id=client_id, text=text
+            stored = await message_reply(
+                conversation=self.conversation, client_id=client_id, text=text, on_delta=send_delta
             )
         except Exception:  # noqa: BLE001 - one failed answer must not drop the customer's connection
             logger.exception("answering message %s failed", client_id)
             raise FrameError("internal_error", "Sorry, something went wrong; please try again.", client_id) from None
-        message = reply.message
-        await self.send_json(
-            {
-                "type": "answer",
-                "reply_to": client_id,
-                "message_id": message.id,
-                "source": message.source,
-                "text": message.text,
-                "entry_id": message.entry_id,
-                "score": round(message.score or 0.0, 4),
-                "duplicate": reply.duplicate,
-            }
-        )
+        await self.send_json(reply_frame(stored))
+
+    async def _choose(self, content: dict) -> None:
+        client_id = content.get("id")
+        if client_id is not None and (not isinstance(client_id, str) or not client_id.strip()):
+            raise FrameError("invalid_id", 'A "choose" frame\'s "id", when given, must be a non-empty string.')
+        if client_id is not None and len(client_id) > MAX_CLIENT_ID_CHARS:
+            raise FrameError("invalid_id", f'"id" is longer than {MAX_CLIENT_ID_CHARS} characters.')
+        entry_id = content.get("entry_id")
+        if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+            raise FrameError("invalid_entry_id", 'A "choose" frame needs an integer "entry_id".', client_id)
+        try:
+            stored = await suggestion_choose(conversation=self.conversation, entry_id=entry_id, client_id=client_id)
+        except ChoiceInvalid as error:
+            raise FrameError("invalid_choice", str(error), client_id) from None
+        except Exception:  # noqa: BLE001 - as for messages: an error frame, never a dropped connection
+            logger.exception("answering choice %s failed", entry_id)
+            raise FrameError("internal_error", "Sorry, something went wrong; please try again.", client_id) from None
+        await self.send_json(reply_frame(stored))
 
     @staticmethod
     def _parse_message(content: dict) -> tuple[str, str]:

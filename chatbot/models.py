@@ -2,7 +2,10 @@
 
 import uuid
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from simple_history.models import HistoricalRecords
 
 
 class ConversationState(models.TextChoices):
@@ -36,9 +39,11 @@ class Role(models.TextChoices):
 
 class Source(models.TextChoices):
     FAQ = "faq", "FAQ"
-    FALLBACK = "fallback", "Fallback"
+    CLARIFY = "clarify", "Did you mean"
     LLM = "llm", "LLM"
     HANDOFF = "handoff", "Hand-off"
+    # Replies of the first release (before the LLM fallback and hand-off): kept for old transcripts.
+    FALLBACK = "fallback", "Fallback"
 
 
 class Message(models.Model):
@@ -53,8 +58,9 @@ class Message(models.Model):
     source = models.CharField(max_length=10, choices=Source.choices, blank=True)
     entry = models.ForeignKey("kb.Entry", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     score = models.FloatField(null=True, blank=True)
-    retrieval = models.JSONField(default=list, blank=True)  # [{"entry_id", "score", "variant_id"}]
-    decision = models.JSONField(default=dict, blank=True)  # why: threshold, reason, index version
+    retrieval = models.JSONField(default=list, blank=True)  # [{"entry_id", "score", "variant_id", ...}]
+    decision = models.JSONField(default=dict, blank=True)  # why: thresholds, reason, options, LLM context
+    citations = models.JSONField(default=list, blank=True)  # entry ids an LLM answer says it used
     timings_ms = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
@@ -70,3 +76,48 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.text[:60]}"
+
+
+_unit = [MinValueValidator(0.0), MaxValueValidator(1.0)]
+
+
+class DecisionThresholds(models.Model):
+    """When the bot answers from the FAQ, asks "did you mean", or falls back, for questions in one
+    language. Scores are the cosine of the best phrasing, and each language is scored by its own
+    model (see kb.embedders.LanguageRoutedEmbedder), so each language needs its own thresholds.
+    `manage.py kb_calibrate` picks them from labelled questions; editors can change them in admin."""
+
+    language = models.CharField(max_length=8, unique=True, help_text="Language of the customer's question (en, zh).")
+    answer_threshold = models.FloatField(
+        default=0.6, validators=_unit, help_text="The best entry's score from which its answer is given."
+    )
+    clarify_threshold = models.FloatField(
+        default=0.5,
+        validators=_unit,
+        help_text='The lowest score at which an entry may be offered as a "did you mean" suggestion.',
+    )
+    clarify_margin = models.FloatField(
+        default=0.02,
+        validators=_unit,
+        help_text="When the two best entries' scores are closer than this, the bot asks which one was meant.",
+    )
+    max_suggestions = models.PositiveSmallIntegerField(
+        default=3, validators=[MinValueValidator(2), MaxValueValidator(5)], help_text="Buttons in a suggestion."
+    )
+    calibration = models.JSONField(
+        default=dict, blank=True, help_text="What kb_calibrate measured when it chose these values."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name = "decision thresholds"
+        verbose_name_plural = "decision thresholds"
+        ordering = ["language"]
+
+    def __str__(self) -> str:
+        return f"{self.language}: answer >= {self.answer_threshold:.3f}"
+
+    def clean(self):
+        if self.clarify_threshold > self.answer_threshold:
+            raise ValidationError({"clarify_threshold": "must not be higher than the answer threshold"})

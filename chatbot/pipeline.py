@@ -1,26 +1,42 @@
-"""The answering pipeline: one function that live chat, hit testing and benchmarks all call."""
+"""The answering pipeline: one function that live chat, hit testing, kb_calibrate and the
+benchmarks all call. It retrieves and decides; generating an LLM reply (async, streamed) is the
+caller's next step when the decision says so (chatbot.answering)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 
+from chatbot import cues
+from chatbot.decisions import Decision, Kind, Thresholds, decide
 from chatbot.models import Source
+from chatbot.selectors import thresholds_for
 from kb.language import detect_language
-from kb.selectors import EntryHit, entry_search
+from kb.selectors import EntryHit, SearchResult, entry_search
+
+SOURCE_OF_KIND = {
+    Kind.FAQ: Source.FAQ,
+    Kind.CLARIFY: Source.CLARIFY,
+    Kind.LLM: Source.LLM,
+    Kind.HANDOFF: Source.HANDOFF,
+}
 
 
 @dataclass(frozen=True)
 class Answer:
-    """The bot's reply to one question and everything that led to it."""
+    """The bot's decision on one question and everything that led to it. ``text`` is final for
+    FAQ, clarify and hand-off; for the LLM kind the caller generates it."""
 
+    kind: Kind
     source: str
     text: str
     entry_id: int | None
     score: float
     hits: list[EntryHit]
+    options: list[dict]  # [{"entry_id", "question"}] when clarifying
+    language: str
     decision: dict
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -30,35 +46,118 @@ class Answer:
         return [hit.trace() for hit in self.hits]
 
 
-def answer_question(text: str) -> Answer:
-    """Retrieve FAQ entries for ``text`` and decide: the best entry's answer if its score reaches
-    the threshold, otherwise the fallback text in the customer's language."""
+def reply_text(kind: str, language: str) -> str:
+    """A fixed reply of the bot ("clarify", "handoff_offer", "handoff_requested") in ``language``."""
+    texts = settings.CHATBOT_REPLY_TEXT[kind]
+    return texts.get(language) or texts["en"]
+
+
+def answer_question(
+    text: str,
+    *,
+    context_question: str = "",
+    previous_entry_id: int | None = None,
+    llm_available: bool | None = None,
+) -> Answer:
+    """Retrieve FAQ entries for ``text`` and decide what to do with it.
+
+    ``context_question`` (the previous answer's entry question) marks ``text`` as a follow-up to
+    resolve without an LLM: each entry is scored by the mean of its score for the message alone and
+    for the message read after the previous question, and the previous entry itself is left out (a
+    follow-up asks for something its answer did not say)."""
     started = time.perf_counter()
     language = detect_language(text)
-    threshold = settings.CHATBOT_ANSWER_THRESHOLD
+    thresholds = thresholds_for(language=language)
+    if llm_available is None:
+        from chatbot.llm import get_llm
+
+        llm_available = get_llm() is not None
     result = entry_search(query=text)
-    best = result.hits[0] if result.hits else None
-    decision = {"threshold": threshold, "index_version": result.index_version, "language": language}
-    if best is not None and best.score >= threshold:
-        source, reply, entry_id = Source.FAQ, best.answer, best.entry_id
-        decision["reason"] = "best score reaches the threshold"
-    else:
-        source, reply, entry_id = Source.FALLBACK, settings.CHATBOT_FALLBACK_TEXT[language], None
-        if not result.readable:
-            decision["reason"] = "the embedder cannot read this text"
-        elif result.index_version is None:
-            decision["reason"] = "no index has been published yet"
-        elif best is None:
-            decision["reason"] = "no entry retrieved"
-        else:
-            decision["reason"] = "best score is below the threshold"
+    memory = None
+    if context_question and result.readable:
+        result, memory = _search_with_context(result, text, context_question, previous_entry_id)
+    hits = result.hits
+    decision = decide(
+        [hit.score for hit in hits],
+        thresholds,
+        asks_for_person=cues.asks_for_person(text),
+        llm_available=llm_available,
+    )
+    if not result.readable and decision.kind != Kind.HANDOFF:
+        decision = Decision(Kind.HANDOFF, "the embedder cannot read this text")
+    elif result.index_version is None and decision.kind != Kind.HANDOFF:
+        decision = Decision(Kind.HANDOFF, "no index has been published yet")
+    return _answer(decision, hits, result, thresholds, language, memory, started)
+
+
+def _search_with_context(
+    plain: SearchResult, text: str, context_question: str, previous_entry_id: int | None
+) -> tuple[SearchResult, dict]:
+    contextual = entry_search(query=f"{context_question} {text}")
+    plain_scores = {hit.entry_id: hit for hit in plain.hits}
+    context_scores = {hit.entry_id: hit for hit in contextual.hits}
+    # An entry missing from one list scored at most that list's lowest score there.
+    floor_plain = min((hit.score for hit in plain.hits), default=0.0)
+    floor_context = min((hit.score for hit in contextual.hits), default=0.0)
+    merged = []
+    for entry_id in plain_scores.keys() | context_scores.keys():
+        if entry_id == previous_entry_id:
+            continue
+        base = plain_scores.get(entry_id) or context_scores[entry_id]
+        score = (
+            (plain_scores[entry_id].score if entry_id in plain_scores else floor_plain)
+            + (context_scores[entry_id].score if entry_id in context_scores else floor_context)
+        ) / 2
+        merged.append(replace(base, score=score))
+    merged.sort(key=lambda hit: hit.score, reverse=True)
+    timings = {
+        f"{name}": plain.timings_ms.get(name, 0) + contextual.timings_ms.get(name, 0) for name in plain.timings_ms
+    }
+    memory = {"method": "previous_entry", "context_question": context_question, "excluded_entry_id": previous_entry_id}
+    return replace(plain, hits=merged[: len(plain.hits)], timings_ms=timings), memory
+
+
+def _answer(
+    decision: Decision,
+    hits: list[EntryHit],
+    result: SearchResult,
+    thresholds: Thresholds,
+    language: str,
+    memory: dict | None,
+    started: float,
+) -> Answer:
+    best = hits[0] if hits else None
+    options = [{"entry_id": hits[i].entry_id, "question": hits[i].question} for i in decision.options]
+    entry_id, text = None, ""
+    if decision.kind == Kind.FAQ:
+        entry_id, text = best.entry_id, best.answer
+    elif decision.kind == Kind.CLARIFY:
+        text = reply_text("clarify", language)
+    elif decision.kind == Kind.HANDOFF:
+        requested = decision.reason == "the customer asked for a person"
+        text = reply_text("handoff_requested" if requested else "handoff_offer", language)
+    trace = {
+        "kind": str(decision.kind),
+        "reason": decision.reason,
+        "thresholds": thresholds.as_dict(),
+        "index_version": result.index_version,
+        "language": language,
+        "search_mode": getattr(result, "mode", "dense"),
+    }
+    if options:
+        trace["options"] = options
+    if memory:
+        trace["memory"] = memory
     timings = {**result.timings_ms, "total": (time.perf_counter() - started) * 1000}
     return Answer(
-        source=source,
-        text=reply,
+        kind=decision.kind,
+        source=SOURCE_OF_KIND[decision.kind],
+        text=text,
         entry_id=entry_id,
         score=best.score if best else 0.0,
-        hits=result.hits,
-        decision=decision,
+        hits=hits,
+        options=options,
+        language=language,
+        decision=trace,
         timings_ms={k: round(v, 2) for k, v in timings.items()},
     )

@@ -1,6 +1,12 @@
 """Reads on the customer side."""
 
-from chatbot.models import Conversation, Message
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatbot.decisions import Thresholds
+from chatbot.models import Conversation, DecisionThresholds, Message, Role
+from kb.models import Entry
 
 
 def conversation_history(*, conversation: Conversation, limit: int) -> list[dict]:
@@ -18,7 +24,54 @@ def conversation_history(*, conversation: Conversation, limit: int) -> list[dict
             "client_id": message.client_id,
             "reply_to": message.reply_to.client_id if message.reply_to else None,
             "source": message.source or None,
+            "options": message.decision.get("options", []) if message.source == "clarify" else [],
+            "citations": message.citations,
             "created_at": message.created_at.isoformat(),
         }
         for message in reversed(messages)
     ]
+
+
+def thresholds_for(*, language: str) -> Thresholds:
+    """The decision thresholds for questions in ``language``: its row, else English's, else the
+    model defaults (a fresh database before the data migration)."""
+    rows = {row.language: row for row in DecisionThresholds.objects.filter(language__in=[language, "en"])}
+    row = rows.get(language) or rows.get("en") or DecisionThresholds(language=language)
+    return Thresholds(
+        language=language,
+        answer=row.answer_threshold,
+        clarify=row.clarify_threshold,
+        margin=row.clarify_margin,
+        max_suggestions=row.max_suggestions,
+    )
+
+
+@dataclass(frozen=True)
+class ConversationContext:
+    """What the bot remembers of a conversation when answering its next message."""
+
+    turns: list[tuple[str, str]]  # (role, text), oldest first: customer and bot turns
+    previous_entry_id: int | None  # the entry the last bot answer came from, if any
+    previous_question: str  # that entry's question ("" when none)
+
+
+def conversation_context(*, conversation: Conversation, turns: int) -> ConversationContext:
+    """The last ``turns`` customer/bot messages and the entry the latest bot answer used."""
+    recent = list(
+        Message.objects.filter(conversation=conversation, role__in=[Role.CUSTOMER, Role.BOT])
+        .select_related("entry")
+        .order_by("-created_at", "-id")[:turns]
+    )
+    previous_entry = None
+    for message in recent:
+        if message.role == Role.BOT:
+            if message.entry is not None:
+                previous_entry = message.entry
+            elif message.citations:
+                previous_entry = Entry.objects.filter(id=message.citations[0]).first()
+            break
+    return ConversationContext(
+        turns=[(message.role, message.text) for message in reversed(recent)],
+        previous_entry_id=previous_entry.id if previous_entry else None,
+        previous_question=previous_entry.question if previous_entry else "",
+    )

@@ -1,4 +1,4 @@
-"""Writes on the customer side: starting or resuming conversations, answering messages."""
+"""Writes on the customer side: starting or resuming conversations, storing exchanges."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chatbot.models import Conversation, Message, Role
-from chatbot.pipeline import answer_question
+from chatbot.models import Conversation, ConversationState, Message, Role, Source
 
 
 def conversation_start(*, conversation_id: str | None = None, site: str = "default") -> tuple[Conversation, bool]:
@@ -28,7 +27,21 @@ def conversation_start(*, conversation_id: str | None = None, site: str = "defau
 
 
 @dataclass(frozen=True)
-class Reply:
+class BotReply:
+    """What the bot says back to one customer message, ready to store."""
+
+    source: str
+    text: str
+    entry_id: int | None = None
+    score: float | None = None
+    retrieval: list | None = None
+    decision: dict | None = None
+    citations: list[int] | None = None
+    timings_ms: dict | None = None
+
+
+@dataclass(frozen=True)
+class StoredReply:
     """The bot's stored reply to a customer message."""
 
     message: Message
@@ -36,44 +49,52 @@ class Reply:
     duplicate: bool  # True when this client id was answered before and the stored reply is replayed
 
 
-def message_answer(*, conversation: Conversation, client_id: str, text: str) -> Reply:
-    """Save the customer's message, answer it through the pipeline, save the answer.
-
-    A client id seen before in this conversation is not answered again: its stored reply is
-    returned, so a client that resends after a dropped connection gets the same message id.
-    """
-    previous = _stored_reply(conversation=conversation, client_id=client_id)
-    if previous is not None:
-        return Reply(message=previous, client_id=client_id, duplicate=True)
-    answer = answer_question(text)
-    try:
-        with transaction.atomic():
-            question = Message.objects.create(
-                conversation=conversation, role=Role.CUSTOMER, text=text, client_id=client_id
-            )
-            reply = Message.objects.create(
-                conversation=conversation,
-                role=Role.BOT,
-                text=answer.text,
-                reply_to=question,
-                source=answer.source,
-                entry_id=answer.entry_id,
-                score=answer.score,
-                retrieval=answer.retrieval,
-                decision=answer.decision,
-                timings_ms=answer.timings_ms,
-            )
-            Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
-    except IntegrityError:
-        # The same client id arrived on another connection at the same moment; its reply won.
-        previous = _stored_reply(conversation=conversation, client_id=client_id)
-        if previous is None:
-            raise
-        return Reply(message=previous, client_id=client_id, duplicate=True)
-    return Reply(message=reply, client_id=client_id, duplicate=False)
-
-
-def _stored_reply(*, conversation: Conversation, client_id: str) -> Message | None:
+def stored_reply(*, conversation: Conversation, client_id: str) -> Message | None:
+    """The bot's reply to this conversation's customer message with ``client_id``, if answered."""
     return Message.objects.filter(
         conversation=conversation, reply_to__client_id=client_id, reply_to__role=Role.CUSTOMER
     ).first()
+
+
+def exchange_save(*, conversation: Conversation, client_id: str, customer_text: str, reply: BotReply) -> StoredReply:
+    """Store the customer's message and the bot's reply together (both or neither).
+
+    A hand-off the customer asked for puts the conversation in the agents' waiting queue. If the
+    same client id was stored meanwhile (a resend racing on another connection), that reply wins.
+    """
+    try:
+        with transaction.atomic():
+            question = Message.objects.create(
+                conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id
+            )
+            message = Message.objects.create(
+                conversation=conversation,
+                role=Role.BOT,
+                text=reply.text,
+                reply_to=question,
+                source=reply.source,
+                entry_id=reply.entry_id,
+                score=reply.score,
+                retrieval=reply.retrieval or [],
+                decision=reply.decision or {},
+                citations=reply.citations or [],
+                timings_ms=reply.timings_ms or {},
+            )
+            changes = {"updated_at": timezone.now()}
+            if reply.source == Source.HANDOFF and (reply.decision or {}).get("handoff") == "requested":
+                changes["state"] = ConversationState.WAITING
+            Conversation.objects.filter(pk=conversation.pk).update(**changes)
+    except IntegrityError:
+        previous = stored_reply(conversation=conversation, client_id=client_id)
+        if previous is None:
+            raise
+        return StoredReply(message=previous, client_id=client_id, duplicate=True)
+    return StoredReply(message=message, client_id=client_id, duplicate=False)
+
+
+def offered_suggestion(*, conversation: Conversation, entry_id: int) -> Message | None:
+    """The latest "did you mean" message of this conversation that offered ``entry_id``."""
+    for message in Message.objects.filter(conversation=conversation, source=Source.CLARIFY).order_by("-id")[:20]:
+        if any(option.get("entry_id") == entry_id for option in message.decision.get("options", [])):
+            return message
+    return None

@@ -217,7 +217,11 @@ class EntryAdmin(SimpleHistoryAdmin):
     def hit_testing_view(self, request):
         """Type or paste questions (one a line), or upload a labelled file, and see what the bot
         would do with each, computed by the live chat pipeline."""
-        context = {"title": "Hit testing", "questions": "", "threshold": settings.CHATBOT_ANSWER_THRESHOLD}
+        context = {
+            "title": "Hit testing",
+            "questions": "",
+            "thresholds_url": reverse("admin:chatbot_decisionthresholds_changelist"),
+        }
         if request.method == "POST":
             upload = request.FILES.get("file")
             if upload is not None:

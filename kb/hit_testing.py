@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from chatbot.pipeline import Answer, answer_question
+from kb.calibration import ScoredQuestion, is_out_of_scope
 from kb.importing import read_table
 from kb.models import Entry
 
@@ -23,9 +24,23 @@ class HitTestCase:
         return self.answer.hits[0].entry_id if self.answer.hits else None
 
     @property
+    def in_scope(self) -> bool:
+        """False for a question labelled out of scope: no entry should answer it."""
+        return bool(self.expected_entry_ids)
+
+    @property
     def retrieved_right(self) -> bool:
         """The best retrieved entry is an expected one."""
         return self.top_entry_id in self.expected_entry_ids
+
+    def scored(self) -> ScoredQuestion:
+        """The case as kb.calibration reads it."""
+        return ScoredQuestion(
+            language=self.answer.language,
+            scores=tuple(hit.score for hit in self.answer.hits),
+            correct=tuple(hit.entry_id in self.expected_entry_ids for hit in self.answer.hits),
+            in_scope=self.in_scope,
+        )
 
     @property
     def answered_right(self) -> bool:
@@ -45,16 +60,29 @@ class HitTestReport:
         return len(self.cases)
 
     @property
+    def in_scope(self) -> list[HitTestCase]:
+        return [case for case in self.cases if case.in_scope]
+
+    @property
     def top1_accuracy(self) -> float:
-        return sum(case.retrieved_right for case in self.cases) / self.total if self.cases else 0.0
+        """Share of in-scope questions whose best retrieved entry is right."""
+        cases = self.in_scope
+        return sum(case.retrieved_right for case in cases) / len(cases) if cases else 0.0
 
     @property
     def answer_accuracy(self) -> float:
-        return sum(case.answered_right for case in self.cases) / self.total if self.cases else 0.0
+        """Share of in-scope questions answered from the FAQ with a right entry."""
+        cases = self.in_scope
+        return sum(case.answered_right for case in cases) / len(cases) if cases else 0.0
 
     @property
     def misses(self) -> list[HitTestCase]:
-        return [case for case in self.cases if not case.retrieved_right]
+        """In-scope questions whose best entry is wrong, and out-of-scope ones answered anyway."""
+        return [
+            case
+            for case in self.cases
+            if (case.in_scope and not case.retrieved_right) or (not case.in_scope and case.answer.source == "faq")
+        ]
 
 
 def hit_test(questions: list[str]) -> list[tuple[str, Answer]]:
@@ -73,9 +101,10 @@ def _expected_lookup() -> tuple[dict[str, frozenset[int]], dict[str, int], set[i
     return {key: frozenset(value) for key, value in by_category.items()}, by_question, ids
 
 
-def hit_test_rows(rows: list[dict], progress=None) -> HitTestReport:
+def hit_test_rows(rows: list[dict], progress=None, llm_available: bool | None = None) -> HitTestReport:
     """Run labelled rows: a ``question`` (or ``text``) and the expected entry, given as
-    ``expected`` (an entry id or the entry's question) or as ``category`` (any entry of it)."""
+    ``expected`` (an entry id or the entry's question) or as ``category`` (any entry of it); the
+    label ``oos`` (or ``out_of_scope``, ``none``) marks a question no entry should answer."""
     by_category, by_question, ids = _expected_lookup()
     report = HitTestReport()
     for number, row in enumerate(rows, start=1):
@@ -83,7 +112,9 @@ def hit_test_rows(rows: list[dict], progress=None) -> HitTestReport:
         if not question:
             report.errors.append(f"row {number}: no question")
             continue
-        if row.get("expected") not in (None, ""):
+        if is_out_of_scope(row):
+            expected, expected_ids = "out of scope", frozenset()
+        elif row.get("expected") not in (None, ""):
             expected = str(row["expected"]).strip()
             if expected.isdigit() and int(expected) in ids:
                 expected_ids = frozenset({int(expected)})
@@ -101,7 +132,8 @@ def hit_test_rows(rows: list[dict], progress=None) -> HitTestReport:
         else:
             report.errors.append(f"row {number}: no expected entry (column expected or category)")
             continue
-        report.cases.append(HitTestCase(question, expected, expected_ids, answer_question(question)))
+        answer = answer_question(question, llm_available=llm_available)
+        report.cases.append(HitTestCase(question, expected, expected_ids, answer))
         if progress is not None:
             progress(1)
     return report

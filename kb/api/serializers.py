@@ -168,13 +168,33 @@ class SearchQuerySerializer(serializers.Serializer):
         return value
 
 
-class DecisionSerializer(serializers.Serializer):
-    """Why the pipeline answered or fell back."""
+class ThresholdsSerializer(serializers.Serializer):
+    """The decision thresholds in force for the question's language."""
 
-    threshold = serializers.FloatField()
+    language = serializers.CharField()
+    answer = serializers.FloatField()
+    clarify = serializers.FloatField()
+    margin = serializers.FloatField()
+    max_suggestions = serializers.IntegerField()
+
+
+class SuggestionSerializer(serializers.Serializer):
+    """One "did you mean" option."""
+
+    entry_id = serializers.IntegerField()
+    question = serializers.CharField()
+
+
+class DecisionSerializer(serializers.Serializer):
+    """What the pipeline decided (faq, clarify, llm or handoff) and why."""
+
+    kind = serializers.ChoiceField(choices=["faq", "clarify", "llm", "handoff"])
+    reason = serializers.CharField()
+    thresholds = ThresholdsSerializer()
     index_version = serializers.IntegerField(allow_null=True)
     language = serializers.CharField()
-    reason = serializers.CharField()
+    search_mode = serializers.CharField()
+    options = SuggestionSerializer(many=True, required=False)
 
 
 class SearchHitSerializer(serializers.Serializer):

@@ -34,7 +34,7 @@ class Command(BaseCommand):
             raise CommandError("no question could be tested")
         misses = report.misses
         self.stdout.write(f"questions: {report.total}")
-        self.stdout.write(f"top-1 accuracy: {report.top1_accuracy:.1%} ({report.total - len(misses)} right)")
+        self.stdout.write(f"top-1 accuracy: {report.top1_accuracy:.1%} of {len(report.in_scope)} in-scope questions")
         self.stdout.write(f"answered from the right entry: {report.answer_accuracy:.1%}")
         self.stdout.write(f"misses: {len(misses)}" + (f" (first {max_misses})" if len(misses) > max_misses else ""))
         for case in misses[:max_misses]:

@@ -1,0 +1,172 @@
+"""One customer message answered end to end: resend check, PII redaction, conversation memory,
+retrieval and decision (chatbot.pipeline), the streamed LLM fallback, storage, and the reply frame.
+
+Async because the LLM streams; every database or model step runs through database_sync_to_async.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from chatbot import cues
+from chatbot.decisions import Kind
+from chatbot.llm import GroundingEntry, Turn, get_llm
+from chatbot.models import Conversation, Message, Source
+from chatbot.pii import pii_redact
+from chatbot.pipeline import Answer, answer_question, reply_text
+from chatbot.selectors import ConversationContext, conversation_context
+from chatbot.services import BotReply, StoredReply, exchange_save, offered_suggestion, stored_reply
+from kb.language import detect_language
+from kb.models import Entry
+
+OnDelta = Callable[[str], Awaitable[None]]
+
+
+class ChoiceInvalid(ValueError):
+    """A "choose" frame naming an entry that was not offered, or is no longer published."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    previous: Message | None
+    redacted: str
+    pii_found: dict
+    context: ConversationContext | None
+
+
+def _prepare(conversation: Conversation, client_id: str, text: str) -> _Prepared:
+    previous = stored_reply(conversation=conversation, client_id=client_id)
+    if previous is not None:
+        return _Prepared(previous, "", {}, None)
+    redaction = pii_redact(text)
+    context = conversation_context(conversation=conversation, turns=settings.CHATBOT_MEMORY_TURNS)
+    return _Prepared(None, redaction.text, redaction.found, context)
+
+
+async def message_reply(*, conversation: Conversation, client_id: str, text: str, on_delta: OnDelta) -> StoredReply:
+    """Answer one customer message and store both turns. A client id answered before gets its
+    stored reply again. LLM tokens go to ``on_delta`` as they arrive; the stored reply is final."""
+    prepared = await database_sync_to_async(_prepare)(conversation, client_id, text)
+    if prepared.previous is not None:
+        return StoredReply(message=prepared.previous, client_id=client_id, duplicate=True)
+    llm = get_llm()
+    history = [Turn(role=role, text=pii_redact(turn_text).text) for role, turn_text in prepared.context.turns]
+    query, memory = prepared.redacted, None
+    follow_up = bool(history) and cues.looks_like_follow_up(prepared.redacted)
+    if follow_up and llm is not None:
+        rewritten = await llm.rewrite(question=prepared.redacted, history=history)
+        if rewritten:
+            query, memory = rewritten, {"method": "llm_rewrite", "query": rewritten}
+    use_previous_entry = follow_up and memory is None and prepared.context.previous_entry_id is not None
+    answer = await database_sync_to_async(answer_question)(
+        query,
+        context_question=prepared.context.previous_question if use_previous_entry else "",
+        previous_entry_id=prepared.context.previous_entry_id if use_previous_entry else None,
+        llm_available=llm is not None,
+    )
+    decision = {**answer.decision, "pii": prepared.pii_found}
+    if memory:
+        decision["memory"] = memory
+    if answer.kind == Kind.LLM:
+        reply = await _llm_reply(llm, answer, prepared.redacted, history, decision, on_delta)
+    else:
+        if answer.kind == Kind.HANDOFF:
+            requested = answer.decision["reason"] == "the customer asked for a person"
+            decision["handoff"] = "requested" if requested else "offered"
+        reply = _reply(answer, decision)
+    stored_text = text if settings.CHATBOT_STORE_PII else prepared.redacted
+    return await database_sync_to_async(exchange_save)(
+        conversation=conversation, client_id=client_id, customer_text=stored_text, reply=reply
+    )
+
+
+def _reply(answer: Answer, decision: dict, **overrides) -> BotReply:
+    fields = {
+        "source": answer.source,
+        "text": answer.text,
+        "entry_id": answer.entry_id,
+        "score": answer.score,
+        "retrieval": answer.retrieval,
+        "decision": decision,
+        "timings_ms": answer.timings_ms,
+    }
+    return BotReply(**{**fields, **overrides})
+
+
+async def _llm_reply(llm, answer: Answer, question: str, history: list[Turn], decision: dict, on_delta) -> BotReply:
+    entries = [GroundingEntry(entry_id=hit.entry_id, question=hit.question, answer=hit.answer) for hit in answer.hits]
+    result = await llm.answer(
+        question=question, entries=entries, history=history, language=answer.language, on_delta=on_delta
+    )
+    decision["llm"] = {
+        "status": result.status,
+        "attempts": result.attempts,
+        "error": result.error,
+        "model": result.model,
+        "messages": result.messages,
+    }
+    timings = {**answer.timings_ms, **{f"llm_{name}": value for name, value in result.timings_ms.items()}}
+    if result.status == "answered":
+        return _reply(
+            answer, decision, source=Source.LLM, text=result.text, citations=result.citations, timings_ms=timings
+        )
+    decision["handoff"] = "offered"
+    decision["reason"] = f"the LLM could not answer ({result.status})"
+    text = reply_text("handoff_offer", answer.language)
+    return _reply(answer, decision, source=Source.HANDOFF, text=text, timings_ms=timings)
+
+
+def _choose(conversation: Conversation, entry_id: int, client_id: str) -> StoredReply:
+    previous = stored_reply(conversation=conversation, client_id=client_id)
+    if previous is not None:
+        return StoredReply(message=previous, client_id=client_id, duplicate=True)
+    offer = offered_suggestion(conversation=conversation, entry_id=entry_id)
+    entry = Entry.objects.filter(id=entry_id, is_published=True).first()
+    if offer is None or entry is None:
+        raise ChoiceInvalid("That entry was not offered in this conversation, or is no longer available.")
+    decision = {
+        "kind": str(Kind.FAQ),
+        "reason": "the customer chose a suggestion",
+        "suggestion_message_id": offer.id,
+        "language": detect_language(entry.question),
+    }
+    reply = BotReply(source=Source.FAQ, text=entry.answer, entry_id=entry.id, score=None, decision=decision)
+    return exchange_save(conversation=conversation, client_id=client_id, customer_text=entry.question, reply=reply)
+
+
+async def suggestion_choose(*, conversation: Conversation, entry_id: int, client_id: str | None = None) -> StoredReply:
+    """Answer with an entry the customer picked from a "did you mean" list (stored as their turn)."""
+    return await database_sync_to_async(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
+
+
+def reply_frame(stored: StoredReply) -> dict:
+    """The websocket frame for a stored bot reply (also for a replayed duplicate)."""
+    message = stored.message
+    if message.source == Source.CLARIFY:
+        return {
+            "type": "suggestions",
+            "reply_to": stored.client_id,
+            "message_id": message.id,
+            "text": message.text,
+            "options": message.decision.get("options", []),
+            "duplicate": stored.duplicate,
+        }
+    frame = {
+        "type": "answer",
+        "reply_to": stored.client_id,
+        "message_id": message.id,
+        "source": message.source,
+        "text": message.text,
+        "entry_id": message.entry_id,
+        "score": round(message.score or 0.0, 4),
+        "citations": message.citations,
+        "duplicate": stored.duplicate,
+    }
+    if message.source == Source.HANDOFF:
+        frame["handoff"] = message.decision.get("handoff", "offered")
+    return frame

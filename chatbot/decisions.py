@@ -1,0 +1,70 @@
+"""The answer-or-not decision, as a pure function of the retrieved entries' scores, so live chat,
+hit testing, kb_calibrate and the benchmarks all decide the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+
+class Kind(StrEnum):
+    FAQ = "faq"  # answer with the best entry
+    CLARIFY = "clarify"  # "did you mean": the best entries are too close to pick one
+    LLM = "llm"  # no confident entry: ask the LLM, grounded on the retrieved entries
+    HANDOFF = "handoff"  # offer a person (asked for, or nothing else can answer)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """A snapshot of one language's DecisionThresholds row."""
+
+    language: str
+    answer: float
+    clarify: float
+    margin: float
+    max_suggestions: int = 3
+
+    def as_dict(self) -> dict:
+        """As stored in a message's decision trace."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a question, why, and which hits to offer when clarifying."""
+
+    kind: Kind
+    reason: str
+    options: tuple[int, ...] = ()  # positions in the hit list, best first
+
+
+def decide(
+    scores: Sequence[float], thresholds: Thresholds, *, asks_for_person: bool = False, llm_available: bool = False
+) -> Decision:
+    """Decide from the scores of the retrieved entries (in ranking order).
+
+    - the customer asked for a person: hand-off;
+    - the best score reaches the answer threshold and no other entry is within the margin: FAQ;
+    - two or more entries reach the clarify threshold within the margin of the best: clarify;
+    - otherwise the LLM (grounded on the hits) when one is configured, else hand-off.
+    """
+    if asks_for_person:
+        return Decision(Kind.HANDOFF, "the customer asked for a person")
+    fallback = Kind.LLM if llm_available else Kind.HANDOFF
+    if not scores:
+        return Decision(Kind.HANDOFF, "no entry retrieved")
+    best = scores[0]
+    close = [
+        position
+        for position, score in enumerate(scores)
+        if score >= thresholds.clarify and best - score < thresholds.margin
+    ][: thresholds.max_suggestions]
+    if best >= thresholds.clarify and len(close) >= 2:
+        return Decision(
+            Kind.CLARIFY, f"{len(close)} entries score within {thresholds.margin:g} of each other", tuple(close)
+        )
+    if best >= thresholds.answer:
+        return Decision(Kind.FAQ, "best score reaches the answer threshold")
+    reason = "best score is below the answer threshold"
+    return Decision(fallback, reason if llm_available else f"{reason} and no LLM is configured")

@@ -1,0 +1,195 @@
+"""Choosing the decision thresholds from labelled questions, out-of-scope ones included.
+
+Each question is reduced to the scores of its retrieved entries (in ranking order) and whether
+each is a right entry for it. For every candidate (answer threshold, clarify threshold, margin) the
+questions are decided exactly as chatbot.decisions.decide would (vectorised here; a test checks
+they agree) and scored as answer-vs-fallback:
+
+- a right FAQ answer, or a "did you mean" list holding a right entry (one click away), is a hit;
+- a FAQ answer from a wrong entry, or to an out-of-scope question, is a wrong answer;
+- anything else (LLM fallback, hand-off, suggestions without a right entry) is a fallback.
+
+precision = hits / (answers + helpful suggestion lists), recall = hits / in-scope questions, and
+the wrong-answer rate = wrong answers / all questions. The chosen point maximises F1 with the
+wrong-answer rate and the share of questions answered with a suggestion list under their caps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chatbot.decisions import Thresholds
+
+OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "out-of-scope", "none"}
+MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1)
+CLARIFY_BELOW_ANSWER = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)
+
+
+@dataclass(frozen=True)
+class ScoredQuestion:
+    """One labelled question as the pipeline saw it."""
+
+    language: str
+    scores: tuple[float, ...]  # retrieved entries' scores, in ranking order
+    correct: tuple[bool, ...]  # whether each retrieved entry is a right one
+    in_scope: bool
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Answer-vs-fallback quality of one set of thresholds on a set of questions."""
+
+    questions: int
+    in_scope: int
+    answered: int
+    right_answers: int
+    wrong_answers: int
+    clarified: int
+    helpful_clarifications: int
+    precision: float
+    recall: float
+    f1: float
+    wrong_rate: float
+    clarify_rate: float
+    out_of_scope_handled: float  # share of out-of-scope questions not answered from the FAQ
+
+    def as_dict(self) -> dict:
+        """Rounded, for JSON and the database."""
+        return {key: round(value, 4) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen thresholds and what they achieve."""
+
+    thresholds: Thresholds
+    metrics: Metrics
+    feasible: bool  # False when no candidate met the caps (the safest one is returned)
+    candidates: int
+
+
+class _Arrays:
+    """Questions as padded arrays: scores (-inf padding), correct flags, in-scope flags."""
+
+    def __init__(self, questions: list[ScoredQuestion], depth: int):
+        n = len(questions)
+        self.scores = np.full((n, depth), -np.inf)
+        self.correct = np.zeros((n, depth), dtype=bool)
+        for row, question in enumerate(questions):
+            width = min(depth, len(question.scores))
+            self.scores[row, :width] = question.scores[:width]
+            self.correct[row, :width] = question.correct[:width]
+        self.in_scope = np.array([question.in_scope for question in questions], dtype=bool)
+        self.best = self.scores[:, 0]
+
+
+def _evaluate(data: _Arrays, thresholds: Thresholds) -> Metrics:
+    best = data.best
+    with np.errstate(invalid="ignore"):  # a question with no hits: -inf - -inf, never "close"
+        close = (data.scores >= thresholds.clarify) & (best[:, None] - data.scores < thresholds.margin)
+    # Only the first max_suggestions close entries are offered, as in decide().
+    offered = close & (np.cumsum(close, axis=1) <= thresholds.max_suggestions)
+    clarify = (best >= thresholds.clarify) & (offered.sum(axis=1) >= 2)
+    answer = ~clarify & (best >= thresholds.answer)
+    right = answer & data.correct[:, 0]
+    wrong = answer & ~data.correct[:, 0]
+    helpful = clarify & (offered & data.correct).any(axis=1)
+    n, in_scope = len(best), int(data.in_scope.sum())
+    hits = int(right.sum() + helpful.sum())
+    predicted = int(answer.sum() + helpful.sum())
+    precision = hits / predicted if predicted else 1.0
+    recall = hits / in_scope if in_scope else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    out_of_scope = ~data.in_scope
+    return Metrics(
+        questions=n,
+        in_scope=in_scope,
+        answered=int(answer.sum()),
+        right_answers=int(right.sum()),
+        wrong_answers=int(wrong.sum()),
+        clarified=int(clarify.sum()),
+        helpful_clarifications=int(helpful.sum()),
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        wrong_rate=int(wrong.sum()) / n if n else 0.0,
+        clarify_rate=int(clarify.sum()) / n if n else 0.0,
+        out_of_scope_handled=float((~answer[out_of_scope]).mean()) if out_of_scope.any() else 1.0,
+    )
+
+
+def thresholds_evaluate(questions: list[ScoredQuestion], thresholds: Thresholds) -> Metrics:
+    """How these thresholds decide these questions (e.g. a test set after calibrating on another)."""
+    depth = max((len(q.scores) for q in questions), default=1) or 1
+    return _evaluate(_Arrays(questions, depth), thresholds)
+
+
+def thresholds_calibrate(
+    questions: list[ScoredQuestion],
+    *,
+    language: str,
+    max_wrong_rate: float = 0.05,
+    max_clarify_rate: float = 0.10,
+    max_suggestions: int = 3,
+) -> Calibration:
+    """The thresholds maximising F1 with the wrong-answer rate <= ``max_wrong_rate`` and suggestion
+    lists on at most ``max_clarify_rate`` of the questions. Ties go to the higher precision, then the
+    higher answer threshold. With no feasible point, the one with the fewest wrong answers."""
+    if not questions:
+        raise ValueError("no labelled questions to calibrate on")
+    depth = max(max(len(q.scores) for q in questions), 1)
+    data = _Arrays(questions, depth)
+    finite = data.best[np.isfinite(data.best)]
+    # Every distinct best score (to 3 decimals) is a place where the decisions change.
+    candidates = np.unique(np.round(finite, 3)) if len(finite) else np.array([1.0])
+    # ... and one above them all: answering nothing is a candidate too.
+    candidates = np.append(candidates, min(candidates.max() + 0.001, 1.0))
+    best_key, best, safest_key, safest = None, None, None, None
+    count = 0
+    for answer in candidates:
+        for below in CLARIFY_BELOW_ANSWER:
+            for margin in MARGINS:
+                if margin == 0.0 and below > 0.0:
+                    continue  # without a margin nothing is ever clarified: one candidate is enough
+                thresholds = Thresholds(
+                    language=language,
+                    answer=float(answer),
+                    clarify=float(max(0.0, answer - below)),
+                    margin=margin,
+                    max_suggestions=max_suggestions,
+                )
+                metrics = _evaluate(data, thresholds)
+                count += 1
+                key = (metrics.f1, metrics.precision, answer)
+                if metrics.wrong_rate <= max_wrong_rate and metrics.clarify_rate <= max_clarify_rate:
+                    if best_key is None or key > best_key:
+                        best_key, best = key, (thresholds, metrics)
+                safe_key = (-metrics.wrong_rate, metrics.f1)
+                if safest_key is None or safe_key > safest_key:
+                    safest_key, safest = safe_key, (thresholds, metrics)
+    chosen, feasible = (best, True) if best is not None else (safest, False)
+    return Calibration(thresholds=chosen[0], metrics=chosen[1], feasible=feasible, candidates=count)
+
+
+def labelled_rows_read(path: Path) -> list[dict]:
+    """Labelled questions from a .csv/.json/.xlsx file (columns ``question`` or ``text``, and
+    ``expected`` or ``category``), or from a folder in the DNNC layout that BANKING77-OOS uses
+    (``seq.in`` and ``label``, one question and its intent a line; label ``oos`` = out of scope)."""
+    if path.is_dir():
+        questions = (path / "seq.in").read_text(encoding="utf-8").splitlines()
+        labels = (path / "label").read_text(encoding="utf-8").splitlines()
+        if len(questions) != len(labels):
+            raise ValueError(f"{path}: seq.in has {len(questions)} lines but label has {len(labels)}")
+        return [{"question": q, "category": label} for q, label in zip(questions, labels, strict=True)]
+    from kb.hit_testing import read_labelled_rows
+
+    return read_labelled_rows(path.name, path.read_bytes())
+
+
+def is_out_of_scope(row: dict) -> bool:
+    """A labelled row whose expected entry/category says "out of scope" (oos, none, ...)."""
+    label = str(row.get("expected") or row.get("category") or "").strip().casefold()
+    return label in OUT_OF_SCOPE_LABELS

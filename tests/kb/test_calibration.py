@@ -1,0 +1,75 @@
+"""Threshold calibration: its vectorised decisions agree with chatbot.decisions.decide, and the
+chosen point respects the caps."""
+
+import random
+
+import pytest
+
+from chatbot.decisions import Kind, Thresholds, decide
+from kb.calibration import ScoredQuestion, thresholds_calibrate, thresholds_evaluate
+
+
+def _random_questions(seed: int, n: int = 400) -> list[ScoredQuestion]:
+    rng = random.Random(seed)
+    questions = []
+    for _ in range(n):
+        in_scope = rng.random() < 0.7
+        scores = sorted((rng.uniform(0.1, 0.95) for _ in range(rng.randint(0, 5))), reverse=True)
+        # In-scope questions tend to have a right entry on top when the score is high.
+        correct = tuple(in_scope and rng.random() < (0.9 if i == 0 and s > 0.6 else 0.2) for i, s in enumerate(scores))
+        questions.append(ScoredQuestion("en", tuple(scores), correct, in_scope))
+    return questions
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize(
+    "thresholds",
+    [Thresholds("en", 0.6, 0.5, 0.03), Thresholds("en", 0.7, 0.6, 0.1, 2), Thresholds("en", 0.5, 0.5, 0.0)],
+)
+def test_evaluation_agrees_with_decide(seed, thresholds):
+    questions = _random_questions(seed)
+    expected = {"answered": 0, "right": 0, "wrong": 0, "clarified": 0, "helpful": 0}
+    for question in questions:
+        decision = decide(list(question.scores), thresholds, llm_available=True)
+        if decision.kind == Kind.FAQ:
+            expected["answered"] += 1
+            expected["right" if question.correct[0] else "wrong"] += 1
+        elif decision.kind == Kind.CLARIFY:
+            expected["clarified"] += 1
+            expected["helpful"] += any(question.correct[i] for i in decision.options)
+    metrics = thresholds_evaluate(questions, thresholds)
+    assert (
+        metrics.answered,
+        metrics.right_answers,
+        metrics.wrong_answers,
+        metrics.clarified,
+        metrics.helpful_clarifications,
+    ) == (expected["answered"], expected["right"], expected["wrong"], expected["clarified"], expected["helpful"])
+    in_scope = sum(q.in_scope for q in questions)
+    assert metrics.recall == pytest.approx((expected["right"] + expected["helpful"]) / in_scope)
+    assert metrics.wrong_rate == pytest.approx(expected["wrong"] / len(questions))
+
+
+def test_calibration_respects_the_caps_and_beats_the_neighbours():
+    questions = _random_questions(7, n=800)
+    result = thresholds_calibrate(questions, language="en", max_wrong_rate=0.04, max_clarify_rate=0.05)
+    assert result.feasible
+    assert result.metrics.wrong_rate <= 0.04 and result.metrics.clarify_rate <= 0.05
+    chosen = result.thresholds
+    for answer in (chosen.answer - 0.05, chosen.answer + 0.05):
+        other = thresholds_evaluate(questions, Thresholds("en", answer, min(answer, chosen.clarify), chosen.margin))
+        assert other.f1 <= result.metrics.f1 or other.wrong_rate > 0.04 or other.clarify_rate > 0.05
+
+
+def test_separable_scores_give_a_threshold_between_the_classes():
+    right = [ScoredQuestion("en", (0.8 + i * 0.001, 0.3), (True, False), True) for i in range(50)]
+    out = [ScoredQuestion("en", (0.4 + i * 0.001, 0.2), (False, False), False) for i in range(50)]
+    result = thresholds_calibrate(right + out, language="en", max_wrong_rate=0.0)
+    assert 0.45 <= result.thresholds.answer <= 0.8
+    assert result.metrics.f1 == pytest.approx(1.0) and result.metrics.wrong_answers == 0
+
+
+def test_impossible_cap_returns_the_safest_point():
+    wrong = [ScoredQuestion("en", (0.9,), (False,), True) for _ in range(10)]
+    result = thresholds_calibrate(wrong, language="en", max_wrong_rate=0.0, max_clarify_rate=0.0)
+    assert result.metrics.wrong_answers == 0  # answers nothing rather than everything wrong
