@@ -73,3 +73,21 @@ def redis_client():
     yield client
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def llm_server(settings):
+    """A local OpenAI-compatible server (tests/llm_server.py) with the LLM settings pointing at it: a short
+    LLM_TIMEOUT (3 s) and LLM_REWRITE_TIMEOUT (1 s) keep failure tests quick. Script it with push()/default."""
+    from tests.llm_server import LlmTestServer
+
+    server = LlmTestServer(model="test-model").start()
+    settings.LLM_BACKEND = "chatbot.llm.OpenAIChatLLM"
+    settings.LLM_BASE_URL = server.base_url
+    settings.LLM_API_KEY = "test-key"
+    settings.LLM_MODEL = "test-model"
+    settings.LLM_AZURE_API_VERSION = ""
+    settings.LLM_TIMEOUT = 3.0
+    settings.LLM_REWRITE_TIMEOUT = 1.0
+    yield server
+    server.stop()

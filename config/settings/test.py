@@ -56,3 +56,8 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# Tests that need an LLM start a local OpenAI-compatible server (the llm_server fixture); a
+# developer's own LLM settings must not leak into the others.
+LLM_BASE_URL = ""
+LLM_BACKEND = "chatbot.llm.OpenAIChatLLM"

@@ -58,16 +58,16 @@ async def test_faq_hit_answers_with_the_entry_and_saves_both_turns(shop):
     await chat.disconnect()
 
 
-async def test_unrelated_question_gets_the_fallback(shop):
+async def test_unrelated_question_without_an_llm_offers_a_person(shop):
     chat = await open_chat()
     await chat.receive_json_from()
     answer = await ask(chat, "What will the weather be like on Mars tomorrow?")
-    assert answer["source"] == "fallback" and answer["entry_id"] is None
-    assert answer["score"] < 0.6 and "Sorry" in answer["text"]
+    assert (answer["source"], answer["handoff"], answer["entry_id"]) == ("handoff", "offered", None)
+    assert answer["score"] < 0.6 and "talk to a person" in answer["text"]
     chinese = await ask(chat, "请问火星明天的天气怎么样？")
-    assert chinese["source"] == "fallback" and "抱歉" in chinese["text"]
+    assert chinese["source"] == "handoff" and "人工" in chinese["text"]
     bot_messages = [m for m in await saved_messages() if m["role"] == "bot"]
-    assert [m["source"] for m in bot_messages] == ["fallback", "fallback"]
+    assert [m["source"] for m in bot_messages] == ["handoff", "handoff"]
     await chat.disconnect()
 
 

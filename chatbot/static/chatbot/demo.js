@@ -1,5 +1,7 @@
 // Demo chat box on /ws/chat/. Keeps the conversation id across reloads, reconnects with backoff
 // and resends messages not yet answered; the server answers a client id once, so nothing doubles.
+// LLM replies stream in as "delta" frames into a provisional bubble that the final "answer" frame
+// replaces; "did you mean" replies come as buttons that send a "choose" frame.
 (function () {
   "use strict";
   const log = document.getElementById("log");
@@ -7,7 +9,9 @@
   const input = document.getElementById("text");
   const status = document.getElementById("status");
   const STORAGE_KEY = "chatbot.conversation";
+  const chinese = /[\u3400-\u9fff]/;
   const pending = new Map(); // client id -> {text, element}
+  const streaming = new Map(); // client id -> provisional bot bubble
   const shownReplies = new Set(); // message ids already on screen
   let socket = null;
   let retryDelay = 500;
@@ -21,15 +25,33 @@
     const item = document.createElement("li");
     item.className = "msg " + role;
     item.textContent = text;
-    if (meta) {
-      const small = document.createElement("span");
-      small.className = "meta";
-      small.textContent = meta;
-      item.appendChild(small);
-    }
+    if (meta) setMeta(item, meta);
     log.appendChild(item);
     log.scrollTop = log.scrollHeight;
     return item;
+  }
+
+  function setMeta(item, meta) {
+    const small = document.createElement("span");
+    small.className = "meta";
+    small.textContent = meta;
+    item.appendChild(small);
+  }
+
+  function addButtons(item, buttons) {
+    const row = document.createElement("div");
+    row.className = "choices";
+    buttons.forEach(function (spec) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = spec.label;
+      button.addEventListener("click", function () {
+        row.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+        spec.onClick();
+      });
+      row.appendChild(button);
+    });
+    item.appendChild(row);
   }
 
   function setStatus(text, cls) {
@@ -39,6 +61,33 @@
 
   function sendFrame(frame) {
     if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  function metaFor(frame) {
+    if (frame.source === "faq") return "from the FAQ" + (frame.score ? " · score " + frame.score.toFixed(2) : "");
+    if (frame.source === "llm") return "AI answer from our FAQ" + (frame.citations && frame.citations.length ? " · sources #" + frame.citations.join(", #") : "");
+    return "";
+  }
+
+  function showReply(frame) {
+    const provisional = streaming.get(frame.reply_to);
+    streaming.delete(frame.reply_to);
+    if (shownReplies.has(frame.message_id)) { if (provisional) provisional.remove(); return; }
+    shownReplies.add(frame.message_id);
+    const item = provisional || add("bot", "");
+    item.classList.remove("streaming");
+    item.textContent = frame.text;
+    const meta = metaFor(frame);
+    if (meta) setMeta(item, meta);
+    if (frame.type === "suggestions") {
+      addButtons(item, frame.options.map(function (option) {
+        return { label: option.question, onClick: function () { choose(option); } };
+      }));
+    } else if (frame.source === "handoff" && frame.handoff === "offered") {
+      const zh = chinese.test(frame.text);
+      addButtons(item, [{ label: zh ? "转人工客服" : "Talk to a person", onClick: function () { ask(zh ? "转人工" : "I'd like to talk to a person"); } }]);
+    }
+    log.scrollTop = log.scrollHeight;
   }
 
   function connect() {
@@ -55,42 +104,64 @@
       if (frame.type === "session") {
         localStorage.setItem(STORAGE_KEY, frame.conversation);
         // Resend whatever was sent but not answered before the connection dropped.
-        pending.forEach(function (item, id) { sendFrame({ type: "message", id: id, text: item.text }); });
+        pending.forEach(function (item, id) { sendFrame(item.frame); });
       } else if (frame.type === "history") {
         if (log.childElementCount === 0) {
           frame.messages.forEach(function (m) {
-            add(m.role === "customer" ? "customer" : "bot", m.text);
-            if (m.role !== "customer") shownReplies.add(m.message_id);
+            if (m.role === "customer") { add("customer", m.text); return; }
+            shownReplies.add(m.message_id);
+            const item = add("bot", m.text, metaFor(m));
+            if (m.source === "clarify" && m.options.length) {
+              addButtons(item, m.options.map(function (option) {
+                return { label: option.question, onClick: function () { choose(option); } };
+              }));
+            }
           });
         }
-      } else if (frame.type === "answer") {
+      } else if (frame.type === "delta") {
+        let item = streaming.get(frame.reply_to);
+        if (!item) { item = add("bot streaming", ""); streaming.set(frame.reply_to, item); }
+        item.textContent += frame.text;
+        log.scrollTop = log.scrollHeight;
+      } else if (frame.type === "answer" || frame.type === "suggestions") {
         const item = pending.get(frame.reply_to);
         if (item) { item.element.classList.remove("pending"); pending.delete(frame.reply_to); }
-        if (shownReplies.has(frame.message_id)) return;
-        shownReplies.add(frame.message_id);
-        const meta = frame.source === "faq" ? "from the FAQ · score " + frame.score.toFixed(2) : "";
-        add("bot", frame.text, meta);
+        showReply(frame);
       } else if (frame.type === "error") {
         if (frame.reply_to && pending.has(frame.reply_to)) {
           pending.get(frame.reply_to).element.classList.remove("pending");
           pending.delete(frame.reply_to);
+        }
+        if (frame.reply_to && streaming.has(frame.reply_to)) {
+          streaming.get(frame.reply_to).remove();
+          streaming.delete(frame.reply_to);
         }
         if (frame.code !== "conversation_not_found") add("error", frame.detail);
       }
     };
     socket.onclose = function () {
       setStatus("reconnecting…", "bad");
+      // A reply that was streaming is asked again on reconnect; drop its partial text.
+      streaming.forEach(function (item) { item.remove(); });
+      streaming.clear();
       setTimeout(connect, retryDelay);
       retryDelay = Math.min(retryDelay * 2, 10000);
     };
   }
 
+  function send(frame, text) {
+    pending.set(frame.id, { frame: frame, element: add("customer pending", text) });
+    sendFrame(frame);
+  }
+
   function ask(text) {
     text = text.trim();
     if (!text) return;
-    const id = newId();
-    pending.set(id, { text: text, element: add("customer pending", text) });
-    sendFrame({ type: "message", id: id, text: text });
+    send({ type: "message", id: newId(), text: text }, text);
+  }
+
+  function choose(option) {
+    send({ type: "choose", id: newId(), entry_id: option.entry_id }, option.question);
   }
 
   form.addEventListener("submit", function (event) {
