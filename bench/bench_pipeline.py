@@ -35,7 +35,7 @@ def main() -> None:
 
     from chatbot.management.commands.runstack import worker_command
     from config import embedded_redis
-    from kb.embedders import get_embedder
+    from kb.embedders import get_embedder, math_threads_set
     from kb.models import IndexVersion, KbRevision, Variant
     from kb.tasks import kb_refresh, kb_refresh_fan_out
 
@@ -43,6 +43,7 @@ def main() -> None:
     redis_pid = embedded_redis.start(settings.REDIS_SOCKET) if settings.REDIS_EMBEDDED else None
     texts = [row["text"] for row in csv.DictReader(TRAIN.open())]
     embedder = get_embedder()
+    math_threads_set(os.cpu_count() or 1)  # raw batch encoding gets every core, as the worker's processes share them
     embedder.encode(texts[:64])  # warm up kernels
 
     with Timer() as raw:

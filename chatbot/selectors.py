@@ -26,6 +26,7 @@ def conversation_history(*, conversation: Conversation, limit: int) -> list[dict
             "source": message.source or None,
             "options": message.decision.get("options", []) if message.source == "clarify" else [],
             "citations": message.citations,
+            "handoff": message.decision.get("handoff") if message.source == "handoff" else None,
             "created_at": message.created_at.isoformat(),
         }
         for message in reversed(messages)

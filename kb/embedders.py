@@ -189,6 +189,19 @@ _embedders: dict[str, Embedder] = {}
 _embedder_lock = threading.Lock()
 
 
+def math_threads_set(threads: int) -> None:
+    """How many threads torch may use in this process (a no-op where torch is not loaded).
+
+    Processes that embed one question at a time use settings.KB_QUERY_THREADS (1): measured here,
+    a MiniLM query takes ~10 ms on one thread whatever else runs, but 100-300 ms on two threads
+    while another process keeps a core busy (OpenMP threads spin against each other). Batch
+    embedding (the worker, kb_reindex) sets its own count."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(max(1, threads))
+
+
 def get_embedder() -> Embedder:
     """The process-wide embedder named by settings.KB_EMBEDDER, loaded once and kept warm."""
     path = settings.KB_EMBEDDER
@@ -196,4 +209,5 @@ def get_embedder() -> Embedder:
         with _embedder_lock:
             if path not in _embedders:
                 _embedders[path] = import_string(path)()
+                math_threads_set(settings.KB_QUERY_THREADS)
     return _embedders[path]

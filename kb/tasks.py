@@ -45,14 +45,14 @@ def _load_embedder(**_kwargs):
     """Load the model when a pool process starts, not inside the first batch someone waits for."""
     import os
 
-    import torch
     from django.conf import settings
 
-    from kb.embedders import get_embedder
+    from kb.embedders import get_embedder, math_threads_set
 
+    embedder = get_embedder()
     # Share the cores between the pool processes instead of each claiming all of them.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, settings.CELERY_WORKER_CONCURRENCY)))
-    get_embedder().encode(["warm up"])
+    math_threads_set((os.cpu_count() or 1) // max(1, settings.CELERY_WORKER_CONCURRENCY))
+    embedder.encode(["warm up"])
 
 
 def kb_refresh_fan_out() -> None:

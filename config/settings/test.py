@@ -57,7 +57,8 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 
-# Tests that need an LLM start a local OpenAI-compatible server (the llm_server fixture); a
-# developer's own LLM settings must not leak into the others.
-LLM_BASE_URL = ""
+# Tests that need an LLM start a local OpenAI-compatible server (the llm_server fixture, or
+# TEST_LLM_BASE_URL for a server process a test starts); a developer's own LLM_BASE_URL must not
+# leak into the others.
+LLM_BASE_URL = env.str("TEST_LLM_BASE_URL", default="")
 LLM_BACKEND = "chatbot.llm.OpenAIChatLLM"

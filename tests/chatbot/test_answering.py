@@ -310,3 +310,16 @@ async def test_chinese_english_and_cross_lingual_questions_on_the_demo_kb(demo_k
         _, answer = await ask(chat, question)
         assert (answer.get("source"), answer.get("entry_id")) == ("faq", demo_kb[expected].id), (question, answer)
     await chat.disconnect()
+
+
+async def test_a_handoff_offer_comes_back_with_the_history(shop):
+    chat = await open_chat()
+    await ask(chat, "Do you sell garden furniture?")
+    await ask(chat, "I want to talk to a human")
+    await chat.disconnect()
+    resumed = WebsocketCommunicator(application, f"/ws/chat/?conversation={chat.conversation_id}", headers=ORIGIN)
+    await resumed.connect()
+    await resumed.receive_json_from()
+    history = await resumed.receive_json_from()
+    assert [m["handoff"] for m in history["messages"] if m["role"] == "bot"] == ["offered", "requested"]
+    await resumed.disconnect()

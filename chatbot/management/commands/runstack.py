@@ -77,6 +77,10 @@ class Command(BaseCommand):
             self._say(f"Loading the demo knowledge base: manage.py kb_import {settings.KB_DEMO_FILE.name}")
             call_command("kb_import", str(settings.KB_DEMO_FILE))
         login = self._admin_login()
+        if settings.LLM_BASE_URL:
+            self._say(f"LLM fallback: {settings.LLM_MODEL} at {settings.LLM_BASE_URL}")
+        else:
+            self._say("LLM fallback: off (set LLM_BASE_URL to an OpenAI-compatible endpoint); the bot offers a person")
         self._spawn("worker", worker_command(settings.CELERY_TASK_DEFAULT_QUEUE))
         self._spawn("beat", beat_command())
         self._spawn("web", web_command(host, port))

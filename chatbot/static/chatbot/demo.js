@@ -54,6 +54,14 @@
     item.appendChild(row);
   }
 
+  function addHandoffButton(item, text) {
+    const zh = chinese.test(text);
+    addButtons(item, [{
+      label: zh ? "转人工客服" : "Talk to a person",
+      onClick: function () { ask(zh ? "转人工" : "I'd like to talk to a person"); },
+    }]);
+  }
+
   function setStatus(text, cls) {
     status.textContent = text;
     status.className = "status " + (cls || "");
@@ -84,8 +92,7 @@
         return { label: option.question, onClick: function () { choose(option); } };
       }));
     } else if (frame.source === "handoff" && frame.handoff === "offered") {
-      const zh = chinese.test(frame.text);
-      addButtons(item, [{ label: zh ? "转人工客服" : "Talk to a person", onClick: function () { ask(zh ? "转人工" : "I'd like to talk to a person"); } }]);
+      addHandoffButton(item, frame.text);
     }
     log.scrollTop = log.scrollHeight;
   }
@@ -115,6 +122,8 @@
               addButtons(item, m.options.map(function (option) {
                 return { label: option.question, onClick: function () { choose(option); } };
               }));
+            } else if (m.source === "handoff" && m.handoff === "offered") {
+              addHandoffButton(item, m.text);
             }
           });
         }

@@ -14,6 +14,12 @@ class Command(BaseCommand):
         parser.add_argument("--batch-size", type=int, default=None, help="phrasings per model call")
 
     def handle(self, *args, batch_size, **options):
+        import os
+
+        from kb.embedders import get_embedder, math_threads_set
+
+        get_embedder()
+        math_threads_set(os.cpu_count() or 1)  # batches, not single questions: every core helps
         total = Variant.objects.count()
         with tqdm(total=total, desc="embed", unit="phrasing", disable=options["verbosity"] < 1) as bar:
             stored = services.variants_reembed_all(batch_size=batch_size, progress=bar.update)

@@ -1,0 +1,149 @@
+"""Answer-or-fall-back quality on BANKING77-OOS (issue 4), through the live pipeline.
+
+The 50 in-scope intents' training questions (`banking77-oos/train`) are imported as the
+knowledge base (one entry per intent) and embedded by the real services. `manage.py kb_calibrate`
+then picks the thresholds on the validation questions (in scope + in-domain out-of-scope +
+general out-of-scope), and the test questions are decided with them. Everything runs through
+chatbot.pipeline.answer_question, once with dense retrieval and once with the hybrid.
+
+Run: .venv/bin/python bench/bench_calibration.py [--both]   (part of `make bench`)
+With --both, the retrieval mode that is not the default (dense or hybrid) is measured too.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import tempfile
+from contextlib import redirect_stdout
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import DATA, Timer, isolated_environment, save, table  # noqa: E402
+
+OOS = DATA / "banking77-oos"
+VALID = [OOS / "valid", OOS / "id-oos" / "valid", OOS / "ood-oos" / "valid"]
+TEST = {"in scope": OOS / "test", "in-domain OOS": OOS / "id-oos" / "test", "general OOS": OOS / "ood-oos" / "test"}
+MAX_WRONG_RATE = 0.05
+MAX_CLARIFY_RATE = 0.10
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-calibration-"))
+    os.environ.update(isolated_environment("calibration", workdir))
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from chatbot.models import DecisionThresholds
+    from chatbot.selectors import thresholds_for
+    from kb import services
+    from kb.calibration import labelled_rows_read, thresholds_evaluate
+    from kb.hit_testing import hit_test_rows
+
+    call_command("migrate", verbosity=0)
+    kb_file = workdir / "banking77-oos-train.csv"
+    with kb_file.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "category"])
+        writer.writerows((row["question"], row["category"]) for row in labelled_rows_read(OOS / "train"))
+    call_command("kb_import", str(kb_file), verbosity=0)
+    with Timer() as embedding:
+        while services.variants_embed_batch(limit=256).remaining:
+            pass
+        version = services.index_publish()
+    print(
+        f"knowledge base: {version.entry_count} entries, {version.vector_count} phrasings, embedded in "
+        f"{embedding.seconds:.0f} s ({version.embedder})"
+    )
+
+    test_rows = {name: labelled_rows_read(path) for name, path in TEST.items()}
+    results, rows = {}, []
+    default = "hybrid" if settings.KB_HYBRID_SEARCH else "dense"
+    modes = [default] + ([{"dense": "hybrid", "hybrid": "dense"}[default]] if "--both" in sys.argv else [])
+    for mode in modes:
+        hybrid = mode == "hybrid"
+        settings.KB_HYBRID_SEARCH = hybrid
+        DecisionThresholds.objects.filter(language="en").update(calibration={})
+        output = io.StringIO()
+        with Timer() as calibrating, redirect_stdout(output):
+            call_command(
+                "kb_calibrate",
+                *map(str, VALID),
+                max_wrong_rate=MAX_WRONG_RATE,
+                max_clarify_rate=MAX_CLARIFY_RATE,
+                verbosity=0,
+                stdout=output,
+            )
+        print(f"\n[{mode}] kb_calibrate on validation ({calibrating.seconds:.0f} s):")
+        print("\n".join("  " + line for line in output.getvalue().strip().splitlines()))
+        thresholds = thresholds_for(language="en")
+        with Timer() as testing:
+            cases = {name: hit_test_rows(rows_, llm_available=False).cases for name, rows_ in test_rows.items()}
+        everything = [case.scored() for group in cases.values() for case in group]
+        overall = thresholds_evaluate(everything, thresholds)
+        by_group = {name: thresholds_evaluate([c.scored() for c in group], thresholds) for name, group in cases.items()}
+        in_scope_cases = cases["in scope"]
+        top1 = sum(case.retrieved_right for case in in_scope_cases) / len(in_scope_cases)
+        results[mode] = {
+            "default": mode == default,
+            "thresholds": thresholds.as_dict(),
+            "test": overall.as_dict(),
+            "test_by_group": {name: metrics.as_dict() for name, metrics in by_group.items()},
+            "in_scope_top1": round(top1, 4),
+            "seconds": {"calibrate": round(calibrating.seconds, 1), "test": round(testing.seconds, 1)},
+            "test_questions_per_second": round(len(everything) / testing.seconds, 1),
+        }
+        rows.append(
+            (
+                mode,
+                f"{thresholds.answer:.3f} / {thresholds.clarify:.3f} / {thresholds.margin:g}",
+                f"{top1:.1%}",
+                f"{overall.precision:.3f}",
+                f"{overall.recall:.3f}",
+                f"{overall.f1:.3f}",
+                f"{overall.wrong_rate:.2%}",
+                f"{overall.clarify_rate:.1%}",
+                f"{by_group['in-domain OOS'].out_of_scope_handled:.1%}",
+                f"{by_group['general OOS'].out_of_scope_handled:.1%}",
+            )
+        )
+    print()
+    print(
+        table(
+            rows,
+            (
+                "retrieval",
+                "answer / clarify / margin",
+                "in-scope top-1",
+                "precision",
+                "recall",
+                "F1",
+                "wrong answers",
+                "did you mean",
+                "ID-OOS not answered",
+                "OOD not answered",
+            ),
+        )
+    )
+    result = {
+        "knowledge_base": {
+            "entries": version.entry_count,
+            "phrasings": version.vector_count,
+            "embedder": version.embedder,
+        },
+        "validation_files": [str(path.relative_to(DATA)) for path in VALID],
+        "test_files": {name: str(path.relative_to(DATA)) for name, path in TEST.items()},
+        "test_questions": {name: len(rows_) for name, rows_ in test_rows.items()},
+        "caps": {"max_wrong_rate": MAX_WRONG_RATE, "max_clarify_rate": MAX_CLARIFY_RATE},
+        "modes": results,
+    }
+    print(f"saved {save('calibration', result).relative_to(settings.BASE_DIR)}")
+
+
+if __name__ == "__main__":
+    main()
