@@ -32,7 +32,15 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 WAIT_MS = 20_000
-LLM_ENV = ("TEST_LLM_BASE_URL", "LLM_BACKEND", "LLM_BASE_URL", "LLM_API_KEY", "LLM_MODEL", "LLM_AZURE_API_VERSION", "LLM_TIMEOUT")
+LLM_ENV = (
+    "TEST_LLM_BASE_URL",
+    "LLM_BACKEND",
+    "LLM_BASE_URL",
+    "LLM_API_KEY",
+    "LLM_MODEL",
+    "LLM_AZURE_API_VERSION",
+    "LLM_TIMEOUT",
+)
 
 # Every bubble of the chat log as the customer sees it: its text (without the meta line), the meta line and
 # its buttons.
