@@ -38,6 +38,7 @@ test-tools:
 ## Benchmarks: print a table and save JSON under bench/results/ (see docs/BENCHMARKS.md).
 bench: install
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_retrieval.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,7 @@ from django.utils import timezone
 from simple_history.utils import bulk_create_with_history
 
 from kb.embedders import get_embedder
+from kb.keyword import keyword_index_from_texts
 from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant, text_hash
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
@@ -330,8 +331,9 @@ def variants_mark_failed(*, variant_ids: list[int], reason: str) -> int:
 
 
 def index_publish() -> IndexVersion:
-    """Build the index from every embedded phrasing of published entries and publish it as a new
-    version. One writer at a time (row lock); the file is written to a temp name and renamed."""
+    """Build the index (dense vectors and BM25 keywords) from every embedded phrasing of published
+    entries and publish it as a new version. One writer at a time (row lock); the file is written
+    to a temp name and renamed."""
     embedder = get_embedder()
     with transaction.atomic():
         IndexWriterLock.objects.get_or_create(id=1)
@@ -342,7 +344,7 @@ def index_publish() -> IndexVersion:
             # so re-embedding never takes an entry out of the answers.
             Variant.objects.filter(entry__is_published=True, embedding__isnull=False)
             .order_by("id")
-            .values_list("id", "entry_id", "embedding")
+            .values_list("id", "entry_id", "embedding", "text")
         )
         variant_ids = np.array([row[0] for row in rows], dtype=np.int64)
         entry_ids = np.array([row[1] for row in rows], dtype=np.int64)
@@ -370,7 +372,13 @@ def index_publish() -> IndexVersion:
         )
         version.kind = kind
         index = build_index(vectors, variant_ids, embedder.dimension, kind=kind)
-        write_index_file(settings.KB_INDEX_DIR / version.filename, index, variant_ids, entry_ids)
+        # The keyword index is built from the same rows, so dense and keyword search always cover
+        # the same phrasings of the same version.
+        texts = [row[3] for row in rows]
+        keyword = keyword_index_from_texts(texts=texts, variant_ids=variant_ids, entry_ids=entry_ids)
+        write_index_file(
+            settings.KB_INDEX_DIR / version.filename, index, variant_ids, entry_ids, keyword=keyword, texts=texts
+        )
         version.save(update_fields=["filename", "kind"])
     _remove_old_index_files(keep=settings.KB_INDEX_KEEP_VERSIONS)
     logger.info("published index %s", version)

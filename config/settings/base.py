@@ -187,11 +187,14 @@ KB_INDEX_HNSW_THRESHOLD = env.int("KB_INDEX_HNSW_THRESHOLD", default=100_000)
 KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
 # Hybrid retrieval: BM25 keyword results (kb.keyword) fused with the dense ones over each source's
 # top DEPTH entries, by FUSION "score" (cosine + KEYWORD_WEIGHT x share of the question's keyword
-# evidence matched) or "rrf" (sum of weight / (RRF_K + rank), dense weight 1). On, with score
-# fusion, because it beat dense search on BANKING77 beyond chance (+0.6 points top-1, p = 0.048;
-# +2.2 points for the multilingual USE that reads Chinese); constants tuned on a split of the
-# training set by bench/bench_retrieval.py (docs/BENCHMARKS.md). EntryHit.score stays the cosine.
+# evidence matched) or "rrf" (sum of weight / (RRF_K + rank), dense weight 1), for questions whose
+# language (kb.language) is in LANGUAGES. Measured by bench/bench_retrieval.py (docs/BENCHMARKS.md):
+# with the multilingual USE, which answers Chinese, it gained 2.2 points top-1 on BANKING77
+# (p < 0.001) and fixed 7, broke 2 of the demo KB's 70 Chinese questions; with MiniLM (English) it
+# gained 0.6 on BANKING77 (p = 0.048) but lost 7.7 on the demo KB (p = 0.002), so English stays
+# dense. Constants tuned on a split of BANKING77's training set. EntryHit.score stays the cosine.
 KB_HYBRID_SEARCH = env.bool("KB_HYBRID_SEARCH", default=True)
+KB_HYBRID_LANGUAGES = env.list("KB_HYBRID_LANGUAGES", default=["zh"])
 KB_HYBRID_FUSION = env.str("KB_HYBRID_FUSION", default="score")
 KB_HYBRID_KEYWORD_WEIGHT = env.float("KB_HYBRID_KEYWORD_WEIGHT", default=0.4)
 KB_HYBRID_RRF_K = env.float("KB_HYBRID_RRF_K", default=60.0)

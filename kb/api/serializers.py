@@ -202,8 +202,10 @@ class SearchHitSerializer(serializers.Serializer):
 
     entry_id = serializers.IntegerField()
     question = serializers.CharField()
-    score = serializers.FloatField()
+    score = serializers.FloatField(help_text="Dense (cosine) score of its best phrasing: the decision compares it.")
     variant_id = serializers.IntegerField(source="matched_variant_id")
+    keyword_score = serializers.FloatField(allow_null=True, help_text="BM25 score, when keyword search took part.")
+    fused_score = serializers.FloatField(allow_null=True, help_text="Hybrid ranking score, when keywords took part.")
 
 
 class SearchResultSerializer(serializers.Serializer):

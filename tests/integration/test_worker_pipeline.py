@@ -49,7 +49,7 @@ async def test_worker_embeds_in_batches_and_chat_answers_from_each_new_version(w
 
     # A new entry saved by an editor becomes answerable once the worker publishes again.
     before = await ask("Do you deliver to Canada?")
-    assert before["source"] == "fallback"
+    assert before["source"] == "handoff"
     shipping = await database_sync_to_async(services.entry_create)(
         question="Do you ship internationally?",
         answer="Yes, to 40 countries including Canada.",
@@ -64,4 +64,4 @@ async def test_worker_embeds_in_batches_and_chat_answers_from_each_new_version(w
     await database_sync_to_async(services.entry_update)(entry=shipping, is_published=False)
     third = await database_sync_to_async(wait_for_version)(second.pk)
     assert third.entry_count == len(entries)
-    assert (await ask("Do you deliver to Canada?"))["source"] == "fallback"
+    assert (await ask("Do you deliver to Canada?"))["source"] == "handoff"

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from chatbot.selectors import thresholds_for
 from kb import services
 from kb.models import EDITORS_GROUP, EmbeddingState, Entry, Variant
 from tests.factories import SHOP_ENTRIES, entries_create, kb_embed_and_publish
@@ -381,9 +382,10 @@ def test_a_phrasing_cannot_move_to_another_entry(editor):
 # --- search -----------------------------------------------------------------------------------
 
 
-def test_search_runs_the_chat_pipeline_and_ranks_the_paraphrased_entry_first(viewer, settings):
+def test_search_runs_the_chat_pipeline_and_ranks_the_paraphrased_entry_first(viewer):
     track, *_ = entries_create()
     version = kb_embed_and_publish()
+    thresholds = thresholds_for(language="en")
 
     response = viewer.get(SEARCH, {"q": "where's my parcel?"})
 
@@ -392,15 +394,17 @@ def test_search_runs_the_chat_pipeline_and_ranks_the_paraphrased_entry_first(vie
     assert data["query"] == "where's my parcel?"
     assert (data["source"], data["answer_entry_id"]) == ("faq", track.id)
     assert data["decision"] == {
-        "threshold": settings.CHATBOT_ANSWER_THRESHOLD,
+        "kind": "faq",
+        "reason": "best score reaches the answer threshold",
+        "thresholds": thresholds.as_dict(),
         "index_version": version.pk,
         "language": "en",
-        "reason": "best score reaches the threshold",
+        "search_mode": "dense",
     }
     hits = data["hits"]
     assert hits[0]["entry_id"] == track.id and hits[0]["question"] == track.question
     assert Variant.objects.get(id=hits[0]["variant_id"]).entry_id == track.id
-    assert data["score"] == pytest.approx(hits[0]["score"]) and data["score"] >= settings.CHATBOT_ANSWER_THRESHOLD
+    assert data["score"] == pytest.approx(hits[0]["score"]) and data["score"] >= thresholds.answer
     assert [hit["score"] for hit in hits] == sorted((hit["score"] for hit in hits), reverse=True)
     assert len(hits) == 4 and len({hit["entry_id"] for hit in hits}) == 4
     assert {"embed", "search", "total"} <= set(data["timings_ms"])
@@ -409,13 +413,23 @@ def test_search_runs_the_chat_pipeline_and_ranks_the_paraphrased_entry_first(vie
     assert [hit["entry_id"] for hit in limited["hits"]] == [hit["entry_id"] for hit in hits[:2]]
 
 
-def test_search_falls_back_when_nothing_is_close(viewer, settings):
+def test_search_hands_off_when_nothing_is_close_and_no_llm_is_configured(viewer):
     entries_create()
     kb_embed_and_publish()
     data = body(viewer.get(SEARCH, {"q": "What is the airspeed velocity of an unladen swallow?"}))
-    assert data["source"] == "fallback" and data["answer_entry_id"] is None
-    assert data["decision"]["reason"] == "best score is below the threshold"
-    assert data["score"] < settings.CHATBOT_ANSWER_THRESHOLD
+    assert data["source"] == "handoff" and data["answer_entry_id"] is None
+    assert data["decision"]["kind"] == "handoff"
+    assert data["decision"]["reason"] == "best score is below the answer threshold and no LLM is configured"
+    assert data["score"] < thresholds_for(language="en").answer
+
+
+def test_search_shows_the_did_you_mean_options(viewer):
+    first = services.entry_create(question="Gift card A?", answer="A.", variants=["gift card"])
+    second = services.entry_create(question="Gift card B?", answer="B.", variants=["gift card"])
+    kb_embed_and_publish()
+    data = body(viewer.get(SEARCH, {"q": "gift card"}))
+    assert data["source"] == "clarify" and data["decision"]["kind"] == "clarify"
+    assert {option["entry_id"] for option in data["decision"]["options"]} == {first.id, second.id}
 
 
 @pytest.mark.parametrize(

@@ -202,8 +202,8 @@ def test_hit_testing_page_shows_decisions_from_the_live_pipeline(editor_client):
     rows = body.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
     assert len(rows) == 2
     assert "decision-faq" in rows[0] and f"#{entries[0].id} How do I track my order?" in rows[0]
-    assert "best score reaches the threshold" in rows[0]
-    assert "decision-fallback" in rows[1] and "below the threshold" in rows[1]
+    assert "best score reaches the answer threshold" in rows[0]
+    assert "decision-handoff" in rows[1] and "below the answer threshold" in rows[1]
 
 
 def test_batch_hit_testing_reports_accuracy_and_misses(editor_client, tmp_path, capsys):
@@ -220,7 +220,7 @@ def test_batch_hit_testing_reports_accuracy_and_misses(editor_client, tmp_path, 
     out = io.StringIO()
     call_command("kb_hittest", str(labelled), stdout=out, verbosity=0)
     text = out.getvalue()
-    assert "questions: 3" in text and "top-1 accuracy: 66.7% (2 right)" in text
+    assert "questions: 3" in text and "top-1 accuracy: 66.7% of 3 in-scope questions" in text
     assert "'I forgot my password': expected" in text and "How do I reset my password?" in text
     assert "row 4: no entry with id or question 'no such entry'" in capsys.readouterr().err
     page = editor_client.post("/admin/kb/entry/hit-testing/", {"file": upload("labelled.csv", labelled.read_bytes())})

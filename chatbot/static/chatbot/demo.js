@@ -114,6 +114,8 @@
         pending.forEach(function (item, id) { sendFrame(item.frame); });
       } else if (frame.type === "history") {
         if (log.childElementCount === 0) {
+          const bots = frame.messages.filter(function (m) { return m.role !== "customer"; });
+          const latestBot = bots.length ? bots[bots.length - 1] : null;
           frame.messages.forEach(function (m) {
             if (m.role === "customer") { add("customer", m.text); return; }
             shownReplies.add(m.message_id);
@@ -122,7 +124,8 @@
               addButtons(item, m.options.map(function (option) {
                 return { label: option.question, onClick: function () { choose(option); } };
               }));
-            } else if (m.source === "handoff" && m.handoff === "offered") {
+            } else if (m.source === "handoff" && m.handoff === "offered" && m === latestBot) {
+              // An older offer was answered or passed by since: only the latest one is still open.
               addHandoffButton(item, m.text);
             }
           });
