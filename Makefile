@@ -39,6 +39,7 @@ test-tools:
 bench: install
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_retrieval.py
+	$(PY) bench/bench_calibration.py --both
 
 lint: install
 	$(VENV)/bin/ruff check .

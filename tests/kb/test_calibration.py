@@ -1,6 +1,7 @@
 """Threshold calibration: its vectorised decisions agree with chatbot.decisions.decide, and the
 chosen point respects the caps."""
 
+import io
 import random
 
 import pytest
@@ -73,3 +74,84 @@ def test_impossible_cap_returns_the_safest_point():
     wrong = [ScoredQuestion("en", (0.9,), (False,), True) for _ in range(10)]
     result = thresholds_calibrate(wrong, language="en", max_wrong_rate=0.0, max_clarify_rate=0.0)
     assert result.metrics.wrong_answers == 0  # answers nothing rather than everything wrong
+
+
+# --- manage.py kb_calibrate -------------------------------------------------------------------
+
+LABELLED = """question,category
+where is my parcel,orders
+has my package shipped,orders
+can I track my delivery,orders
+how do I send an item back,returns
+what's the return window,returns
+do you take paypal,payment
+which credit cards can I use,payment
+I can't log in,account
+password reset please,account
+do you sell garden furniture,oos
+what's the weather on Mars,oos
+who won the match last night,oos
+"""
+
+
+@pytest.fixture
+def labelled_shop(db, tmp_path):
+    from tests.factories import entries_create, kb_embed_and_publish
+
+    entries_create()
+    kb_embed_and_publish()
+    path = tmp_path / "labelled.csv"
+    path.write_text(LABELLED)
+    return path
+
+
+def test_kb_calibrate_saves_thresholds_and_prints_the_figures(labelled_shop):
+    from django.core.management import call_command
+
+    from chatbot.models import DecisionThresholds
+
+    out = io.StringIO()
+    call_command("kb_calibrate", str(labelled_shop), min_questions=10, max_wrong_rate=0.0, stdout=out, verbosity=0)
+    text = out.getvalue()
+    assert "[en] 12 questions (9 in scope, 3 out)" in text and "saved the en thresholds" in text
+    assert "precision" in text and "recall" in text and "F1" in text
+    row = DecisionThresholds.objects.get(language="en")
+    assert row.calibration["questions"] == 12 and row.calibration["metrics"]["wrong_answers"] == 0
+    assert row.calibration["feasible"] is True
+    # The saved thresholds give no wrong answer on these questions, as the cap demanded.
+    from kb.calibration import labelled_rows_read
+    from kb.hit_testing import hit_test_rows
+
+    cases = hit_test_rows(labelled_rows_read(labelled_shop), llm_available=False).cases
+    wrong = [c for c in cases if c.answer.source == "faq" and not c.answered_right]
+    assert wrong == []
+
+
+def test_kb_calibrate_dry_run_changes_nothing_and_reads_the_banking77_oos_layout(labelled_shop, tmp_path):
+    from django.core.management import call_command
+
+    from chatbot.models import DecisionThresholds
+
+    folder = tmp_path / "dnnc"
+    folder.mkdir()
+    rows = [line.split(",") for line in LABELLED.strip().splitlines()[1:]]
+    (folder / "seq.in").write_text("\n".join(q for q, _ in rows) + "\n")
+    (folder / "label").write_text("\n".join(label for _, label in rows) + "\n")
+    before = DecisionThresholds.objects.get(language="en")
+    out = io.StringIO()
+    call_command("kb_calibrate", str(folder), min_questions=10, dry_run=True, stdout=out, verbosity=0)
+    assert "[en] 12 questions (9 in scope, 3 out)" in out.getvalue() and "dry run: nothing saved" in out.getvalue()
+    after = DecisionThresholds.objects.get(language="en")
+    assert (after.answer_threshold, after.clarify_margin, after.calibration) == (
+        before.answer_threshold,
+        before.clarify_margin,
+        before.calibration,
+    )
+
+
+def test_kb_calibrate_refuses_a_missing_file(db, tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="missing.csv"):
+        call_command("kb_calibrate", str(tmp_path / "missing.csv"), verbosity=0)
