@@ -15,19 +15,11 @@ from chatbot.models import Conversation, DecisionThresholds, Message
 from config.asgi import application
 from kb import services
 from kb.models import Entry
-from tests.factories import entries_create, kb_embed_and_publish
+from tests.chatbot.conftest import ORIGIN
+from tests.factories import kb_embed_and_publish
 from tests.llm_server import error, reply, slow
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ORIGIN = [(b"origin", b"http://localhost")]
-
-
-@pytest.fixture
-def shop(transactional_db):
-    entries = {entry.question: entry for entry in entries_create()}
-    kb_embed_and_publish()
-    return entries
 
 
 @pytest.fixture
@@ -63,6 +55,16 @@ async def ask(chat, text, client_id=None, frame_type="message", **extra):
             return deltas, received
         assert received["reply_to"] == frame["id"]
         deltas.append(received["text"])
+
+
+async def resumed_history(conversation_id):
+    """Reconnect to a conversation and return its history frame's messages."""
+    resumed = WebsocketCommunicator(application, f"/ws/chat/?conversation={conversation_id}", headers=ORIGIN)
+    await resumed.connect()
+    await resumed.receive_json_from()
+    history = await resumed.receive_json_from()
+    await resumed.disconnect()
+    return history["messages"]
 
 
 @database_sync_to_async
@@ -123,13 +125,8 @@ async def test_suggestions_come_back_with_the_history(shop):
     chat = await open_chat()
     await ask(chat, "gift card")
     await chat.disconnect()
-    resumed = WebsocketCommunicator(application, f"/ws/chat/?conversation={chat.conversation_id}", headers=ORIGIN)
-    await resumed.connect()
-    await resumed.receive_json_from()
-    history = await resumed.receive_json_from()
-    bot = history["messages"][1]
+    bot = (await resumed_history(chat.conversation_id))[1]
     assert bot["source"] == "clarify" and len(bot["options"]) == 2
-    await resumed.disconnect()
 
 
 # --- Hand-off -------------------------------------------------------------------------------------
@@ -317,9 +314,5 @@ async def test_a_handoff_offer_comes_back_with_the_history(shop):
     await ask(chat, "Do you sell garden furniture?")
     await ask(chat, "I want to talk to a human")
     await chat.disconnect()
-    resumed = WebsocketCommunicator(application, f"/ws/chat/?conversation={chat.conversation_id}", headers=ORIGIN)
-    await resumed.connect()
-    await resumed.receive_json_from()
-    history = await resumed.receive_json_from()
-    assert [m["handoff"] for m in history["messages"] if m["role"] == "bot"] == ["offered", "requested"]
-    await resumed.disconnect()
+    history = await resumed_history(chat.conversation_id)
+    assert [m["handoff"] for m in history if m["role"] == "bot"] == ["offered", "requested"]

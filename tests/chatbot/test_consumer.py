@@ -9,18 +9,10 @@ from channels.testing import WebsocketCommunicator
 
 from chatbot.models import Conversation, Message
 from config.asgi import application
-from tests.factories import entries_create, kb_embed_and_publish
+from tests.chatbot.conftest import ORIGIN
+from tests.factories import kb_embed_and_publish
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ORIGIN = [(b"origin", b"http://localhost")]
-
-
-@pytest.fixture
-def shop(transactional_db):
-    entries = {entry.question: entry for entry in entries_create()}
-    kb_embed_and_publish()
-    return entries
 
 
 async def open_chat(query=""):
