@@ -6,9 +6,10 @@ Async because the LLM streams; every database or model step runs through databas
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -55,10 +56,13 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
     if prepared.previous is not None:
         return StoredReply(message=prepared.previous, client_id=client_id, duplicate=True)
     llm = get_llm()
+    llm_started = time.monotonic()
     history = [Turn(role=role, text=pii_redact(turn_text).text) for role, turn_text in prepared.context.turns]
     query, memory = prepared.redacted, None
     follow_up = bool(history) and cues.looks_like_follow_up(prepared.redacted)
     if follow_up and llm is not None:
+        # The rewrite and the answer share LLM_TIMEOUT: the rewrite may use at most half of it.
+        _limit(llm, rewrite_timeout=min(settings.LLM_REWRITE_TIMEOUT, settings.LLM_TIMEOUT / 2))
         rewritten = await llm.rewrite(question=prepared.redacted, history=history)
         if rewritten:
             query, memory = rewritten, {"method": "llm_rewrite", "query": rewritten}
@@ -73,6 +77,9 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
     if memory:
         decision["memory"] = memory
     if answer.kind == Kind.LLM:
+        budget = settings.LLM_TIMEOUT - (time.monotonic() - llm_started)
+        _limit(llm, timeout=budget)
+        decision["llm_budget_seconds"] = round(budget, 2)
         reply = await _llm_reply(llm, answer, prepared.redacted, history, decision, on_delta)
     else:
         if answer.kind == Kind.HANDOFF:
@@ -83,6 +90,13 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
     return await database_sync_to_async(exchange_save)(
         conversation=conversation, client_id=client_id, customer_text=stored_text, reply=reply
     )
+
+
+def _limit(llm, **limits: float) -> None:
+    """Narrow this (per-message) LLM client's time limits; a plugged-in backend without an
+    ``LlmConfig`` keeps its own."""
+    if hasattr(llm, "config"):
+        llm.config = replace(llm.config, **limits)
 
 
 def _reply(answer: Answer, decision: dict, **overrides) -> BotReply:

@@ -316,3 +316,24 @@ async def test_a_handoff_offer_comes_back_with_the_history(shop):
     await chat.disconnect()
     history = await resumed_history(chat.conversation_id)
     assert [m["handoff"] for m in history if m["role"] == "bot"] == ["offered", "requested"]
+
+
+async def test_a_slow_rewrite_leaves_the_answer_less_time_within_one_budget(shop, llm_server):
+    def respond(body):
+        if not body.get("stream"):
+            return slow(10, then=reply("too late"))  # the rewrite: cut off by its share of the budget
+        return reply("We only sell clothes and accessories.\nSOURCES: none")
+
+    llm_server.default = respond
+    chat = await open_chat()
+    await ask(chat, "Do you sell garden furniture?")  # no entry is close: the LLM answers
+    _, follow = await ask(chat, "and what about that one?")
+    stored = (await bot_messages())[-1]
+    # The rewrite timed out (no rewritten query), and the answer got what was left of LLM_TIMEOUT
+    # (3 s in tests) after the rewrite's share (1 s).
+    assert "memory" not in stored.decision
+    assert stored.decision["kind"] == "llm" and follow["source"] == "llm"
+    assert stored.decision["llm_budget_seconds"] <= 3.0 - 1.0
+    rewrites = [r for r in llm_server.completion_requests if not r.body.get("stream")]
+    assert len(rewrites) == 1
+    await chat.disconnect()
