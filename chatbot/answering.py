@@ -15,7 +15,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chatbot import cues
-from chatbot.decisions import Kind
+from chatbot.decisions import ASKED_FOR_PERSON, Kind
 from chatbot.llm import GroundingEntry, Turn, get_llm
 from chatbot.models import Conversation, Message, Source
 from chatbot.pii import pii_redact
@@ -83,7 +83,7 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
         reply = await _llm_reply(llm, answer, prepared.redacted, history, decision, on_delta)
     else:
         if answer.kind == Kind.HANDOFF:
-            requested = answer.decision["reason"] == "the customer asked for a person"
+            requested = answer.decision["reason"] == ASKED_FOR_PERSON
             decision["handoff"] = "requested" if requested else "offered"
         reply = _reply(answer, decision)
     stored_text = text if settings.CHATBOT_STORE_PII else prepared.redacted

@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
+ASKED_FOR_PERSON = "the customer asked for a person"
+"""The reason of a hand-off the customer asked for (as opposed to one the bot offers)."""
+
 
 class Kind(StrEnum):
     FAQ = "faq"  # answer with the best entry
@@ -50,7 +53,7 @@ def decide(
     - otherwise the LLM (grounded on the hits) when one is configured, else hand-off.
     """
     if asks_for_person:
-        return Decision(Kind.HANDOFF, "the customer asked for a person")
+        return Decision(Kind.HANDOFF, ASKED_FOR_PERSON)
     fallback = Kind.LLM if llm_available else Kind.HANDOFF
     if not scores:
         return Decision(Kind.HANDOFF, "no entry retrieved")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from django.conf import settings
 
 from chatbot import cues
-from chatbot.decisions import Decision, Kind, Thresholds, decide
+from chatbot.decisions import ASKED_FOR_PERSON, Decision, Kind, Thresholds, decide
 from chatbot.models import Source
 from chatbot.selectors import thresholds_for
 from kb.language import detect_language
@@ -134,7 +134,7 @@ def _answer(
     elif decision.kind == Kind.CLARIFY:
         text = reply_text("clarify", language)
     elif decision.kind == Kind.HANDOFF:
-        requested = decision.reason == "the customer asked for a person"
+        requested = decision.reason == ASKED_FOR_PERSON
         text = reply_text("handoff_requested" if requested else "handoff_offer", language)
     trace = {
         "kind": str(decision.kind),
