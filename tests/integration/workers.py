@@ -10,7 +10,7 @@ from pathlib import Path
 from django.conf import settings
 
 from chatbot.management.commands.runstack import worker_command
-from kb.models import IndexVersion, Variant
+from kb.models import IndexVersion, KbRevision, Variant
 
 
 def database_url() -> str:
@@ -69,11 +69,19 @@ def manage(*args: str, **extra_env: str) -> subprocess.Popen:
 
 
 def wait_for_version(newer_than: int, timeout: float = 120.0) -> IndexVersion:
-    """Wait until a version newer than ``newer_than`` is published and nothing is left dirty."""
+    """Wait until a version newer than ``newer_than``, built at the current KB revision, is
+    published and nothing is left dirty. (A version published while an edit's phrasings were still
+    being embedded is newer but stale: the next one follows.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         version = IndexVersion.objects.order_by("-id").first()
-        if version is not None and version.pk > newer_than and not Variant.objects.filter(is_dirty=True).exists():
+        current = KbRevision.objects.filter(id=1).values_list("value", flat=True).first() or 0
+        if (
+            version is not None
+            and version.pk > newer_than
+            and version.kb_revision >= current
+            and not Variant.objects.filter(is_dirty=True).exists()
+        ):
             return version
         time.sleep(0.2)
     raise AssertionError("no new index version was published in time")
