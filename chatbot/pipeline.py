@@ -110,9 +110,9 @@ def _search_with_context(
         ) / 2
         merged.append(replace(base, score=score))
     merged.sort(key=lambda hit: hit.score, reverse=True)
-    timings = {
-        f"{name}": plain.timings_ms.get(name, 0) + contextual.timings_ms.get(name, 0) for name in plain.timings_ms
-    }
+    # Both searches' steps, added up (the contextual one may have run keyword search the plain one skipped).
+    names = plain.timings_ms.keys() | contextual.timings_ms.keys()
+    timings = {name: plain.timings_ms.get(name, 0) + contextual.timings_ms.get(name, 0) for name in names}
     memory = {"method": "previous_entry", "context_question": context_question, "excluded_entry_id": previous_entry_id}
     return replace(plain, hits=merged[: len(plain.hits)], timings_ms=timings), memory
 
@@ -142,7 +142,7 @@ def _answer(
         "thresholds": thresholds.as_dict(),
         "index_version": result.index_version,
         "language": language,
-        "search_mode": getattr(result, "mode", "dense"),
+        "search_mode": result.mode,
     }
     if options:
         trace["options"] = options

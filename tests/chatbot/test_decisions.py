@@ -69,7 +69,7 @@ def test_does_not_ask_for_person(text):
     assert not asks_for_person(text)
 
 
-def test_artificial_intelligence_is_not_a_person_request():
+def test_artificial_intelligence_counts_as_asking_for_a_person():
     # Documented limit: 人工 alone is taken as a request; "人工智能" is the known false positive
     # we accept in exchange for catching 转人工 / 人工客服 / 人工服务.
     assert asks_for_person("人工智能是什么") is True
