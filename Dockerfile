@@ -21,4 +21,4 @@ RUN DJANGO_SECRET_KEY=collectstatic-only-key-not-used-at-runtime-000000000000000
 USER app
 
 EXPOSE 8000
-CMD ["python", "-m", "daphne", "--bind", "0.0.0.0", "--port", "8000", "config.asgi:application"]
+CMD ["python", "-m", "uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--lifespan", "off", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--timeout-graceful-shutdown", "10", "--ws-per-message-deflate", "false", "--no-server-header"]

@@ -1,7 +1,8 @@
 """One customer message answered end to end: resend check, PII redaction, conversation memory,
 retrieval and decision (chatbot.pipeline), the streamed LLM fallback, storage, and the reply frame.
 
-Async because the LLM streams; every database or model step runs through database_sync_to_async.
+Async because the LLM streams; every database or model step runs in the answer pool
+(chatbot.runtime.in_pool), so sockets do not queue behind each other's work.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from chatbot import cues
@@ -20,6 +20,7 @@ from chatbot.llm import GroundingEntry, Turn, get_llm
 from chatbot.models import Conversation, Message, Source
 from chatbot.pii import pii_redact
 from chatbot.pipeline import Answer, answer_question, reply_text
+from chatbot.runtime import in_pool
 from chatbot.selectors import ConversationContext, conversation_context
 from chatbot.services import BotReply, StoredReply, exchange_save, offered_suggestion, stored_reply
 from kb.language import detect_language
@@ -40,8 +41,8 @@ class _Prepared:
     context: ConversationContext | None
 
 
-def _prepare(conversation: Conversation, client_id: str, text: str) -> _Prepared:
-    previous = stored_reply(conversation=conversation, client_id=client_id)
+def _prepare(conversation: Conversation, client_id: str, text: str, *, look_up_resend: bool = True) -> _Prepared:
+    previous = stored_reply(conversation=conversation, client_id=client_id) if look_up_resend else None
     if previous is not None:
         return _Prepared(previous, "", {}, None)
     redaction = pii_redact(text)
@@ -52,44 +53,76 @@ def _prepare(conversation: Conversation, client_id: str, text: str) -> _Prepared
 async def message_reply(*, conversation: Conversation, client_id: str, text: str, on_delta: OnDelta) -> StoredReply:
     """Answer one customer message and store both turns. A client id answered before gets its
     stored reply again. LLM tokens go to ``on_delta`` as they arrive; the stored reply is final."""
-    prepared = await database_sync_to_async(_prepare)(conversation, client_id, text)
+    llm = get_llm()
+    if llm is None:
+        # Without an LLM the whole exchange is synchronous: one trip to the answer pool and one
+        # database connection, instead of a thread hop (and a connection health check) per step.
+        return await in_pool(_reply_without_llm)(conversation, client_id, text)
+    prepared = await in_pool(_prepare)(conversation, client_id, text)
     if prepared.previous is not None:
         return StoredReply(message=prepared.previous, client_id=client_id, duplicate=True)
-    llm = get_llm()
     llm_started = time.monotonic()
-    history = [Turn(role=role, text=pii_redact(turn_text).text) for role, turn_text in prepared.context.turns]
+    history = _history(prepared)
     query, memory = prepared.redacted, None
-    follow_up = bool(history) and cues.looks_like_follow_up(prepared.redacted)
-    if follow_up and llm is not None:
+    if _is_follow_up(prepared, history):
         # The rewrite and the answer share LLM_TIMEOUT: the rewrite may use at most half of it.
         _limit(llm, rewrite_timeout=min(settings.LLM_REWRITE_TIMEOUT, settings.LLM_TIMEOUT / 2))
         rewritten = await llm.rewrite(question=prepared.redacted, history=history)
         if rewritten:
             query, memory = rewritten, {"method": "llm_rewrite", "query": rewritten}
-    use_previous_entry = follow_up and memory is None and prepared.context.previous_entry_id is not None
-    answer = await database_sync_to_async(answer_question)(
-        query,
-        context_question=prepared.context.previous_question if use_previous_entry else "",
-        previous_entry_id=prepared.context.previous_entry_id if use_previous_entry else None,
-        llm_available=llm is not None,
-    )
-    decision = {**answer.decision, "pii": prepared.pii_found}
-    if memory:
-        decision["memory"] = memory
+    answer, decision = await in_pool(_decide)(prepared, history, query, memory, True)
     if answer.kind == Kind.LLM:
         budget = settings.LLM_TIMEOUT - (time.monotonic() - llm_started)
         _limit(llm, timeout=budget)
         decision["llm_budget_seconds"] = round(budget, 2)
         reply = await _llm_reply(llm, answer, prepared.redacted, history, decision, on_delta)
     else:
-        if answer.kind == Kind.HANDOFF:
-            requested = answer.decision["reason"] == ASKED_FOR_PERSON
-            decision["handoff"] = "requested" if requested else "offered"
         reply = _reply(answer, decision)
-    stored_text = text if settings.CHATBOT_STORE_PII else prepared.redacted
-    return await database_sync_to_async(exchange_save)(
-        conversation=conversation, client_id=client_id, customer_text=stored_text, reply=reply
+    return await in_pool(_store)(conversation, client_id, text, prepared, reply)
+
+
+def _reply_without_llm(conversation: Conversation, client_id: str, text: str) -> StoredReply:
+    # No look-up for a resend first: answering again costs little here, and storing a client id
+    # answered before hits the unique constraint, which makes exchange_save return the stored reply.
+    # (With an LLM the look-up comes first: a second LLM call is slow and costs money.)
+    prepared = _prepare(conversation, client_id, text, look_up_resend=False)
+    answer, decision = _decide(prepared, _history(prepared), prepared.redacted, None, False)
+    return _store(conversation, client_id, text, prepared, _reply(answer, decision))
+
+
+def _history(prepared: _Prepared) -> list[Turn]:
+    return [Turn(role=role, text=pii_redact(turn_text).text) for role, turn_text in prepared.context.turns]
+
+
+def _is_follow_up(prepared: _Prepared, history: list[Turn]) -> bool:
+    return bool(history) and cues.looks_like_follow_up(prepared.redacted)
+
+
+def _decide(
+    prepared: _Prepared, history: list[Turn], query: str, memory: dict | None, llm_available: bool
+) -> tuple[Answer, dict]:
+    """Retrieve and decide for ``query``; a follow-up that no LLM rewrote leans on the previous
+    answer's entry. Returns the answer and the decision trace to store."""
+    context = prepared.context
+    use_previous_entry = memory is None and context.previous_entry_id is not None and _is_follow_up(prepared, history)
+    answer = answer_question(
+        query,
+        context_question=context.previous_question if use_previous_entry else "",
+        previous_entry_id=context.previous_entry_id if use_previous_entry else None,
+        llm_available=llm_available,
     )
+    decision = {**answer.decision, "pii": prepared.pii_found}
+    if memory:
+        decision["memory"] = memory
+    if answer.kind == Kind.HANDOFF:
+        requested = answer.decision["reason"] == ASKED_FOR_PERSON
+        decision["handoff"] = "requested" if requested else "offered"
+    return answer, decision
+
+
+def _store(conversation: Conversation, client_id: str, text: str, prepared: _Prepared, reply: BotReply) -> StoredReply:
+    stored_text = text if settings.CHATBOT_STORE_PII else prepared.redacted
+    return exchange_save(conversation=conversation, client_id=client_id, customer_text=stored_text, reply=reply)
 
 
 def _limit(llm, **limits: float) -> None:
@@ -155,7 +188,7 @@ def _choose(conversation: Conversation, entry_id: int, client_id: str) -> Stored
 
 async def suggestion_choose(*, conversation: Conversation, entry_id: int, client_id: str | None = None) -> StoredReply:
     """Answer with an entry the customer picked from a "did you mean" list (stored as their turn)."""
-    return await database_sync_to_async(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
+    return await in_pool(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
 
 
 def reply_frame(stored: StoredReply) -> dict:

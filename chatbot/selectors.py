@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+from django.conf import settings
 
 from chatbot.decisions import Thresholds
 from chatbot.models import Conversation, DecisionThresholds, Message, Role
@@ -16,26 +19,43 @@ def conversation_history(*, conversation: Conversation, limit: int) -> list[dict
         .select_related("reply_to")
         .order_by("-created_at", "-id")[:limit]
     )
-    return [
-        {
-            "message_id": message.id,
-            "role": message.role,
-            "text": message.text,
-            "client_id": message.client_id,
-            "reply_to": message.reply_to.client_id if message.reply_to else None,
-            "source": message.source or None,
-            "options": message.decision.get("options", []) if message.source == "clarify" else [],
-            "citations": message.citations,
-            "handoff": message.decision.get("handoff") if message.source == "handoff" else None,
-            "created_at": message.created_at.isoformat(),
-        }
-        for message in reversed(messages)
-    ]
+    return [message_item(message) for message in reversed(messages)]
+
+
+def message_item(message: Message) -> dict:
+    """One message as history frames carry it (``reply_to`` must be loaded or loadable)."""
+    return {
+        "message_id": message.id,
+        "role": message.role,
+        "text": message.text,
+        "client_id": message.client_id,
+        "reply_to": message.reply_to.client_id if message.reply_to else None,
+        "source": message.source or None,
+        "options": message.decision.get("options", []) if message.source == "clarify" else [],
+        "citations": message.citations,
+        "handoff": message.decision.get("handoff") if message.source == "handoff" else None,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+_thresholds_cache: dict[str, tuple[float, Thresholds]] = {}
 
 
 def thresholds_for(*, language: str) -> Thresholds:
     """The decision thresholds for questions in ``language``: its row, else English's, else the
-    model defaults (a fresh database before the data migration)."""
+    model defaults (a fresh database before the data migration). Kept in process memory for
+    CHATBOT_THRESHOLDS_CACHE_SECONDS, so an edit reaches every web process within that long."""
+    ttl = settings.CHATBOT_THRESHOLDS_CACHE_SECONDS
+    cached = _thresholds_cache.get(language)
+    if ttl > 0 and cached is not None and time.monotonic() - cached[0] < ttl:
+        return cached[1]
+    thresholds = _thresholds_read(language)
+    if ttl > 0:
+        _thresholds_cache[language] = (time.monotonic(), thresholds)
+    return thresholds
+
+
+def _thresholds_read(language: str) -> Thresholds:
     rows = {row.language: row for row in DecisionThresholds.objects.filter(language__in=[language, "en"])}
     row = rows.get(language) or rows.get("en") or DecisionThresholds(language=language)
     return Thresholds(

@@ -13,7 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chatbot.routing import websocket_urlpatterns  # noqa: E402
-from kb.selectors import search_warm_up  # noqa: E402
+from chatbot.runtime import web_process_start  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -22,6 +22,7 @@ application = ProtocolTypeRouter(
     }
 )
 
-# Loading the embedder takes seconds: pay it once at start-up, never inside a customer's request.
+# Loading the embedder and the index takes seconds: pay it once at start-up, never inside a
+# customer's request; then the query batcher and the background index loader run beside the loop.
 if os.environ.get("CHATBOT_WARM_UP", "1") == "1":
-    search_warm_up()
+    web_process_start()

@@ -9,6 +9,7 @@ from chatbot import views as chatbot_views
 urlpatterns = [
     path("", chatbot_views.demo_page, name="demo"),
     path("healthz", chatbot_views.healthz, name="healthz"),
+    path("readyz", chatbot_views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -8,6 +8,7 @@ fails at once with a message that says how to provide it.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Protocol
 import numpy as np
 from django.conf import settings
 from django.utils.module_loading import import_string
+
+logger = logging.getLogger(__name__)
 
 
 class EmbedderUnavailable(RuntimeError):
@@ -33,6 +36,9 @@ class Embedder(Protocol):
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query's vector, comparable by inner product with ``encode``'s rows."""
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Many queries' vectors in as few model calls as possible; row i equals encode_query(texts[i])."""
 
     def can_read(self, text: str) -> bool:
         """False when the model sees too little of the text to embed it meaningfully."""
@@ -63,7 +69,7 @@ class SentenceTransformerEmbedder:
     # (all-MiniLM-L6-v2 reads almost no Chinese, for example).
     max_unknown_ratio = 0.5
 
-    def __init__(self, model: str | None = None, device: str = "cpu"):
+    def __init__(self, model: str | None = None, device: str = "cpu", runtime: str | None = None):
         model = model or settings.KB_EMBEDDER_MODEL
         model_path = _resolve_model_path(model)
         # Belt and braces: even a path-based load must never reach for the hub and hang.
@@ -72,17 +78,40 @@ class SentenceTransformerEmbedder:
         from sentence_transformers import SentenceTransformer
 
         self._model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
+        # The runtime does not change the vectors (ONNX Runtime matches PyTorch to 2e-7), so the
+        # name, which stored vectors are checked against, stays the same.
         self.name = f"sentence-transformers:{model}"
         dimension = (
             getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         )
         self.dimension = int(dimension())
         self._tokenizer = self._model.tokenizer
+        self._onnx = None
+        runtime = runtime or settings.KB_EMBEDDER_RUNTIME
+        if runtime == "onnx":
+            from kb.onnx_encoder import OnnxSentenceEncoder, OnnxUnsupported
+
+            try:
+                self._onnx = OnnxSentenceEncoder(
+                    self._model, model_path, settings.VAR_DIR / "models", threads=settings.KB_QUERY_THREADS
+                )
+            except OnnxUnsupported as reason:
+                logger.warning("%s runs on PyTorch: ONNX Runtime cannot run it (%s)", model, reason)
+        elif runtime != "torch":
+            raise EmbedderUnavailable(f"KB_EMBEDDER_RUNTIME must be onnx or torch, not {runtime!r}")
+        self.runtime = "onnx" if self._onnx else "torch"
+
+    def threads_set(self, threads: int) -> None:
+        """Math threads per model call, for whichever runtime runs the model."""
+        if self._onnx is not None and self._onnx.threads != threads:
+            self._onnx.threads_set(threads)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed texts in one model call."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._onnx is not None:
+            return self._onnx.encode(list(texts))
         vectors = self._model.encode(
             list(texts),
             batch_size=64,
@@ -95,6 +124,10 @@ class SentenceTransformerEmbedder:
     def encode_query(self, text: str) -> np.ndarray:
         """A query is embedded like a stored phrasing."""
         return self.encode([text])[0]
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Queries are embedded like stored phrasings, in one call."""
+        return self.encode(list(texts))
 
     def can_read(self, text: str) -> bool:
         """True unless most of the text's tokens are unknown to the model's vocabulary."""
@@ -131,6 +164,10 @@ class UniversalSentenceEncoderEmbedder:
         """A query is embedded like a stored phrasing."""
         return self.encode([text])[0]
 
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Queries are embedded like stored phrasings, in one call."""
+        return self.encode(list(texts))
+
     def can_read(self, text: str) -> bool:
         """Its sentencepiece vocabulary covers every script it was trained on."""
         return bool(text.strip())
@@ -158,6 +195,10 @@ class LanguageRoutedEmbedder:
         both = np.hstack([self._english.encode(texts), self._multilingual.encode(texts)]) / _SQRT2
         return np.ascontiguousarray(both, dtype=np.float32)
 
+    def threads_set(self, threads: int) -> None:
+        """Math threads per MiniLM call (USE keeps one BLAS thread, see its class)."""
+        self._english.threads_set(threads)
+
     def query_weight(self, text: str) -> float:
         """How much of the score comes from MiniLM for this question (the rest from USE)."""
         from kb.language import detect_language
@@ -168,14 +209,23 @@ class LanguageRoutedEmbedder:
 
     def encode_query(self, text: str) -> np.ndarray:
         """The question embedded by the model(s) its language calls for, weighted."""
-        weight = self.query_weight(text)
-        parts = [
-            self._english.encode_query(text) * weight if weight else np.zeros(self._english.dimension, np.float32),
-            self._multilingual.encode_query(text) * (1 - weight)
-            if weight < 1
-            else np.zeros(self._multilingual.dimension, np.float32),
-        ]
-        return (np.concatenate(parts) * _SQRT2).astype(np.float32)
+        return self.encode_queries([text])[0]
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Each question embedded as :meth:`encode_query` does, with one call per model for all of
+        them: the questions that need MiniLM in one batch, those that need USE in another."""
+        weights = np.array([self.query_weight(text) for text in texts], dtype=np.float32)
+        english_dim = self._english.dimension
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        english = np.flatnonzero(weights > 0)
+        if len(english):
+            vectors = self._english.encode([texts[i] for i in english])
+            out[english, :english_dim] = vectors * weights[english, None]
+        multilingual = np.flatnonzero(weights < 1)
+        if len(multilingual):
+            vectors = self._multilingual.encode([texts[i] for i in multilingual])
+            out[multilingual, english_dim:] = vectors * (1 - weights[multilingual, None])
+        return np.ascontiguousarray(out * _SQRT2, dtype=np.float32)
 
     def can_read(self, text: str) -> bool:
         """USE reads what MiniLM cannot."""
@@ -200,6 +250,9 @@ def math_threads_set(threads: int) -> None:
 
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(max(1, threads))
+    for embedder in list(_embedders.values()):
+        if hasattr(embedder, "threads_set"):
+            embedder.threads_set(max(1, threads))
 
 
 def get_embedder() -> Embedder:

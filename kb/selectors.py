@@ -17,6 +17,7 @@ from kb.embedders import get_embedder
 from kb.keyword import keyword_warm_up, text_tokenize
 from kb.language import detect_language
 from kb.models import Entry, IndexVersion
+from kb.query_batching import query_encode
 from kb.vector_index import CurrentIndex, LoadedIndex, PhrasingHit
 
 
@@ -287,7 +288,7 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
         return SearchResult(hits=[], index_version=None, readable=False)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    vector = embedder.encode_query(query) if readable else None
+    vector = query_encode(query) if readable else None
     timings["embed"] = (time.perf_counter() - started) * 1000
     index = current_index.get()
     if index is None:
@@ -336,6 +337,12 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
         timings_ms=timings,
         mode="hybrid" if hybrid else "dense",
     )
+
+
+def search_ready() -> bool:
+    """Whether this process has an index to search (a web process that has not loaded one yet
+    must not answer as if the knowledge base were empty)."""
+    return current_index.get() is not None
 
 
 def search_warm_up() -> None:

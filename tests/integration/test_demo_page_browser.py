@@ -1,4 +1,4 @@
-"""The demo page in headless Chromium against the real ASGI server (Daphne, on the test database): what a
+"""The demo page in headless Chromium against the real ASGI server (uvicorn, on the test database): what a
 customer sees for an FAQ answer, the hand-off offer and request, a reload, "did you mean" buttons, and an
 LLM answer streaming into its bubble."""
 
@@ -21,7 +21,7 @@ from tests.factories import entries_create, kb_embed_and_publish
 from tests.integration.workers import database_url
 from tests.llm_server import reply
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -82,6 +82,8 @@ def start_web(transactional_db, tmp_path):
             KB_INDEX_DIR=str(settings.KB_INDEX_DIR),
             KB_INDEX_POLL_SECONDS="0",
             CHATBOT_WARM_UP="1",
+            # The Redis channel layer, as deployed (the in-memory one would hide connection trouble).
+            TEST_CHANNEL_REDIS_URL=settings.TEST_REDIS_URL,
         )
         if llm_url:
             # config/settings/test.py ignores LLM_BASE_URL so that a developer's own LLM never leaks

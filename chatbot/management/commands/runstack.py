@@ -1,8 +1,9 @@
 """manage.py runstack: everything `make run` starts, in one supervised foreground process.
 
 Order: Redis (embedded when REDIS_URL is unset) -> migrate -> demo knowledge base (when the KB
-is empty) -> Celery worker and beat -> ASGI server (Daphne) -> wait until the index is published ->
-print the URL. Ctrl-C stops the children, then Redis, and exits 0.
+is empty) -> Celery worker and beat -> ASGI server (uvicorn, WEB_CONCURRENCY processes) -> wait
+until the index is published and loaded -> print the URL. Ctrl-C stops the children, then Redis,
+and exits 0.
 """
 
 from __future__ import annotations
@@ -39,8 +40,37 @@ def beat_command() -> list[str]:
 
 
 def web_command(host: str, port: int) -> list[str]:
-    """The ASGI server exactly as docker-compose's `web` service runs it."""
-    return [sys.executable, "-m", "daphne", "--bind", host, "--port", str(port), "config.asgi:application"]
+    """The ASGI server exactly as docker-compose's `web` service runs it: uvicorn, with as many
+    worker processes on the one port as $WEB_CONCURRENCY says (uvicorn reads it; see web_env)."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "config.asgi:application",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # Django's ASGI handler does not speak the lifespan protocol.
+        "--lifespan",
+        "off",
+        # Pings keep idle sockets open through proxies and notice dead peers.
+        "--ws-ping-interval",
+        "20",
+        "--ws-ping-timeout",
+        "20",
+        "--timeout-graceful-shutdown",
+        "10",
+        # Chat frames are a few hundred bytes: compressing each costs more CPU than it saves.
+        "--ws-per-message-deflate",
+        "false",
+        "--no-server-header",
+    ]
+
+
+def web_env(processes: int | None = None) -> dict[str, str]:
+    """Environment of the web server command: how many processes serve the port."""
+    return {"WEB_CONCURRENCY": str(processes or settings.WEB_CONCURRENCY)}
 
 
 class Command(BaseCommand):
@@ -83,7 +113,9 @@ class Command(BaseCommand):
             self._say("LLM fallback: off (set LLM_BASE_URL to an OpenAI-compatible endpoint); the bot offers a person")
         self._spawn("worker", worker_command(settings.CELERY_TASK_DEFAULT_QUEUE))
         self._spawn("beat", beat_command())
-        self._spawn("web", web_command(host, port))
+        self._spawn("web", web_command(host, port), web_env())
+        processes = settings.WEB_CONCURRENCY
+        self._say(f"Web: uvicorn, {processes} process{'es' if processes > 1 else ''} on port {port} (WEB_CONCURRENCY)")
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
         self._wait_ready(url, ready_timeout)
         self.stdout.write(self.style.SUCCESS(f"\n  Chat demo:  {url}\n  Admin:      {url}admin/   {login}\n"))
@@ -101,10 +133,11 @@ class Command(BaseCommand):
             return f"(user admin, password {password_file.read_text().strip()})"
         return "(log in with your superuser; `manage.py changepassword <user>` resets a password)"
 
-    def _spawn(self, name: str, command: list[str]) -> None:
+    def _spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
+            **(extra_env or {}),
         }
         # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
         process = subprocess.Popen(
@@ -118,12 +151,12 @@ class Command(BaseCommand):
         while time.monotonic() < deadline and not self.stopping:
             self._check_children()
             try:
-                with urllib.request.urlopen(url + "healthz", timeout=2) as response:
-                    health = json.load(response)
-                if health.get("index_version") is not None:
-                    self._say(f"Index v{health['index_version']} published ({health['vectors']} phrasings).")
-                    return
-            except OSError:
+                # /readyz: a web process has loaded its models and the published index.
+                with urllib.request.urlopen(url + "readyz", timeout=2) as response:
+                    ready = json.load(response)
+                self._say(f"Index v{ready['index_version']} loaded ({ready['vectors']} phrasings).")
+                return
+            except OSError:  # not listening yet, or 503 until the first index is published
                 pass
             time.sleep(0.5)
         if not self.stopping:

@@ -1,7 +1,8 @@
 // Demo chat box on /ws/chat/. Keeps the conversation id across reloads, reconnects with backoff
 // and resends messages not yet answered; the server answers a client id once, so nothing doubles.
 // LLM replies stream in as "delta" frames into a provisional bubble that the final "answer" frame
-// replaces; "did you mean" replies come as buttons that send a "choose" frame.
+// replaces; "did you mean" replies come as buttons that send a "choose" frame. An error frame with
+// retry_after_ms (not_ready) leaves the message pending and sends it again after that long.
 (function () {
   "use strict";
   const log = document.getElementById("log");
@@ -13,6 +14,7 @@
   const pending = new Map(); // client id -> {text, element}
   const streaming = new Map(); // client id -> provisional bot bubble
   const shownReplies = new Set(); // message ids already on screen
+  const sentIds = new Set(); // client ids this page sent
   let socket = null;
   let retryDelay = 500;
 
@@ -113,23 +115,28 @@
         // Resend whatever was sent but not answered before the connection dropped.
         pending.forEach(function (item, id) { sendFrame(item.frame); });
       } else if (frame.type === "history") {
-        if (log.childElementCount === 0) {
-          const bots = frame.messages.filter(function (m) { return m.role !== "customer"; });
-          const latestBot = bots.length ? bots[bots.length - 1] : null;
-          frame.messages.forEach(function (m) {
-            if (m.role === "customer") { add("customer", m.text); return; }
-            shownReplies.add(m.message_id);
-            const item = add("bot", m.text, metaFor(m));
-            if (m.source === "clarify" && m.options.length) {
-              addButtons(item, m.options.map(function (option) {
-                return { label: option.question, onClick: function () { choose(option); } };
-              }));
-            } else if (m.source === "handoff" && m.handoff === "offered" && m === latestBot) {
-              // An older offer was answered or passed by since: only the latest one is still open.
-              addHandoffButton(item, m.text);
-            }
-          });
-        }
+        // On resume: the conversation so far. Later: an exchange made in another tab of this
+        // conversation; messages this page already shows are skipped.
+        const fresh = log.childElementCount === 0;
+        const bots = frame.messages.filter(function (m) { return m.role !== "customer"; });
+        const latestBot = bots.length ? bots[bots.length - 1] : null;
+        frame.messages.forEach(function (m) {
+          if (m.role === "customer") {
+            if (fresh || !sentIds.has(m.client_id)) add("customer", m.text);
+            return;
+          }
+          if (shownReplies.has(m.message_id)) return;
+          shownReplies.add(m.message_id);
+          const item = add("bot", m.text, metaFor(m));
+          if (m.source === "clarify" && m.options.length) {
+            addButtons(item, m.options.map(function (option) {
+              return { label: option.question, onClick: function () { choose(option); } };
+            }));
+          } else if (m.source === "handoff" && m.handoff === "offered" && m === latestBot) {
+            // An older offer was answered or passed by since: only the latest one is still open.
+            addHandoffButton(item, m.text);
+          }
+        });
       } else if (frame.type === "delta") {
         let item = streaming.get(frame.reply_to);
         if (!item) { item = add("bot streaming", ""); streaming.set(frame.reply_to, item); }
@@ -140,6 +147,13 @@
         if (item) { item.element.classList.remove("pending"); pending.delete(frame.reply_to); }
         showReply(frame);
       } else if (frame.type === "error") {
+        if (frame.retry_after_ms && frame.reply_to && pending.has(frame.reply_to)) {
+          // Not answered yet (the server is starting up): the same message, same id, goes again.
+          const waiting = pending.get(frame.reply_to);
+          setStatus("starting up…", "bad");
+          setTimeout(function () { setStatus("online", "ok"); sendFrame(waiting.frame); }, frame.retry_after_ms);
+          return;
+        }
         if (frame.reply_to && pending.has(frame.reply_to)) {
           pending.get(frame.reply_to).element.classList.remove("pending");
           pending.delete(frame.reply_to);
@@ -162,6 +176,7 @@
   }
 
   function send(frame, text) {
+    sentIds.add(frame.id);
     pending.set(frame.id, { frame: frame, element: add("customer pending", text) });
     sendFrame(frame);
   }

@@ -1,0 +1,72 @@
+"""The Redis channel layer, made to outlive Redis hiccups.
+
+channels_redis waits for a consumer's messages with a blocking BZPOPMIN. When that read fails (Redis
+restarting, a dropped connection, a read timeout) the exception escapes into Channels'
+``await_many_dispatch`` and tears the consumer down: every socket of the process closes with 1011 at
+once and every customer reconnects together. Answering a customer does not need Redis at all, so a
+consumer here keeps its socket and waits for Redis to come back instead, and its group memberships
+are added again once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from channels_redis.core import RedisChannelLayer
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+
+
+class ResilientRedisChannelLayer(RedisChannelLayer):
+    """A RedisChannelLayer whose ``receive`` retries with backoff when Redis cannot be reached, and
+    which restores this process's group memberships when Redis comes back empty (a restarted Redis
+    keeps no groups: without this, a socket would silently stop getting its conversation's events)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._memberships: dict[str, set[str]] = {}
+
+    async def group_add(self, group, channel):
+        """Join ``group``; remembered first, so a failure here is repaired when Redis is back."""
+        self._memberships.setdefault(channel, set()).add(group)
+        await super().group_add(group, channel)
+
+    async def group_discard(self, group, channel):
+        """Leave ``group`` (forgotten locally even when Redis cannot be told)."""
+        groups = self._memberships.get(channel)
+        if groups is not None:
+            groups.discard(group)
+            if not groups:
+                del self._memberships[channel]
+        await super().group_discard(group, channel)
+
+    async def receive(self, channel):
+        """The next message on ``channel``, however long Redis is away meanwhile."""
+        delay = RETRY_FIRST_SECONDS
+        failing_since = None
+        while True:
+            try:
+                if failing_since is not None:
+                    await self._memberships_restore()
+                    down = asyncio.get_running_loop().time() - failing_since
+                    logger.info("channel layer: Redis reachable again after %.1f s; groups restored", down)
+                    failing_since, delay = None, RETRY_FIRST_SECONDS
+                return await super().receive(channel)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                if failing_since is None:
+                    failing_since = asyncio.get_running_loop().time()
+                    logger.warning("channel layer: Redis unreachable (%s); retrying", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _memberships_restore(self) -> None:
+        """Add every remembered membership again (group_add is idempotent)."""
+        for channel, groups in list(self._memberships.items()):
+            for group in list(groups):
+                await super().group_add(group, channel)
