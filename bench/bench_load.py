@@ -132,7 +132,9 @@ def batching_delta(before: dict[int, dict], after: dict[int, dict]) -> dict | No
 
 
 def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
-    """py-spy sampling the web process for ``seconds`` (raw collapsed stacks), if it can attach."""
+    """py-spy sampling the web process for ``seconds`` (raw collapsed stacks), if it can attach. Only
+    samples holding the GIL count (--gil): that is the part of the work one process cannot spread
+    over cores, so it bounds the answers per second of a process."""
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():
         print("py-spy is not installed: no profile")

@@ -209,7 +209,10 @@ class Chat:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise AssertionError(f"no matching frame within {timeout} s; got {self.frames[-5:]}")
-            frame = await self.next(timeout=remaining)
+            try:
+                frame = await self.next(timeout=remaining)
+            except TimeoutError:
+                raise AssertionError(f"no matching frame within {timeout} s; got {self.frames[-5:]}") from None
             if predicate(frame):
                 return frame
 
