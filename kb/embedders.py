@@ -86,6 +86,9 @@ class SentenceTransformerEmbedder:
         )
         self.dimension = int(dimension())
         self._tokenizer = self._model.tokenizer
+        # The tokenizer's padding and truncation settings are shared state rewritten by every call
+        # (see kb.onnx_encoder): calls from several threads take turns.
+        self._tokenizer_lock = threading.Lock()
         self._onnx = None
         runtime = runtime or settings.KB_EMBEDDER_RUNTIME
         if runtime == "onnx":
@@ -112,13 +115,14 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dimension), dtype=np.float32)
         if self._onnx is not None:
             return self._onnx.encode(list(texts))
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=64,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        with self._tokenizer_lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=64,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_query(self, text: str) -> np.ndarray:
@@ -131,7 +135,8 @@ class SentenceTransformerEmbedder:
 
     def can_read(self, text: str) -> bool:
         """True unless most of the text's tokens are unknown to the model's vocabulary."""
-        tokens = self._tokenizer.tokenize(text)
+        with self._tokenizer_lock:
+            tokens = self._tokenizer.tokenize(text)
         if not tokens:
             return False
         unknown = sum(token == self._tokenizer.unk_token for token in tokens)

@@ -12,6 +12,7 @@ The ONNX file is exported from the loaded PyTorch model once and kept under the 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -94,7 +95,11 @@ class OnnxSentenceEncoder:
             raise OnnxUnsupported("pooling is not mean pooling")
         if getattr(model[0], "do_lower_case", False):
             raise OnnxUnsupported("the transformer lower-cases its input itself")
-        self._tokenizer = model.tokenizer
+        # A fast tokenizer keeps its padding and truncation settings in shared state that every call
+        # rewrites: two threads on one instance get each other's settings (ragged, unpadded batches
+        # were seen under load). This encoder has its own copy, used by one thread at a time.
+        self._tokenizer = copy.deepcopy(model.tokenizer)
+        self._tokenizer_lock = threading.Lock()
         self._max_length = int(model.max_seq_length or 512)
         self.path = cache_dir / f"{model_path.name}-{_model_fingerprint(model_path)}.onnx"
         if not self.path.exists():
@@ -119,9 +124,10 @@ class OnnxSentenceEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-length mean-pooled vectors, one row per text, in one session call."""
-        batch = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
-        )
+        with self._tokenizer_lock:
+            batch = self._tokenizer(
+                list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
+            )
         feeds = {name: batch[name].astype(np.int64) for name in INPUTS if name in batch}
         if "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])

@@ -36,16 +36,22 @@ def run_manage(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_defaults_are_sqlite_and_the_embedded_redis(tmp_path):
     result = run_python(
         "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings.local'; django.setup();"
-        "from django.conf import settings as s;"
+        "from django.conf import settings as s; layer = s.CHANNEL_LAYERS['default'];"
         "print(s.DATABASES['default']['ENGINE']); print(s.DATABASES['default']['NAME']);"
-        "print(s.REDIS_EMBEDDED, s.REDIS_URL, s.CELERY_BROKER_URL, s.CHANNEL_LAYERS['default']['CONFIG']['hosts'])",
+        "print(s.REDIS_EMBEDDED, s.REDIS_URL, s.CELERY_BROKER_URL, layer['CONFIG']['hosts'][0]['address']);"
+        "print(layer['BACKEND'], layer['CONFIG']['hosts'][0]['socket_timeout']);"
+        "print(s.DATABASES['default']['CONN_MAX_AGE'], s.DATABASES['default']['CONN_HEALTH_CHECKS'])",
         VAR_DIR=str(tmp_path),
     )
     assert result.returncode == 0, result.stderr
-    engine, name, redis_line = result.stdout.strip().splitlines()
+    engine, name, redis_line, layer_line, connections_line = result.stdout.strip().splitlines()
     assert engine == "django.db.backends.sqlite3" and name == str(tmp_path / "db.sqlite3")
     sock = tmp_path / "redis.sock"
-    assert redis_line == f"True unix://{sock}?db=0 redis+socket://{sock} ['unix://{sock}?db=0']"
+    assert redis_line == f"True unix://{sock}?db=0 redis+socket://{sock} unix://{sock}?db=0"
+    # The layer's read timeout must outlast channels_redis's 5 s blocking receive (redis-py 8 defaults to 5 s).
+    backend, socket_timeout = layer_line.split()
+    assert backend == "chatbot.channel_layer.ResilientRedisChannelLayer" and float(socket_timeout) > 5
+    assert connections_line == "60 True"
 
 
 def test_urls_switch_to_postgres_and_redis():

@@ -106,3 +106,20 @@ def test_routed_batch_encoding_equals_one_question_at_a_time():
     # English questions use MiniLM only, Chinese ones USE only.
     english_dim = embedder._english.dimension
     assert np.abs(batch[0, english_dim:]).max() == 0 and np.abs(batch[1, :english_dim]).max() == 0
+
+
+def test_encoding_and_reading_checks_from_many_threads_at_once_stay_correct():
+    # The tokenizer's padding settings are shared state: unguarded, concurrent calls produced ragged,
+    # unpadded batches under load.
+    embedder = get_embedder()
+    questions = ["where is my parcel right now please", "hi", "I need to cancel the order I placed an hour ago"] * 8
+    expected = embedder.encode_queries(questions)
+
+    def work(_):
+        for _ in range(10):
+            np.testing.assert_allclose(embedder.encode_queries(questions), expected, atol=1e-5)
+            assert embedder.can_read("some words to tokenize")
+        return True
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(work, range(4)))

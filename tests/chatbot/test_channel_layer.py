@@ -1,0 +1,25 @@
+"""The Redis channel layer as configured: hundreds of sockets joining groups at once wait for a pooled
+connection instead of failing, and group messages reach their members."""
+
+import asyncio
+
+import pytest
+from django.conf import settings
+
+from chatbot.channel_layer import POOL_SIZE, ResilientRedisChannelLayer
+from config.settings.base import channel_layers
+
+pytestmark = pytest.mark.redis
+
+
+async def test_more_concurrent_group_calls_than_pooled_connections_all_succeed(redis_client):
+    config = channel_layers(settings.TEST_REDIS_URL)["default"]["CONFIG"]
+    layer = ResilientRedisChannelLayer(**{**config, "prefix": "test-layer"})
+    channels = [await layer.new_channel() for _ in range(POOL_SIZE * 3)]
+    await asyncio.gather(*(layer.group_add("conversation.x", channel) for channel in channels))
+    await layer.group_send("conversation.x", {"type": "conversation.exchange", "n": 1})
+    received = await asyncio.gather(*(layer.receive(channel) for channel in channels[:5]))
+    assert [message["n"] for message in received] == [1] * 5
+    await asyncio.gather(*(layer.group_discard("conversation.x", channel) for channel in channels))
+    await layer.flush()
+    await layer.close_pools()
