@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 
-.PHONY: install run test test-tools lint bench compose-check clean
+.PHONY: install run test test-tools lint bench soak compose-check clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,18 @@ test-tools:
 	fi
 
 ## Benchmarks: print a table and save JSON under bench/results/ (see docs/BENCHMARKS.md).
+## The load benchmark and the soak need PostgreSQL and Redis on 127.0.0.1; SOAK_MINUTES=5 shortens the soak.
+SOAK_MINUTES ?= 30
 bench: install
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_retrieval.py
 	$(PY) bench/bench_calibration.py --both
+	$(PY) bench/bench_load.py
+	$(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
+
+## The soak alone: 100 customers for SOAK_MINUTES on the full stack, memory sampled.
+soak: install
+	$(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 
 lint: install
 	$(VENV)/bin/ruff check .

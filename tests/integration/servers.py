@@ -129,6 +129,27 @@ class WebServer:
                 self.process.wait()
 
 
+def web_server_env(*, redis_url: str, processes: int = 1, llm_url: str | None = None, **extra_env: str) -> dict:
+    """Environment of a web server process on the test database, index folder and ``redis_url``'s
+    channel layer; without ``llm_url`` it has no LLM, with it that URL is its LLM."""
+    env = {name: value for name, value in os.environ.items() if name not in LLM_ENV}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        DATABASE_URL=database_url(),
+        KB_INDEX_DIR=str(settings.KB_INDEX_DIR),
+        KB_INDEX_POLL_SECONDS="0",
+        CHATBOT_WARM_UP="1",
+        TEST_CHANNEL_REDIS_URL=redis_url,
+        **web_env(processes),
+    )
+    if llm_url:
+        # config/settings/test.py ignores LLM_BASE_URL so that a developer's own LLM never leaks into
+        # a test; TEST_LLM_BASE_URL is its opt-in.
+        env.update(TEST_LLM_BASE_URL=llm_url, LLM_API_KEY="test-key", LLM_MODEL="test-model", LLM_TIMEOUT="15")
+    env.update(extra_env)
+    return env
+
+
 def web_server_start(
     log_dir: Path,
     *,
@@ -141,22 +162,7 @@ def web_server_start(
     """`make run`'s web command on the test database, with the Redis channel layer on ``redis_url``.
     With ``wait_ready`` it returns once every process has loaded its models and the index."""
     port = free_port()
-    env = {name: value for name, value in os.environ.items() if name not in LLM_ENV}
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings.test",
-        DATABASE_URL=database_url(),
-        KB_INDEX_DIR=str(settings.KB_INDEX_DIR),
-        KB_INDEX_POLL_SECONDS="0",
-        CHATBOT_WARM_UP="1",
-        TEST_CHANNEL_REDIS_URL=redis_url,
-        **web_env(processes),
-        **extra_env,
-    )
-    if llm_url:
-        # config/settings/test.py ignores LLM_BASE_URL so that a developer's own LLM never leaks into
-        # a test; TEST_LLM_BASE_URL is its opt-in.
-        env.update(TEST_LLM_BASE_URL=llm_url, LLM_API_KEY="test-key", LLM_MODEL="test-model")
-        env.setdefault("LLM_TIMEOUT", "15")
+    env = web_server_env(redis_url=redis_url, processes=processes, llm_url=llm_url, **extra_env)
     log_path = log_dir / f"web-{port}.log"
     process = subprocess.Popen(
         web_command("127.0.0.1", port),

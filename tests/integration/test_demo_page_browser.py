@@ -18,7 +18,7 @@ from chatbot.management.commands.runstack import web_command
 from chatbot.models import Conversation
 from kb import services
 from tests.factories import entries_create, kb_embed_and_publish
-from tests.integration.workers import database_url
+from tests.integration.servers import web_server_env
 from tests.llm_server import reply
 
 pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.django_db(transaction=True)]
@@ -32,15 +32,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
 ]
 WAIT_MS = 20_000
-LLM_ENV = (
-    "TEST_LLM_BASE_URL",
-    "LLM_BACKEND",
-    "LLM_BASE_URL",
-    "LLM_API_KEY",
-    "LLM_MODEL",
-    "LLM_AZURE_API_VERSION",
-    "LLM_TIMEOUT",
-)
 
 # Every bubble of the chat log as the customer sees it: its text (without the meta line), the meta line and
 # its buttons.
@@ -75,25 +66,8 @@ def start_web(transactional_db, tmp_path):
 
     def start(llm_url: str | None = None) -> str:
         port = free_port()
-        env = {name: value for name, value in os.environ.items() if name not in LLM_ENV}
-        env.update(
-            DJANGO_SETTINGS_MODULE="config.settings.test",
-            DATABASE_URL=database_url(),
-            KB_INDEX_DIR=str(settings.KB_INDEX_DIR),
-            KB_INDEX_POLL_SECONDS="0",
-            CHATBOT_WARM_UP="1",
-            # The Redis channel layer, as deployed (the in-memory one would hide connection trouble).
-            TEST_CHANNEL_REDIS_URL=settings.TEST_REDIS_URL,
-        )
-        if llm_url:
-            # config/settings/test.py ignores LLM_BASE_URL so that a developer's own LLM never leaks
-            # into a test; TEST_LLM_BASE_URL is its opt-in.
-            env.update(
-                TEST_LLM_BASE_URL=llm_url,
-                LLM_API_KEY="test-key",
-                LLM_MODEL="test-model",
-                LLM_TIMEOUT="15",
-            )
+        # The Redis channel layer, as deployed (the in-memory one would hide connection trouble).
+        env = web_server_env(redis_url=settings.TEST_REDIS_URL, llm_url=llm_url)
         log_path = tmp_path / f"web-{port}.log"
         log = log_path.open("w")
         process = subprocess.Popen(
