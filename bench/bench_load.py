@@ -132,9 +132,10 @@ def batching_delta(before: dict[int, dict], after: dict[int, dict]) -> dict | No
 
 
 def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
-    """py-spy sampling the web process for ``seconds`` (raw collapsed stacks), if it can attach. Only
-    samples holding the GIL count (--gil): that is the part of the work one process cannot spread
-    over cores, so it bounds the answers per second of a process."""
+    """py-spy sampling the web process for ``seconds`` (raw collapsed stacks), if it can attach.
+    ``--gil`` asks for the threads holding the GIL only, but in ``--nonblocking`` mode (which does
+    not pause the server) py-spy cannot tell reliably: threads blocked in a database read count too,
+    so read the profile as where the process's active threads are."""
     py_spy = Path(sys.executable).with_name("py-spy")
     if not py_spy.exists():
         print("py-spy is not installed: no profile")

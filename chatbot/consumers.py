@@ -52,6 +52,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         if getattr(self, "group", None):
             await self._layer_call("group_discard", self.group, self.channel_name)
+        if hasattr(self.channel_layer, "channel_closed"):
+            # Events still on their way to this socket (its own last exchange) must not pile up.
+            self.channel_layer.channel_closed(self.channel_name)
 
     async def conversation_exchange(self, event):
         """Another socket of this conversation (another tab, maybe on another web process) stored

@@ -23,3 +23,21 @@ async def test_more_concurrent_group_calls_than_pooled_connections_all_succeed(r
     await asyncio.gather(*(layer.group_discard("conversation.x", channel) for channel in channels))
     await layer.flush()
     await layer.close_pools()
+
+
+async def test_messages_for_a_closed_channel_are_not_kept(redis_client):
+    config = channel_layers(settings.TEST_REDIS_URL)["default"]["CONFIG"]
+    layer = ResilientRedisChannelLayer(**{**config, "prefix": "test-closed"})
+    alive, gone = await layer.new_channel(), await layer.new_channel()
+    for channel in (alive, gone):
+        await layer.group_add("conversation.y", channel)
+    await layer.group_discard("conversation.y", gone)
+    layer.channel_closed(gone)
+    await layer.group_send("conversation.y", {"type": "conversation.exchange", "n": 1})
+    await layer.send(gone, {"type": "conversation.exchange", "n": 2})  # in flight when it closed
+    await layer.send(alive, {"type": "conversation.exchange", "n": 3})
+    assert [(await layer.receive(alive))["n"] for _ in range(2)] == [1, 3]
+    # Receiving for "alive" popped the message for "gone" too, and kept nothing of it.
+    assert gone not in layer.receive_buffer and alive not in layer.receive_buffer
+    await layer.flush()
+    await layer.close_pools()
