@@ -229,6 +229,7 @@ class CurrentIndex:
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
         self._background: threading.Thread | None = None
+        self._failed_version: int | None = None
 
     @property
     def background(self) -> bool:
@@ -256,8 +257,11 @@ class CurrentIndex:
                     started = time.perf_counter()
                     loaded = read_index_file(path, version)
                 except (OSError, ValueError, KeyError, RuntimeError):
-                    # Keep answering from the version we have; the next poll tries again.
-                    logger.exception("could not load index v%s from %s", version, path)
+                    # Keep answering from the version we have; the next poll tries again. The
+                    # background loader polls every second: one traceback per version, not per poll.
+                    if self._failed_version != version:
+                        logger.exception("could not load index v%s from %s", version, path)
+                    self._failed_version = version
                     return
                 self._loaded = loaded
                 logger.info("index v%s loaded in %.0f ms", version, (time.perf_counter() - started) * 1000)
