@@ -330,15 +330,19 @@ def variants_mark_failed(*, variant_ids: list[int], reason: str) -> int:
     )
 
 
-def index_publish() -> IndexVersion:
+def index_publish(*, revision: int | None = None) -> IndexVersion:
     """Build the index (dense vectors and BM25 keywords) from every embedded phrasing of published
     entries and publish it as a new version. One writer at a time (row lock); the file is written
-    to a temp name and renamed."""
+    to a temp name and renamed.
+
+    ``revision`` is the KB revision the caller knows to be fully embedded; it defaults to the
+    current one, which is right only when nothing is dirty (a command run by hand)."""
     embedder = get_embedder()
     with transaction.atomic():
         IndexWriterLock.objects.get_or_create(id=1)
         IndexWriterLock.objects.select_for_update().get(id=1)
-        revision = kb_revision()
+        if revision is None:
+            revision = kb_revision()
         rows = list(
             # A phrasing being re-embedded keeps its previous vector until the new one is stored,
             # so re-embedding never takes an entry out of the answers.
@@ -392,9 +396,15 @@ def _remove_old_index_files(*, keep: int) -> None:
             path.unlink(missing_ok=True)
 
 
-def index_publish_if_stale() -> IndexVersion | None:
-    """Publish a new index version unless the newest one was built at the current KB revision."""
+def index_publish_if_stale(*, revision: int) -> IndexVersion | None:
+    """Publish a new index version recorded at ``revision`` unless the newest one already covers it.
+
+    The caller reads ``revision`` *before* it finds no dirty phrasing. Reading it afterwards would
+    let an edit that commits in between bump the revision while its phrasings are still
+    unembedded: the index would claim that revision without them, and the run that embeds them
+    would then see nothing stale and never publish (seen in CI as an entry that never became
+    answerable)."""
     latest = IndexVersion.objects.order_by("-id").values_list("kb_revision", flat=True).first()
-    if latest is not None and latest >= kb_revision():
+    if latest is not None and latest >= revision:
         return None
-    return index_publish()
+    return index_publish(revision=revision)

@@ -29,6 +29,8 @@ def kb_refresh(self):
     Many edits enqueue many of these; runs that find nothing dirty and an index that is already
     current return at once, so bursts collapse into a few batches and one publish.
     """
+    # Read before looking for dirty rows: see index_publish_if_stale.
+    revision = services.kb_revision()
     result = services.variants_embed_batch()
     if result.remaining:
         # Keep this chain going while it finds work; a chain that finds every remaining row
@@ -36,7 +38,7 @@ def kb_refresh(self):
         if result.selected:
             kb_refresh.delay()
         return {"embedded": result.embedded, "remaining": result.remaining}
-    version = services.index_publish_if_stale()
+    version = services.index_publish_if_stale(revision=revision)
     return {"embedded": result.embedded, "remaining": 0, "index_version": version.pk if version else None}
 
 

@@ -122,10 +122,29 @@ def test_publish_search_aggregates_per_entry_and_respects_publication():
 def test_publish_if_stale_skips_when_nothing_changed():
     entries_create()
     kb_embed_and_publish()
-    assert services.index_publish_if_stale() is None
+    assert services.index_publish_if_stale(revision=services.kb_revision()) is None
     services.entry_create(question="Do you ship abroad?", answer="Yes, to 40 countries.")
-    assert services.index_publish_if_stale() is not None
+    assert services.index_publish_if_stale(revision=services.kb_revision()) is not None
     assert IndexVersion.objects.count() == 2
+
+
+def test_an_edit_committed_between_the_dirty_check_and_the_publish_is_published_later():
+    # The order of one kb_refresh run racing an editor's save (a CI failure): the run reads the
+    # revision, finds nothing dirty, the edit commits, then the run publishes.
+    entries = entries_create()
+    kb_embed_and_publish()
+    # An edit that dirties nothing (unpublishing) makes the index stale without work to embed.
+    services.entry_update(entry=entries[0], is_published=False)
+    revision = services.kb_revision()
+    assert services.variants_embed_batch().remaining == 0
+    services.entry_create(question="Do you ship abroad?", answer="Yes, to 40 countries.")
+    racing = services.index_publish_if_stale(revision=revision)
+    assert racing is not None and racing.entry_count == 3
+    # The run the edit enqueued embeds the new phrasing; its publish must not be skipped.
+    revision = services.kb_revision()
+    assert services.variants_embed_batch().embedded == 1
+    version = services.index_publish_if_stale(revision=revision)
+    assert version is not None and version.entry_count == 4
 
 
 def test_old_index_files_are_removed(settings):
