@@ -68,13 +68,16 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # A reply just stored holds its question in memory: no database access here.
         items = [message_item(stored.message.reply_to), message_item(stored.message)]
         event = {"type": "conversation.exchange", "sender": self.channel_name, "messages": items}
-        await self._layer_call("group_send", self.group, event)
+        if hasattr(self.channel_layer, "group_send_others"):
+            await self._layer_call("group_send_others", self.group, event, sender=self.channel_name)
+        else:
+            await self._layer_call("group_send", self.group, event)
 
-    async def _layer_call(self, method: str, *args) -> None:
+    async def _layer_call(self, method: str, *args, **kwargs) -> None:
         """A channel-layer call that may fail while Redis is away: the customer's chat goes on (the
         layer restores group memberships when Redis is back; a missed broadcast shows on reload)."""
         try:
-            await getattr(self.channel_layer, method)(*args)
+            await getattr(self.channel_layer, method)(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - Redis down must not close a customer's socket
             logger.warning("channel layer %s failed: %s", method, error)
 

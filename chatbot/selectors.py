@@ -78,21 +78,25 @@ class ConversationContext:
 
 def conversation_context(*, conversation: Conversation, turns: int) -> ConversationContext:
     """The last ``turns`` customer/bot messages and the entry the latest bot answer used."""
+    # Only the columns memory needs: the stored traces (retrieval, decision) are the bulk of a
+    # bot message, and this runs for every customer message.
     recent = list(
         Message.objects.filter(conversation=conversation, role__in=[Role.CUSTOMER, Role.BOT])
-        .select_related("entry")
-        .order_by("-created_at", "-id")[:turns]
+        .order_by("-created_at", "-id")
+        .values_list("role", "text", "entry_id", "entry__question", "citations")[:turns]
     )
-    previous_entry = None
-    for message in recent:
-        if message.role == Role.BOT:
-            if message.entry is not None:
-                previous_entry = message.entry
-            elif message.citations:
-                previous_entry = Entry.objects.filter(id=message.citations[0]).first()
+    previous_entry_id, previous_question = None, ""
+    for role, _text, entry_id, entry_question, citations in recent:
+        if role == Role.BOT:
+            if entry_id is not None:
+                previous_entry_id, previous_question = entry_id, entry_question
+            elif citations:
+                cited = Entry.objects.filter(id=citations[0]).values_list("id", "question").first()
+                if cited is not None:
+                    previous_entry_id, previous_question = cited
             break
     return ConversationContext(
-        turns=[(message.role, message.text) for message in reversed(recent)],
-        previous_entry_id=previous_entry.id if previous_entry else None,
-        previous_question=previous_entry.question if previous_entry else "",
+        turns=[(role, text) for role, text, *_ in reversed(recent)],
+        previous_entry_id=previous_entry_id,
+        previous_question=previous_question,
     )

@@ -77,7 +77,14 @@ DATABASES = {
 # one; health checks replace a connection the database dropped (a restart) before it is used.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Server-side parameters let psycopg prepare a statement it has run five times on a
+    # connection: PostgreSQL then skips parsing and planning the few statements every customer
+    # message runs (a persistent connection per pool thread makes that pay).
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env.bool(
+        "DATABASE_SERVER_SIDE_BINDING", default=True
+    )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web server, the worker and management commands share one file: wait on locks
     # instead of failing with "database is locked", and let readers run beside a writer.
     DATABASES["default"]["OPTIONS"] = {

@@ -41,3 +41,22 @@ async def test_messages_for_a_closed_channel_are_not_kept(redis_client):
     assert gone not in layer.receive_buffer and alive not in layer.receive_buffer
     await layer.flush()
     await layer.close_pools()
+
+
+async def test_group_send_others_skips_the_sender(redis_client):
+    config = channel_layers(settings.TEST_REDIS_URL)["default"]["CONFIG"]
+    layer = ResilientRedisChannelLayer(**{**config, "prefix": "test-others"})
+    sender, *tabs = [await layer.new_channel() for _ in range(3)]
+    for channel in (sender, *tabs):
+        await layer.group_add("conversation.z", channel)
+    event = {"type": "conversation.exchange", "n": 1}
+    assert await layer.group_send_others("conversation.z", event, sender=sender) == 2
+    assert [(await layer.receive(tab))["n"] for tab in tabs] == [1, 1]
+    # The sender's first message is one sent to it afterwards: the group event never reached it.
+    await layer.send(sender, {"type": "conversation.exchange", "n": 2})
+    assert (await layer.receive(sender))["n"] == 2
+    # A conversation with one socket sends nothing at all.
+    await layer.group_add("conversation.alone", sender)
+    assert await layer.group_send_others("conversation.alone", {"type": "x"}, sender=sender) == 0
+    await layer.flush()
+    await layer.close_pools()
