@@ -15,9 +15,11 @@ ARG PIP_EXTRA_INDEX_URL=""
 RUN pip install -r requirements.txt
 
 COPY . .
+# var/index and var/imports exist in the image so that the named volumes docker-compose mounts
+# there start owned by the app user (an empty volume takes the owner of the folder it covers).
 RUN DJANGO_SECRET_KEY=collectstatic-only-key-not-used-at-runtime-0000000000000000 DJANGO_ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput \
-    && useradd --create-home --uid 1000 app && mkdir -p var && chown -R app var
+    && useradd --create-home --uid 1000 app && mkdir -p var/index var/imports && chown -R app var
 USER app
 
 EXPOSE 8000

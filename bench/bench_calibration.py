@@ -39,11 +39,12 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from chatbot.evaluation.calibration import thresholds_evaluate
+    from chatbot.evaluation.hit_testing import hit_test_rows
+    from chatbot.evaluation.labelled import labelled_rows_read
     from chatbot.models import DecisionThresholds
     from chatbot.selectors import thresholds_for
     from kb import services
-    from kb.calibration import labelled_rows_read, thresholds_evaluate
-    from kb.hit_testing import hit_test_rows
 
     call_command("migrate", verbosity=0)
     kb_file = workdir / "banking77-oos-train.csv"

@@ -33,11 +33,12 @@ def main() -> None:
     from django.core.management import call_command
     from django.db.models import F
 
-    from chatbot.management.commands.runstack import worker_command
     from config import embedded_redis
+    from config.runstack import worker_command, worker_queues
     from kb.embedders import get_embedder, math_threads_set
     from kb.models import IndexVersion, KbRevision, Variant
-    from kb.tasks import kb_refresh, kb_refresh_fan_out
+    from kb.services import kb_refresh_enqueue
+    from kb.tasks import kb_refresh
 
     call_command("migrate", verbosity=0)
     redis_pid = embedded_redis.start(settings.REDIS_SOCKET) if settings.REDIS_EMBEDDED else None
@@ -54,7 +55,7 @@ def main() -> None:
 
     def start_worker(log_path: Path, **extra_env: str) -> subprocess.Popen:
         worker = subprocess.Popen(
-            worker_command(settings.CELERY_TASK_DEFAULT_QUEUE),
+            worker_command(worker_queues()),
             cwd=settings.BASE_DIR,
             env={**os.environ, **extra_env},
             stdout=log_path.open("w"),
@@ -94,7 +95,7 @@ def main() -> None:
         with Timer() as unbatched:
             Variant.objects.filter(id__in=sample).update(is_dirty=True, embedded_hash="")
             KbRevision.objects.filter(id=1).update(value=F("value") + 1)
-            kb_refresh_fan_out()
+            kb_refresh_enqueue()
             wait_until_searchable(latest.pk)
     finally:
         worker.terminate()

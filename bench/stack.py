@@ -44,16 +44,15 @@ class Stack:
     def kb_load(self, path: Path) -> int:
         """Import a knowledge base file and wait until a worker has published its index; returns
         the number of phrasings searchable."""
-        from django.conf import settings
         from django.core.management import call_command
 
-        from chatbot.management.commands.runstack import worker_command
+        from config.runstack import worker_command, worker_queues
         from kb.models import IndexVersion, KbRevision, Variant
 
         call_command("kb_import", str(path), verbosity=0)
         if self.worker is None:
             self.worker = subprocess.Popen(
-                worker_command(settings.CELERY_TASK_DEFAULT_QUEUE),
+                worker_command(worker_queues()),
                 cwd=BASE_DIR,
                 env={**os.environ, **self.env},
                 stdout=(self.workdir / "worker.log").open("a"),
@@ -74,7 +73,7 @@ class Stack:
     def web_start(self, port: int, processes: int, *, command: list[str] | None = None, cwd: Path | None = None):
         """Start the ASGI server (`make run`'s command unless ``command``) and wait until every
         process has loaded the index."""
-        from chatbot.management.commands.runstack import web_command
+        from config.runstack import web_command
 
         self.web_processes = processes
         env = {**os.environ, **self.env, "WEB_CONCURRENCY": str(processes)}

@@ -1,9 +1,17 @@
-"""Read-only transcript views in the admin until the ops console arrives."""
+"""Read-only transcript views in the admin until the ops console arrives, the decision
+thresholds, and the entries admin with its hit-testing page."""
 
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
+from chatbot.evaluation.admin import EntryWithHitTestingAdmin
 from chatbot.models import Conversation, DecisionThresholds, Message
+from kb.models import Entry
+
+# kb.admin registered Entry when chatbot.evaluation.admin imported it (whatever the order of
+# INSTALLED_APPS); swap in the subclass that adds hit testing, at the same URLs.
+admin.site.unregister(Entry)
+admin.site.register(Entry, EntryWithHitTestingAdmin)
 
 
 class MessageInline(admin.TabularInline):

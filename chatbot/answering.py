@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from chatbot import cues
-from chatbot.decisions import ASKED_FOR_PERSON, Kind
+from chatbot.decision_record import record_for_customer, record_of_choice, record_with_llm
+from chatbot.decisions import Kind
 from chatbot.llm import GroundingEntry, Turn, get_llm
 from chatbot.models import Conversation, Message, Source
 from chatbot.pii import pii_redact
@@ -70,14 +71,13 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
         rewritten = await llm.rewrite(question=prepared.redacted, history=history)
         if rewritten:
             query, memory = rewritten, {"method": "llm_rewrite", "query": rewritten}
-    answer, decision = await in_pool(_decide)(prepared, history, query, memory, True)
+    answer = await in_pool(_decide)(prepared, history, query, memory, True)
     if answer.kind == Kind.LLM:
         budget = settings.LLM_TIMEOUT - (time.monotonic() - llm_started)
         _limit(llm, timeout=budget)
-        decision["llm_budget_seconds"] = round(budget, 2)
-        reply = await _llm_reply(llm, answer, prepared.redacted, history, decision, on_delta)
+        reply = await _llm_reply(llm, answer, prepared.redacted, history, round(budget, 2), on_delta)
     else:
-        reply = _reply(answer, decision)
+        reply = _reply(answer)
     return await in_pool(_store)(conversation, client_id, text, prepared, reply)
 
 
@@ -86,8 +86,8 @@ def _reply_without_llm(conversation: Conversation, client_id: str, text: str) ->
     # answered before hits the unique constraint, which makes exchange_save return the stored reply.
     # (With an LLM the look-up comes first: a second LLM call is slow and costs money.)
     prepared = _prepare(conversation, client_id, text, look_up_resend=False)
-    answer, decision = _decide(prepared, _history(prepared), prepared.redacted, None, False)
-    return _store(conversation, client_id, text, prepared, _reply(answer, decision))
+    answer = _decide(prepared, _history(prepared), prepared.redacted, None, False)
+    return _store(conversation, client_id, text, prepared, _reply(answer))
 
 
 def _history(prepared: _Prepared) -> list[Turn]:
@@ -98,11 +98,9 @@ def _is_follow_up(prepared: _Prepared, history: list[Turn]) -> bool:
     return bool(history) and cues.looks_like_follow_up(prepared.redacted)
 
 
-def _decide(
-    prepared: _Prepared, history: list[Turn], query: str, memory: dict | None, llm_available: bool
-) -> tuple[Answer, dict]:
+def _decide(prepared: _Prepared, history: list[Turn], query: str, memory: dict | None, llm_available: bool) -> Answer:
     """Retrieve and decide for ``query``; a follow-up that no LLM rewrote leans on the previous
-    answer's entry. Returns the answer and the decision trace to store."""
+    answer's entry. The answer's record includes what was redacted and how memory was used."""
     context = prepared.context
     use_previous_entry = memory is None and context.previous_entry_id is not None and _is_follow_up(prepared, history)
     answer = answer_question(
@@ -111,13 +109,8 @@ def _decide(
         previous_entry_id=context.previous_entry_id if use_previous_entry else None,
         llm_available=llm_available,
     )
-    decision = {**answer.decision, "pii": prepared.pii_found}
-    if memory:
-        decision["memory"] = memory
-    if answer.kind == Kind.HANDOFF:
-        requested = answer.decision["reason"] == ASKED_FOR_PERSON
-        decision["handoff"] = "requested" if requested else "offered"
-    return answer, decision
+    record = record_for_customer(answer.decision, pii=prepared.pii_found, memory=memory)
+    return replace(answer, decision=record)
 
 
 def _store(conversation: Conversation, client_id: str, text: str, prepared: _Prepared, reply: BotReply) -> StoredReply:
@@ -132,40 +125,36 @@ def _limit(llm, **limits: float) -> None:
         llm.config = replace(llm.config, **limits)
 
 
-def _reply(answer: Answer, decision: dict, **overrides) -> BotReply:
+def _reply(answer: Answer, **overrides) -> BotReply:
     fields = {
         "source": answer.source,
         "text": answer.text,
+        "record": answer.decision,
         "entry_id": answer.entry_id,
         "score": answer.score,
-        "retrieval": answer.retrieval,
-        "decision": decision,
-        "timings_ms": answer.timings_ms,
     }
     return BotReply(**{**fields, **overrides})
 
 
-async def _llm_reply(llm, answer: Answer, question: str, history: list[Turn], decision: dict, on_delta) -> BotReply:
+async def _llm_reply(llm, answer: Answer, question: str, history: list[Turn], budget: float, on_delta) -> BotReply:
     entries = [GroundingEntry(entry_id=hit.entry_id, question=hit.question, answer=hit.answer) for hit in answer.hits]
     result = await llm.answer(
         question=question, entries=entries, history=history, language=answer.language, on_delta=on_delta
     )
-    decision["llm"] = {
-        "status": result.status,
-        "attempts": result.attempts,
-        "error": result.error,
-        "model": result.model,
-        "messages": result.messages,
-    }
     timings = {**answer.timings_ms, **{f"llm_{name}": value for name, value in result.timings_ms.items()}}
+    record = record_with_llm(
+        answer.decision,
+        status=result.status,
+        attempts=result.attempts,
+        error=result.error,
+        model=result.model,
+        messages=result.messages,
+        budget_seconds=budget,
+        timings_ms=timings,
+    )
     if result.status == "answered":
-        return _reply(
-            answer, decision, source=Source.LLM, text=result.text, citations=result.citations, timings_ms=timings
-        )
-    decision["handoff"] = "offered"
-    decision["reason"] = f"the LLM could not answer ({result.status})"
-    text = reply_text("handoff_offer", answer.language)
-    return _reply(answer, decision, source=Source.HANDOFF, text=text, timings_ms=timings)
+        return _reply(answer, source=Source.LLM, text=result.text, citations=result.citations, record=record)
+    return _reply(answer, source=Source.HANDOFF, text=reply_text("handoff_offer", answer.language), record=record)
 
 
 def _choose(conversation: Conversation, entry_id: int, client_id: str) -> StoredReply:
@@ -176,44 +165,11 @@ def _choose(conversation: Conversation, entry_id: int, client_id: str) -> Stored
     entry = Entry.objects.filter(id=entry_id, is_published=True).first()
     if offer is None or entry is None:
         raise ChoiceInvalid("That entry was not offered in this conversation, or is no longer available.")
-    decision = {
-        "kind": str(Kind.FAQ),
-        "reason": "the customer chose a suggestion",
-        "suggestion_message_id": offer.id,
-        "language": detect_language(entry.question),
-    }
-    reply = BotReply(source=Source.FAQ, text=entry.answer, entry_id=entry.id, score=None, decision=decision)
+    record = record_of_choice(language=detect_language(entry.question), suggestion_message_id=offer.id)
+    reply = BotReply(source=Source.FAQ, text=entry.answer, record=record, entry_id=entry.id, score=None)
     return exchange_save(conversation=conversation, client_id=client_id, customer_text=entry.question, reply=reply)
 
 
 async def suggestion_choose(*, conversation: Conversation, entry_id: int, client_id: str | None = None) -> StoredReply:
     """Answer with an entry the customer picked from a "did you mean" list (stored as their turn)."""
     return await in_pool(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
-
-
-def reply_frame(stored: StoredReply) -> dict:
-    """The websocket frame for a stored bot reply (also for a replayed duplicate)."""
-    message = stored.message
-    if message.source == Source.CLARIFY:
-        return {
-            "type": "suggestions",
-            "reply_to": stored.client_id,
-            "message_id": message.id,
-            "text": message.text,
-            "options": message.decision.get("options", []),
-            "duplicate": stored.duplicate,
-        }
-    frame = {
-        "type": "answer",
-        "reply_to": stored.client_id,
-        "message_id": message.id,
-        "source": message.source,
-        "text": message.text,
-        "entry_id": message.entry_id,
-        "score": round(message.score or 0.0, 4),
-        "citations": message.citations,
-        "duplicate": stored.duplicate,
-    }
-    if message.source == Source.HANDOFF:
-        frame["handoff"] = message.decision.get("handoff", "offered")
-    return frame

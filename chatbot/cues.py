@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from kb.text import han_count
+
 _PERSON_EN = re.compile(
     r"\b(?:"
     r"(?:talk|speak|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s*one\s*|some\s*body\s*|your\s+|the\s+)?"
@@ -28,7 +30,6 @@ _FOLLOW_UP_START_EN = re.compile(
 _FOLLOW_UP_WORD_EN = re.compile(r"\b(?:it|that|this|those|these|they|them|there|one|ones)\b", re.IGNORECASE)
 _FOLLOW_UP_ZH = re.compile(r"^(?:那|那么|还有|另外|这个|那个|它)|(?:呢|那个|这个|它)[？?。！!]*$")
 _WORD = re.compile(r"[^\W_]+")
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 
 MAX_FOLLOW_UP_WORDS = 8
 MAX_FOLLOW_UP_CJK = 12
@@ -43,7 +44,7 @@ def looks_like_follow_up(text: str) -> bool:
     """True for a short message that leans on the previous turn ("and how long does that take?",
     "那运费谁出？"): short, and opening with a connective or pointing back with a pronoun. A full
     question that names its own topic is left alone."""
-    cjk = len(_CJK.findall(text))
+    cjk = han_count(text)
     if cjk:
         return cjk <= MAX_FOLLOW_UP_CJK and bool(_FOLLOW_UP_ZH.search(text.strip()))
     if len(_WORD.findall(text)) > MAX_FOLLOW_UP_WORDS:

@@ -36,6 +36,8 @@ from openai import (
     Timeout,
 )
 
+from kb.text import CJK_CHARS, CJK_RE
+
 logger = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], Awaitable[None]]
@@ -245,10 +247,8 @@ def rewrite_messages(*, question: str, history: list[Turn], history_turns: int |
 
 # --- Output guard and stream filter --------------------------------------------------------------------------
 
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Words for matching: runs of letters/digits, but each CJK character on its own (CJK has no spaces).
-_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
-_CJK_RE = re.compile(rf"[{_CJK}]")
+_TOKEN_RE = re.compile(rf"[{CJK_CHARS}]|[^\W_{CJK_CHARS}]+")
 _SENTINEL_RE = re.compile(re.escape(NO_ANSWER), re.IGNORECASE)
 _SENTINEL_LEAD = " \t\r\n\"'`*_"
 # A last line that may still grow into a SOURCES marker.
@@ -286,7 +286,7 @@ class LeakGuard:
 
     def leaked(self, words: list[str], text: str) -> bool:
         """Whether ``words`` (complete words of the reply, in order) or ``text`` repeat the instructions."""
-        if self.canary in "".join(text.casefold().split()):
+        if self.canary in "".join(text.casefold().split()):  # spaces inserted into the code still match
             return True
         return any(run in self.leak_runs for run in _runs(words, LEAK_RUN_WORDS))
 
@@ -412,7 +412,7 @@ def _word_start(tokens: list[re.Match], cut: int, end: int) -> int:
 
 def _is_cjk(word: str) -> bool:
     # A CJK character is a whole word by itself: it never grows.
-    return len(word) == 1 and _CJK_RE.match(word) is not None
+    return len(word) == 1 and CJK_RE.match(word) is not None
 
 
 # --- The client ----------------------------------------------------------------------------------------------

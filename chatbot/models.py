@@ -7,6 +7,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from chatbot.decisions import Thresholds
+
 
 class ConversationState(models.TextChoices):
     BOT = "bot", "With the bot"
@@ -118,6 +120,30 @@ class DecisionThresholds(models.Model):
     def __str__(self) -> str:
         return f"{self.language}: answer >= {self.answer_threshold:.3f}"
 
+    def as_thresholds(self, language: str | None = None) -> Thresholds:
+        """This row as the decision reads it; ``language`` names the questions it is applied to
+        when that is not the row's own (a language without a row borrows English's)."""
+        return Thresholds(
+            language=language or self.language,
+            answer=self.answer_threshold,
+            clarify=self.clarify_threshold,
+            margin=self.clarify_margin,
+            max_suggestions=self.max_suggestions,
+        )
+
     def clean(self):
         if self.clarify_threshold > self.answer_threshold:
             raise ValidationError({"clarify_threshold": "must not be higher than the answer threshold"})
+
+
+class PromptText(models.Model):
+    """One message of an LLM prompt, stored once by its SHA-256: a bot message's decision record
+    refers to its prompt's messages by hash (chatbot.decision_record), so the instructions shared by
+    every conversation and the turns each later prompt repeats are not stored again and again."""
+
+    sha256 = models.CharField(max_length=64, primary_key=True)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]}: {self.text[:60]}"

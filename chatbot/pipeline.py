@@ -5,11 +5,12 @@ caller's next step when the decision says so (chatbot.answering)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from django.conf import settings
 
 from chatbot import cues
+from chatbot.decision_record import DecisionRecord, record_of_search
 from chatbot.decisions import ASKED_FOR_PERSON, Decision, Kind, Thresholds, decide
 from chatbot.models import Source
 from chatbot.selectors import thresholds_for
@@ -37,13 +38,17 @@ class Answer:
     hits: list[EntryHit]
     options: list[dict]  # [{"entry_id", "question"}] when clarifying
     language: str
-    decision: dict
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    decision: DecisionRecord
 
     @property
     def retrieval(self) -> list[dict]:
         """The retrieval trace as stored with the message."""
-        return [hit.trace() for hit in self.hits]
+        return list(self.decision.retrieval)
+
+    @property
+    def timings_ms(self) -> dict[str, float]:
+        """Each step's time (embed, search, keyword, fuse, total)."""
+        return self.decision.timings_ms
 
 
 def reply_text(kind: str, language: str) -> str:
@@ -136,19 +141,18 @@ def _answer(
     elif decision.kind == Kind.HANDOFF:
         requested = decision.reason == ASKED_FOR_PERSON
         text = reply_text("handoff_requested" if requested else "handoff_offer", language)
-    trace = {
-        "kind": str(decision.kind),
-        "reason": decision.reason,
-        "thresholds": thresholds.as_dict(),
-        "index_version": result.index_version,
-        "language": language,
-        "search_mode": result.mode,
-    }
-    if options:
-        trace["options"] = options
-    if memory:
-        trace["memory"] = memory
     timings = {**result.timings_ms, "total": (time.perf_counter() - started) * 1000}
+    record = record_of_search(
+        decision,
+        language=language,
+        thresholds=thresholds,
+        index_version=result.index_version,
+        search_mode=result.mode,
+        retrieval=[hit.trace() for hit in hits],
+        options=options,
+        memory=memory,
+        timings_ms={k: round(v, 2) for k, v in timings.items()},
+    )
     return Answer(
         kind=decision.kind,
         source=SOURCE_OF_KIND[decision.kind],
@@ -158,6 +162,5 @@ def _answer(
         hits=hits,
         options=options,
         language=language,
-        decision=trace,
-        timings_ms={k: round(v, 2) for k, v in timings.items()},
+        decision=record,
     )

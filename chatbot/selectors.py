@@ -8,34 +8,19 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from chatbot.decisions import Thresholds
-from chatbot.models import Conversation, DecisionThresholds, Message, Role
+from chatbot.models import Conversation, DecisionThresholds, Message, PromptText, Role
+from chatbot.protocol import HistoryItem, history_item
 from kb.models import Entry
 
 
-def conversation_history(*, conversation: Conversation, limit: int) -> list[dict]:
-    """The last ``limit`` messages of a conversation, oldest first, as the widget shows them."""
+def conversation_history(*, conversation: Conversation, limit: int) -> list[HistoryItem]:
+    """The last ``limit`` messages of a conversation, oldest first, as history frames carry them."""
     messages = list(
         Message.objects.filter(conversation=conversation)
         .select_related("reply_to")
         .order_by("-created_at", "-id")[:limit]
     )
-    return [message_item(message) for message in reversed(messages)]
-
-
-def message_item(message: Message) -> dict:
-    """One message as history frames carry it (``reply_to`` must be loaded or loadable)."""
-    return {
-        "message_id": message.id,
-        "role": message.role,
-        "text": message.text,
-        "client_id": message.client_id,
-        "reply_to": message.reply_to.client_id if message.reply_to else None,
-        "source": message.source or None,
-        "options": message.decision.get("options", []) if message.source == "clarify" else [],
-        "citations": message.citations,
-        "handoff": message.decision.get("handoff") if message.source == "handoff" else None,
-        "created_at": message.created_at.isoformat(),
-    }
+    return [history_item(message) for message in reversed(messages)]
 
 
 _thresholds_cache: dict[str, tuple[float, Thresholds]] = {}
@@ -58,13 +43,7 @@ def thresholds_for(*, language: str) -> Thresholds:
 def _thresholds_read(language: str) -> Thresholds:
     rows = {row.language: row for row in DecisionThresholds.objects.filter(language__in=[language, "en"])}
     row = rows.get(language) or rows.get("en") or DecisionThresholds(language=language)
-    return Thresholds(
-        language=language,
-        answer=row.answer_threshold,
-        clarify=row.clarify_threshold,
-        margin=row.clarify_margin,
-        max_suggestions=row.max_suggestions,
-    )
+    return row.as_thresholds(language)
 
 
 @dataclass(frozen=True)
@@ -100,3 +79,11 @@ def conversation_context(*, conversation: Conversation, turns: int) -> Conversat
         previous_entry_id=previous_entry_id,
         previous_question=previous_question,
     )
+
+
+def llm_prompt_messages(message: Message) -> list[dict]:
+    """The prompt the LLM was sent for this bot message, rebuilt from the stored prompt texts
+    (chatbot.decision_record); [] when the LLM was not asked."""
+    parts = (message.decision or {}).get("llm", {}).get("prompt", [])
+    texts = dict(PromptText.objects.filter(sha256__in=[part["sha256"] for part in parts]).values_list("sha256", "text"))
+    return [{"role": part["role"], "content": texts.get(part["sha256"], "")} for part in parts]

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chatbot.models import Conversation, ConversationState, Message, Role, Source
+from chatbot.decision_record import DecisionRecord
+from chatbot.models import Conversation, ConversationState, Message, PromptText, Role, Source
 
 
 def conversation_start(*, conversation_id: str | None = None, site: str = "default") -> tuple[Conversation, bool]:
@@ -28,16 +29,14 @@ def conversation_start(*, conversation_id: str | None = None, site: str = "defau
 
 @dataclass(frozen=True)
 class BotReply:
-    """What the bot says back to one customer message, ready to store."""
+    """What the bot says back to one customer message, ready to store, with the record of why."""
 
     source: str
     text: str
+    record: DecisionRecord
     entry_id: int | None = None
     score: float | None = None
-    retrieval: list | None = None
-    decision: dict | None = None
     citations: list[int] | None = None
-    timings_ms: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,18 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
                 source=reply.source,
                 entry_id=reply.entry_id,
                 score=reply.score,
-                retrieval=reply.retrieval or [],
-                decision=reply.decision or {},
+                retrieval=list(reply.record.retrieval),
+                decision=reply.record.decision_json(),
                 citations=reply.citations or [],
-                timings_ms=reply.timings_ms or {},
+                timings_ms=reply.record.timings_ms,
             )
+            if reply.record.prompt_texts:
+                PromptText.objects.bulk_create(
+                    [PromptText(sha256=digest, text=text) for digest, text in reply.record.prompt_texts.items()],
+                    ignore_conflicts=True,
+                )
             changes = {"updated_at": timezone.now()}
-            if reply.source == Source.HANDOFF and (reply.decision or {}).get("handoff") == "requested":
+            if reply.source == Source.HANDOFF and reply.record.handoff == "requested":
                 changes["state"] = ConversationState.WAITING
             Conversation.objects.filter(pk=conversation.pk).update(**changes)
     except IntegrityError:

@@ -5,6 +5,7 @@ import os
 from django.http import JsonResponse
 from django.shortcuts import render
 
+from chatbot import protocol
 from kb.models import IndexVersion
 from kb.query_batching import query_batching_stats
 from kb.selectors import current_index
@@ -13,6 +14,11 @@ from kb.selectors import current_index
 def demo_page(request):
     """A demo shop page with a simple chat box on the websocket."""
     return render(request, "chatbot/demo.html")
+
+
+def protocol_schema(request):
+    """The chat protocol's JSON Schema (chatbot.protocol), for widget and client builders."""
+    return JsonResponse(protocol.protocol_schema(), json_dumps_params={"ensure_ascii": False})
 
 
 def healthz(request):

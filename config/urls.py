@@ -10,8 +10,10 @@ urlpatterns = [
     path("", chatbot_views.demo_page, name="demo"),
     path("healthz", chatbot_views.healthz, name="healthz"),
     path("readyz", chatbot_views.readyz, name="readyz"),
+    path("chat/protocol.schema.json", chatbot_views.protocol_schema, name="chat-protocol-schema"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include("chatbot.evaluation.urls")),
     path("api/", include("kb.api.urls")),
 ]

@@ -1,33 +1,64 @@
 """Admin for KB editors: entries with phrasings inline, history and revert, bulk actions, import
-with a preview, export, and hit testing. Every write goes through kb.services."""
+with a preview, and export. Every write goes through kb.services. The hit-testing page is added
+from above, by chatbot.evaluation.admin."""
 
 from __future__ import annotations
 
-import secrets
-import time
-from pathlib import Path
-
-from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import path
 from simple_history.admin import SimpleHistoryAdmin
 
 from kb import services
+from kb.embedding_state import embedding_state, entries_in_embedding_state, entries_with_embedding_counts
 from kb.exporting import FORMATS, export_rows, render
-from kb.hit_testing import hit_test, hit_test_rows, read_labelled_rows
 from kb.importing import ImportFileError, entries_import, read_rows_from_bytes
-from kb.models import EmbeddingState, Entry, IndexVersion, Variant
+from kb.models import EmbeddingState, Entry, IndexVersion, Variant, text_hash
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# The entry's own fields, edited on its page, in the changelist (published) and by a history revert.
+ENTRY_FIELDS = ("question", "answer", "category", "language", "is_published")
+
+
+class VariantInlineFormSet(BaseInlineFormSet):
+    """Phrasings edited inline, checked against the services' rules before anything is saved, so
+    that saving them (EntryAdmin.save_formset) cannot fail half-way."""
+
+    def clean(self):
+        super().clean()
+        if any(self.errors):
+            return
+        # Compared as the services store them: text_hash ignores the whitespace they collapse.
+        question = text_hash(self.instance.question or "")
+        kept: dict[str, str] = {}
+        edited = []
+        for form in self.forms:
+            variant, deleting = form.instance, self._should_delete_form(form)
+            if variant.pk and variant.is_primary:
+                if deleting or "text" in form.changed_data:
+                    raise ValidationError(services.PRIMARY_READ_ONLY)
+                continue
+            text = form.cleaned_data.get("text")
+            if deleting or not text:
+                continue
+            if text_hash(text) in kept:
+                raise ValidationError(f"The phrasing {text!r} is there twice.")
+            kept[text_hash(text)] = text
+            if "text" in form.changed_data:
+                edited.append(text)
+        for text in edited:
+            if text_hash(text) == question:
+                raise ValidationError(f"The phrasing {text!r} is the entry's question already.")
 
 
 class VariantInline(admin.TabularInline):
     model = Variant
+    formset = VariantInlineFormSet
     fields = ("text", "is_primary", "embedding_state", "embedding_error")
     readonly_fields = ("is_primary", "embedding_state", "embedding_error")
     extra = 3
@@ -43,14 +74,8 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
         return [("failed", "Failed"), ("pending", "Pending"), ("embedded", "Embedded")]
 
     def queryset(self, request, queryset):
-        failed = Variant.objects.filter(entry=OuterRef("pk"), embedding_state=EmbeddingState.FAILED)
-        dirty = Variant.objects.filter(entry=OuterRef("pk"), is_dirty=True)
-        if self.value() == "failed":
-            return queryset.filter(Exists(failed))
-        if self.value() == "pending":
-            return queryset.filter(Exists(dirty)).exclude(Exists(failed))
-        if self.value() == "embedded":
-            return queryset.exclude(Exists(dirty))
+        if self.value() in EmbeddingState.values:
+            return entries_in_embedding_state(queryset, self.value())
         return queryset
 
 
@@ -60,22 +85,14 @@ class EntryAdmin(SimpleHistoryAdmin):
     list_filter = ("is_published", "language", EmbeddingStateFilter, "category")
     search_fields = ("question", "answer", "variants__text")
     list_editable = ("is_published",)
-    fields = ("question", "answer", "category", "language", "is_published")
+    fields = ENTRY_FIELDS
     inlines = [VariantInline]
     actions = ["publish", "unpublish", "reembed", "export_csv", "export_json", "export_xlsx"]
     change_list_template = "kb/entry_change_list.html"
     history_list_display = ["is_published", "category"]
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(
-                n_variants=Count("variants", distinct=True),
-                n_pending=Count("variants", filter=Q(variants__is_dirty=True), distinct=True),
-                n_failed=Count("variants", filter=Q(variants__embedding_state=EmbeddingState.FAILED), distinct=True),
-            )
-        )
+        return entries_with_embedding_counts(super().get_queryset(request))
 
     @admin.display(description="phrasings", ordering="n_variants")
     def phrasings(self, obj):
@@ -83,24 +100,36 @@ class EntryAdmin(SimpleHistoryAdmin):
 
     @admin.display(description="embedding")
     def embedding(self, obj):
-        if obj.n_failed:
-            return f"failed ({obj.n_failed})"
-        if obj.n_pending:
-            return f"pending ({obj.n_pending})"
-        return "embedded"
+        state = embedding_state(failed=obj.n_failed, pending=obj.n_pending)
+        count = {EmbeddingState.FAILED: obj.n_failed, EmbeddingState.PENDING: obj.n_pending}.get(state)
+        return f"{state.value} ({count})" if count else state.value
 
-    # --- saving: the same rules as the services --------------------------------------------
+    # --- saving: through kb.services, as the API and imports do ------------------------------
     def save_model(self, request, obj, form, change):
-        # Also the path of a history revert: the primary phrasing follows the restored question.
-        super().save_model(request, obj, form, change)
-        services.entry_variants_sync(entry=obj)
-        services.kb_changed_notify()
+        """Create or update the entry with kb.services (its primary phrasing follows the question,
+        and embedding is queued). Also the path of a history revert and of list_editable."""
+        fields = {name: getattr(obj, name) for name in ENTRY_FIELDS}
+        if change:
+            services.entry_update(entry=obj, **fields)
+            return
+        created = services.entry_create(**fields)
+        # The admin goes on with its own instance: the inlines and the response refer to it.
+        obj.pk = created.pk
+        obj.refresh_from_db()
+        obj._state.adding = False
 
-    def save_related(self, request, form, formsets, change):
-        super().save_related(request, form, formsets, change)
-        # Inline edits bypass entry_update: re-establish the primary phrasing and queue embedding.
-        services.entry_variants_sync(entry=form.instance)
-        services.kb_changed_notify()
+    def save_formset(self, request, form, formset, change):
+        """Save the phrasings edited inline with kb.services' variant_* functions."""
+        if formset.model is not Variant:
+            super().save_formset(request, form, formset, change)
+            return
+        formset.save(commit=False)  # sorts the forms into deleted, changed and new; writes nothing
+        for variant in formset.deleted_objects:
+            services.variant_delete(variant=variant)
+        for variant, _fields in formset.changed_objects:
+            services.variant_update(variant=variant, text=variant.text)
+        for variant in formset.new_objects:
+            services.variant_create(entry=form.instance, text=variant.text)
 
     @transaction.atomic
     def delete_model(self, request, obj):
@@ -148,7 +177,6 @@ class EntryAdmin(SimpleHistoryAdmin):
         extra = [
             path("import/", self.admin_site.admin_view(self.import_view), name="kb_entry_import"),
             path("export/", self.admin_site.admin_view(self.export_view), name="kb_entry_export"),
-            path("hit-testing/", self.admin_site.admin_view(self.hit_testing_view), name="kb_entry_hit_testing"),
         ]
         return extra + super().get_urls()
 
@@ -160,15 +188,15 @@ class EntryAdmin(SimpleHistoryAdmin):
         """Upload -> preview (a dry run: every row checked, nothing saved) -> confirm."""
         if not self.has_add_permission(request) or not self.has_change_permission(request):
             return self._page(request, "kb/import.html", title="Import entries", denied=True)
-        uploads = settings.VAR_DIR / "imports"
         if request.method == "POST" and request.POST.get("confirm"):
             token = request.POST["confirm"]
-            stored = next(iter(uploads.glob(f"{Path(token).name}.*")), None) if token.isalnum() else None
-            if stored is None:
+            # Staged in shared storage: the preview may have been served by another process or host.
+            staged = services.import_upload_get(token=token)
+            if staged is None:
                 messages.error(request, "That upload has expired; please choose the file again.")
                 return redirect("admin:kb_entry_import")
-            result = entries_import(rows=read_rows_from_bytes(stored.name, stored.read_bytes()))
-            stored.unlink(missing_ok=True)
+            result = entries_import(rows=read_rows_from_bytes(staged.name, staged.content))
+            services.import_upload_discard(token=token)
             if result.ok:
                 messages.success(request, f"Imported: {result.created} created, {result.updated} updated.")
                 return redirect("admin:kb_entry_changelist")
@@ -187,13 +215,7 @@ class EntryAdmin(SimpleHistoryAdmin):
             preview = entries_import(rows=rows, dry_run=True)
             token = None
             if preview.ok:
-                token = secrets.token_hex(16)
-                uploads.mkdir(parents=True, exist_ok=True)
-                # Previews never confirmed would pile up: keep a day's worth.
-                for stale in uploads.glob("*"):
-                    if stale.stat().st_mtime < time.time() - 86400:
-                        stale.unlink(missing_ok=True)
-                (uploads / f"{token}{Path(upload.name).suffix.lower()}").write_bytes(raw)
+                token = services.import_upload_stage(name=upload.name, content=raw)
             return self._page(
                 request,
                 "kb/import.html",
@@ -213,30 +235,6 @@ class EntryAdmin(SimpleHistoryAdmin):
         if fmt not in FORMATS:
             return HttpResponseBadRequest(f"unknown format {fmt!r}")
         return self._export(Entry.objects.all(), fmt)
-
-    def hit_testing_view(self, request):
-        """Type or paste questions (one a line), or upload a labelled file, and see what the bot
-        would do with each, computed by the live chat pipeline."""
-        context = {
-            "title": "Hit testing",
-            "questions": "",
-            "thresholds_url": reverse("admin:chatbot_decisionthresholds_changelist"),
-        }
-        if request.method == "POST":
-            upload = request.FILES.get("file")
-            if upload is not None:
-                try:
-                    report = hit_test_rows(read_labelled_rows(upload.name, upload.read()))
-                except ImportFileError as exc:
-                    context["errors"] = [str(exc)]
-                else:
-                    context.update(report=report, errors=report.errors, filename=upload.name)
-            else:
-                text = request.POST.get("questions", "")
-                lines = [line for line in text.splitlines() if line.strip()][:200]
-                context.update(questions=text, results=hit_test(lines))
-        context["admin_entry_url"] = reverse("admin:kb_entry_changelist")
-        return self._page(request, "kb/hit_testing.html", **context)
 
 
 @admin.register(IndexVersion)

@@ -21,6 +21,7 @@ from django.db import transaction
 
 from kb import services
 from kb.models import Entry
+from kb.text import text_key, text_normalise
 
 REQUIRED_COLUMNS = ("question", "answer")
 KNOWN_COLUMNS = {"question", "answer", "category", "language", "published", "variants"}
@@ -134,7 +135,7 @@ def _rows_in_phrasing_layout(rows: list[dict]) -> list[dict]:
     grouped: dict[str, dict] = {}
     for row in rows:
         category = str(row.get("category") or "").strip()
-        text = " ".join(str(row.get("text") or "").split())
+        text = text_normalise(str(row.get("text") or ""))
         entry = grouped.setdefault(
             category,
             {
@@ -200,12 +201,12 @@ def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) ->
         for number, row in enumerate(rows, start=1):
             try:
                 fields = _parse_row(row)
-                key = " ".join(fields["question"].split()).casefold()
+                key = text_key(fields["question"])
                 if key in seen:
                     raise services.EntryInvalid(f"same question as row {seen[key]}")
                 seen[key] = number
                 with transaction.atomic():
-                    existing = Entry.objects.filter(question=" ".join(fields["question"].split())).first()
+                    existing = Entry.objects.filter(question=text_normalise(fields["question"])).first()
                     if existing is None:
                         services.entry_create(**fields)
                         result.created += 1

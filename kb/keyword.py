@@ -20,12 +20,13 @@ from functools import cache, cached_property
 
 import numpy as np
 
+from kb.text import HAN_CHARS
+
 # Bump when tokens change (stemmer, stop words, segmentation): an index file built with another
 # version is re-tokenized from its stored texts when loaded, so queries and phrasings agree.
 TOKENIZER_VERSION = 1
 
-_CJK_CHARS = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_TOKEN = re.compile(rf"(?P<cjk>[{_CJK_CHARS}]+)|(?P<word>[^\W_{_CJK_CHARS}]+)")
+_TOKEN = re.compile(rf"(?P<cjk>[{HAN_CHARS}]+)|(?P<word>[^\W_{HAN_CHARS}]+)")
 
 # bm25s's English list (Lucene's): the benchmark measured no list and bm25s's 179-word list
 # within noise of it (docs/BENCHMARKS.md).

@@ -6,6 +6,8 @@ import hashlib
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from kb.text import text_normalise
+
 # Pipeline bookkeeping changes on every embedding run; history keeps what editors changed.
 PIPELINE_FIELDS = [
     "content_hash",
@@ -52,7 +54,7 @@ class EmbeddingState(models.TextChoices):
 
 def text_hash(text: str) -> str:
     """Hash of a phrasing's text; a vector is current only while this hash is unchanged."""
-    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+    return hashlib.sha256(text_normalise(text).encode("utf-8")).hexdigest()
 
 
 class Variant(models.Model):

@@ -1,12 +1,20 @@
-"""Writes to the knowledge base: entries, their phrasings, embedding batches, index publishing."""
+"""Writes to the knowledge base: entries, their phrasings, embedding batches, index publishing,
+and import uploads staged between their preview and the confirmation."""
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import PurePath
 
 import numpy as np
+from celery import current_app
 from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Length
@@ -16,6 +24,7 @@ from simple_history.utils import bulk_create_with_history
 from kb.embedders import get_embedder
 from kb.keyword import keyword_index_from_texts
 from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant, text_hash
+from kb.text import text_normalise
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
 logger = logging.getLogger(__name__)
@@ -23,10 +32,6 @@ logger = logging.getLogger(__name__)
 
 class EntryInvalid(ValueError):
     """An entry's fields break a rule; the message says which."""
-
-
-def _clean(text: str | None) -> str:
-    return " ".join((text or "").split())
 
 
 def _validate(*, question: str, answer: str, language: str, variants: list[str], category: str = "") -> None:
@@ -59,11 +64,22 @@ def kb_changed_notify() -> None:
         transaction.on_commit(_enqueue_refresh)
 
 
-def _enqueue_refresh() -> None:
-    from kb.tasks import kb_refresh_fan_out
+# By name, as the beat schedule sends it: kb.tasks imports this module, so importing it back here
+# would tie the two into a cycle.
+KB_REFRESH_TASK = "kb.tasks.kb_refresh"
 
+
+def kb_refresh_enqueue() -> None:
+    """Ask for dirty phrasings to be embedded and a new index published: one kb_refresh, routed to
+    the embedding queue (CELERY_TASK_ROUTES). How many batches then run at once is the embedding
+    worker's own business: the one that takes it starts a chain per pool process (kb.tasks)."""
+    # ignore_result as the task itself declares (CELERY_TASK_IGNORE_RESULT): nothing waits on it.
+    current_app.send_task(KB_REFRESH_TASK, ignore_result=True)
+
+
+def _enqueue_refresh() -> None:
     try:
-        kb_refresh_fan_out()
+        kb_refresh_enqueue()
     except Exception:  # noqa: BLE001 - a down broker must not fail an edit that is saved
         # The edit is committed and its rows are dirty; the worker's start-up sweep (and the
         # next edit) picks them up.
@@ -90,7 +106,7 @@ def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None, new_
         return
     wanted = []
     for text in variants:
-        text = _clean(text)
+        text = text_normalise(text)
         if text and text != entry.question and text not in wanted:
             wanted.append(text)
     entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
@@ -116,12 +132,12 @@ def entry_create(
     variants: list[str] | None = None,
 ) -> Entry:
     """Create an entry with its phrasings; embedding is queued once the transaction commits."""
-    question, variants = _clean(question), [_clean(v) for v in variants or []]
-    _validate(question=question, answer=answer, language=language, variants=variants, category=_clean(category))
+    question, variants = text_normalise(question), [text_normalise(v) for v in variants or []]
+    _validate(question=question, answer=answer, language=language, variants=variants, category=text_normalise(category))
     entry = Entry.objects.create(
         question=question,
         answer=answer.strip(),
-        category=_clean(category),
+        category=text_normalise(category),
         language=language,
         is_published=is_published,
     )
@@ -139,11 +155,11 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
         raise EntryInvalid(f"unknown fields: {', '.join(sorted(unknown))}")
     for name, value in fields.items():
         if name in {"question", "category"}:
-            value = _clean(value)
+            value = text_normalise(value)
         elif name == "answer":
             value = value.strip()
         setattr(entry, name, value)
-    clean_variants = None if variants is None else [_clean(v) for v in variants]
+    clean_variants = None if variants is None else [text_normalise(v) for v in variants]
     _validate(
         question=entry.question,
         answer=entry.answer,
@@ -169,7 +185,7 @@ PRIMARY_READ_ONLY = "this is the entry's primary phrasing (its question): edit t
 
 def variant_create(*, entry: Entry, text: str) -> Variant:
     """Add an alternate phrasing to an entry; it starts dirty and embedding is queued."""
-    text = _clean(text)
+    text = text_normalise(text)
     _validate_phrasing(text)
     try:
         # A savepoint of its own, so a duplicate (unique constraint) leaves the connection usable.
@@ -185,7 +201,7 @@ def variant_update(*, variant: Variant, text: str) -> Variant:
     """Change an alternate phrasing's text (Variant.save marks it dirty when the text changed)."""
     if variant.is_primary:
         raise EntryInvalid(PRIMARY_READ_ONLY)
-    variant.text = _clean(text)
+    variant.text = text_normalise(text)
     _validate_phrasing(variant.text)
     try:
         with transaction.atomic():
@@ -408,3 +424,85 @@ def index_publish_if_stale(*, revision: int) -> IndexVersion | None:
     if latest is not None and latest >= revision:
         return None
     return index_publish(revision=revision)
+
+
+# --- Import uploads: kept between the preview and the confirmation ---------------------------
+# The confirmation may reach another web process or host than the preview did, so the file lives
+# in a storage they share (STORAGES["kb_imports"]), never in one process's memory or disk.
+
+IMPORT_STORAGE = "kb_imports"
+_IMPORT_TOKEN = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class StagedUpload:
+    """An uploaded import file waiting for its preview to be confirmed."""
+
+    token: str
+    name: str  # ends with the uploaded file's suffix, which tells the readers its format
+    content: bytes
+
+
+def _import_storage():
+    return storages[IMPORT_STORAGE]
+
+
+def _import_staged_names() -> list[str]:
+    try:
+        return _import_storage().listdir("")[1]
+    except FileNotFoundError:  # a file system storage before its first upload
+        return []
+
+
+def _import_staged_name(token: str) -> str | None:
+    if not _IMPORT_TOKEN.fullmatch(token):
+        return None
+    return next((name for name in _import_staged_names() if name.partition(".")[0] == token), None)
+
+
+def _import_expired(name: str) -> bool:
+    age_limit = timedelta(seconds=settings.KB_IMPORT_STAGING_SECONDS)
+    try:
+        return _import_storage().get_modified_time(name) <= timezone.now() - age_limit
+    except FileNotFoundError:  # removed meanwhile, by another process's confirm or prune
+        return False
+
+
+def import_upload_stage(*, name: str, content: bytes) -> str:
+    """Keep an uploaded import file until its preview is confirmed; returns the token that names
+    it. Uploads older than KB_IMPORT_STAGING_SECONDS (previews never confirmed) are removed first."""
+    import_uploads_prune()
+    token = secrets.token_hex(16)
+    _import_storage().save(f"{token}{PurePath(name).suffix.lower()}", ContentFile(content))
+    return token
+
+
+def import_upload_get(*, token: str) -> StagedUpload | None:
+    """The upload staged under ``token``, or None if the token is malformed, unknown or expired
+    (an expired upload is removed)."""
+    name = _import_staged_name(token)
+    if name is None:
+        return None
+    if _import_expired(name):
+        _import_storage().delete(name)
+        return None
+    try:
+        with _import_storage().open(name, "rb") as staged:
+            return StagedUpload(token=token, name=name, content=staged.read())
+    except FileNotFoundError:  # confirmed meanwhile in another tab, maybe on another host
+        return None
+
+
+def import_upload_discard(*, token: str) -> None:
+    """Remove the upload staged under ``token`` (confirmed, or given up); unknown tokens are ignored."""
+    name = _import_staged_name(token)
+    if name is not None:
+        _import_storage().delete(name)
+
+
+def import_uploads_prune() -> int:
+    """Remove staged uploads older than KB_IMPORT_STAGING_SECONDS; returns how many."""
+    expired = [name for name in _import_staged_names() if _import_expired(name)]
+    for name in expired:
+        _import_storage().delete(name)
+    return len(expired)

@@ -1,14 +1,51 @@
-"""Celery tasks of the knowledge base: thin wrappers over kb.services."""
+"""Celery tasks of the knowledge base: thin wrappers over kb.services.
+
+They run on the embedding queue (CELERY_EMBED_QUEUE, routed by CELERY_TASK_ROUTES). Only a worker
+that consumes that queue loads the models, and that worker alone decides how many batches run at
+once: an edit enqueues one kb_refresh, and the worker that runs it starts a chain per pool process.
+"""
+
+from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from kb import services
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """What this worker process was started for."""
+
+    embeds: bool  # it consumes the embedding queue
+    concurrency: int  # its pool processes
+
+
+# Recorded in the worker's main process before the pool forks, so pool processes inherit it; None
+# outside a `celery worker` (a task a test runs in-process).
+_worker_role: WorkerRole | None = None
+
+
+@celeryd_after_setup.connect
+def _worker_role_record(sender, instance, **_kwargs):
+    """Remember the queues (after --queues) and the pool size (after --concurrency) of this worker."""
+    global _worker_role
+    consumed = instance.app.amqp.queues.consume_from
+    _worker_role = WorkerRole(embeds=settings.CELERY_EMBED_QUEUE in consumed, concurrency=int(instance.concurrency))
+
+
+def _pool_size() -> int:
+    if _worker_role is not None:
+        return max(1, _worker_role.concurrency)
+    return max(1, settings.CELERY_WORKER_CONCURRENCY)
 
 
 @shared_task(
@@ -23,11 +60,14 @@ logger = logging.getLogger(__name__)
     soft_time_limit=300,
     time_limit=360,
 )
-def kb_refresh(self):
+def kb_refresh(self, chain: bool = False):
     """Embed one bounded batch of dirty phrasings; re-enqueue while work remains, else publish.
 
-    Many edits enqueue many of these; runs that find nothing dirty and an index that is already
-    current return at once, so bursts collapse into a few batches and one publish.
+    A request (an edit, the beat sweep, a worker's start: ``chain`` false) whose batch leaves work
+    behind starts one chain per pool process of the worker running it, so all of them embed in
+    parallel; a chain (``chain`` true) only continues itself. Many edits enqueue many requests;
+    runs that find nothing dirty and an index that is already current return at once, so bursts
+    collapse into a few batches and one publish.
     """
     # Read before looking for dirty rows: see index_publish_if_stale.
     revision = services.kb_revision()
@@ -36,7 +76,8 @@ def kb_refresh(self):
         # Keep this chain going while it finds work; a chain that finds every remaining row
         # locked by another worker's batch stops, and the busy chains finish the job.
         if result.selected:
-            kb_refresh.delay()
+            for _ in range(1 if chain else _pool_size()):
+                kb_refresh.delay(chain=True)
         return {"embedded": result.embedded, "remaining": result.remaining}
     version = services.index_publish_if_stale(revision=revision)
     return {"embedded": result.embedded, "remaining": 0, "index_version": version.pk if version else None}
@@ -44,28 +85,20 @@ def kb_refresh(self):
 
 @worker_process_init.connect
 def _load_embedder(**_kwargs):
-    """Load the model when a pool process starts, not inside the first batch someone waits for."""
-    import os
-
-    from django.conf import settings
-
+    """Load the model when a pool process of an embedding worker starts, not inside the first
+    batch someone waits for. Other workers never load it (nor torch: ~0.9 GB a process)."""
+    if _worker_role is None or not _worker_role.embeds:
+        return
     from kb.embedders import get_embedder, math_threads_set
 
     embedder = get_embedder()
     # Share the cores between the pool processes instead of each claiming all of them.
-    math_threads_set((os.cpu_count() or 1) // max(1, settings.CELERY_WORKER_CONCURRENCY))
+    math_threads_set((os.cpu_count() or 1) // _pool_size())
     embedder.encode(["warm up"])
-
-
-def kb_refresh_fan_out() -> None:
-    """Start one kb_refresh chain per pool process, so all of them embed in parallel."""
-    from django.conf import settings
-
-    for _ in range(max(1, settings.CELERY_WORKER_CONCURRENCY)):
-        kb_refresh.delay()
 
 
 @worker_ready.connect
 def _sweep_on_start(**_kwargs):
-    """Catch up on whatever changed while no worker ran (entries are saved even then)."""
-    kb_refresh_fan_out()
+    """An embedding worker catches up on whatever changed while none ran (entries are saved even then)."""
+    if _worker_role is not None and _worker_role.embeds:
+        kb_refresh.delay()

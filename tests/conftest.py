@@ -1,9 +1,12 @@
 """Shared fixtures. PostgreSQL and Redis on 127.0.0.1 are used when present; with CI=true their
-absence fails the run instead of skipping (config/settings/test.py picks the database)."""
+absence fails the run instead of skipping. The settings (config/settings/test.py) name them without
+probing; pytest_configure below probes once and falls back."""
 
 from __future__ import annotations
 
 import os
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -13,13 +16,62 @@ os.environ.setdefault("CHATBOT_WARM_UP", "0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _default_database_use(config: dict) -> None:
+    """Point the default database at ``config``. pytest-django set Django up before any conftest
+    loads, and loading the models built (without connecting) a wrapper for the configured backend:
+    the settings dict Django's connection handler reads is changed in place and that wrapper
+    dropped, so the first connection is made with ``config``."""
+    from django.db import connections
+
+    databases = settings.DATABASES  # the very dict the connection handler holds
+    databases["default"] = dict(config)
+    connections.configure_settings(databases)  # Django's defaults, as at start-up
+    try:
+        del connections["default"]
+    except AttributeError:  # not built yet
+        pass
+
+
+def pytest_configure(config):
+    """Probe PostgreSQL and Redis once, before anything connects. Without CI, a missing PostgreSQL
+    (when no DATABASE_URL chose the database) means SQLite, and a missing Redis an in-memory broker
+    and the Redis tests skipped; with CI=true pytest_sessionstart stops the run instead."""
+    database = settings.DATABASES["default"]
+    host = database.get("HOST") or "127.0.0.1"
+    settings.POSTGRES_AVAILABLE = database["ENGINE"] == "django.db.backends.postgresql" and (
+        # A unix socket directory cannot be probed this way; the first connection will tell.
+        host.startswith("/") or _reachable(host, int(database.get("PORT") or 5432))
+    )
+    redis_url = urlsplit(settings.TEST_REDIS_URL)
+    settings.REDIS_AVAILABLE = _reachable(redis_url.hostname or "127.0.0.1", redis_url.port or 6379)
+    if IN_CI:
+        return
+    if not settings.POSTGRES_AVAILABLE and "DATABASE_URL" not in os.environ:
+        _default_database_use(settings.SQLITE_TEST_DATABASE)
+        # As config/settings/base.py chooses for SQLite (one writer at a time).
+        settings.CELERY_WORKER_CONCURRENCY = int(os.environ.get("CELERY_WORKER_CONCURRENCY", 1))
+    if not settings.REDIS_AVAILABLE:
+        from config import celery_app
+
+        settings.CELERY_BROKER_URL = "memory://"
+        celery_app.conf.broker_url = "memory://"  # in case the app has read its settings already
+
+
 def pytest_sessionstart(session):
     if IN_CI:
         missing = [
             name
             for name, available in (
-                ("PostgreSQL at 127.0.0.1:5432", settings.POSTGRES_AVAILABLE),
-                ("Redis at 127.0.0.1:6379", settings.REDIS_AVAILABLE),
+                ("PostgreSQL (the default database)", settings.POSTGRES_AVAILABLE),
+                (f"Redis at {settings.TEST_REDIS_URL}", settings.REDIS_AVAILABLE),
             )
             if not available
         ]
@@ -35,7 +87,7 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     if settings.REDIS_AVAILABLE:
         return
-    skip = pytest.mark.skip(reason="Redis at 127.0.0.1:6379 is not running (required when CI=true)")
+    skip = pytest.mark.skip(reason=f"Redis at {settings.TEST_REDIS_URL} is not running (required when CI=true)")
     for item in items:
         if "redis" in item.keywords:
             item.add_marker(skip)

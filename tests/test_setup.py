@@ -11,15 +11,17 @@ import redis
 import yaml
 from django.conf import settings
 
-from chatbot.management.commands.runstack import beat_command, web_command, worker_command
 from config import embedded_redis
+from config.runstack import beat_command, web_command, worker_command
 
 BASE = settings.BASE_DIR
 
 
 def run(*args: str, **env: str) -> subprocess.CompletedProcess:
     """Run the project's Python with only the given settings variables (none inherited)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL", "VAR_DIR"))
+    }
     return subprocess.run(
         [sys.executable, *args], cwd=BASE, env={**clean, **env}, capture_output=True, text=True, timeout=120
     )
@@ -52,6 +54,43 @@ def test_defaults_are_sqlite_and_the_embedded_redis(tmp_path):
     backend, socket_timeout = layer_line.split()
     assert backend == "chatbot.channel_layer.ResilientRedisChannelLayer" and float(socket_timeout) > 5
     assert connections_line == "60 True"
+
+
+def test_the_env_file_is_read_before_any_setting(tmp_path):
+    var_dir = tmp_path / "var-from-env-file"
+    env_file = tmp_path / "deploy.env"
+    env_file.write_text(f"VAR_DIR={var_dir}\nKB_SEARCH_TOP_K=7\n")
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='config.settings.local'; django.setup();"
+        "from django.conf import settings as s; print(s.VAR_DIR); print(s.DATABASES['default']['NAME']);"
+        "print(s.REDIS_SOCKET, s.KB_INDEX_DIR, s.KB_SEARCH_TOP_K)"
+    )
+    result = run_python(code, DJANGO_ENV_FILE=str(env_file))
+    assert result.returncode == 0, result.stderr
+    # Everything derived from VAR_DIR follows the file's value.
+    assert result.stdout.splitlines() == [
+        str(var_dir),
+        str(var_dir / "db.sqlite3"),
+        f"{var_dir / 'redis.sock'} {var_dir / 'index'} 7",
+    ]
+    # A real environment variable wins over the file.
+    result = run_python(code, DJANGO_ENV_FILE=str(env_file), VAR_DIR=str(tmp_path / "from-environment"))
+    assert result.stdout.splitlines()[0] == str(tmp_path / "from-environment")
+
+
+def test_test_settings_open_no_connection_at_import():
+    code = (
+        "import socket\n"
+        "def refuse(*args, **kwargs): raise AssertionError(f'a connection at import: {args}')\n"
+        "socket.create_connection = refuse\n"
+        "socket.socket.connect = refuse\n"
+        "from django.conf import settings\n"
+        "print(settings.DATABASES['default']['ENGINE'], settings.POSTGRES_AVAILABLE, settings.REDIS_AVAILABLE)"
+    )
+    result = run_python(code, DJANGO_SETTINGS_MODULE="config.settings.test")
+    assert result.returncode == 0, result.stderr
+    # tests/conftest.py probes and decides; a process that only imports the settings never does.
+    assert result.stdout.split() == ["django.db.backends.postgresql", "None", "None"]
 
 
 def test_urls_switch_to_postgres_and_redis():
@@ -114,9 +153,11 @@ def compose() -> dict:
 
 def test_compose_services_run_the_commands_make_run_starts():
     services = compose()["services"]
-    assert {"postgres", "redis", "web", "worker", "beat"} <= set(services)
+    assert {"postgres", "redis", "web", "worker", "worker-embed", "beat"} <= set(services)
     assert services["web"]["command"] == ["python", *web_command("0.0.0.0", 8000)[1:]]
-    assert services["worker"]["command"] == ["python", *worker_command("chatbot")[1:]]
+    # Embedding has a worker of its own (it alone loads the models); `make run` runs one for both.
+    assert services["worker"]["command"] == ["python", *worker_command(["chatbot"])[1:]]
+    assert services["worker-embed"]["command"] == ["python", *worker_command(["chatbot-embed"])[1:]]
     assert services["beat"]["command"] == ["python", *beat_command()[1:]]
 
 

@@ -4,15 +4,22 @@ Defaults give the embedded setup a laptop needs: SQLite under var/ and a Redis t
 starts itself (see config/embedded_redis.py). DATABASE_URL / REDIS_URL switch to real services.
 """
 
+import os
 from pathlib import Path
 
 import environ
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
-VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
 
+# The .env file is read before any setting: every one below may come from it, VAR_DIR included.
+# Real environment variables win over the file. DJANGO_ENV_FILE names another file (a deployment's,
+# a test's); it can only come from the real environment, since it says which file to read.
+ENV_FILE = Path(os.environ.get("DJANGO_ENV_FILE", BASE_DIR / ".env"))
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+environ.Env.read_env(ENV_FILE, overwrite=False)
+
+VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
@@ -37,6 +44,8 @@ INSTALLED_APPS = [
     "simple_history",
     "kb",
     "chatbot",
+    # The project itself, for its process supervisor (`manage.py runstack`, config/runstack.py).
+    "config",
 ]
 
 MIDDLEWARE = [
@@ -69,29 +78,33 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
-}
-# Persistent connections: opening a PostgreSQL connection per query cost more than the query
-# (issue #8: 31 vs 54 answers/s at 200 customers). Each thread of a web process's answer pool keeps
-# one; health checks replace a connection the database dropped (a restart) before it is used.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # Server-side parameters let psycopg prepare a statement it has run five times on a
-    # connection: PostgreSQL then skips parsing and planning the few statements every customer
-    # message runs (a persistent connection per pool thread makes that pay).
-    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = env.bool(
-        "DATABASE_SERVER_SIDE_BINDING", default=True
-    )
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # The web server, the worker and management commands share one file: wait on locks
-    # instead of failing with "database is locked", and let readers run beside a writer.
-    DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
+
+def database_config(url: str) -> dict:
+    """The Django database settings for ``url``, with what every environment needs (the test
+    settings build theirs with it too, so tests run on the options deployments use)."""
+    config = env.db_url_config(url)
+    # Persistent connections: opening a PostgreSQL connection per query cost more than the query
+    # (issue #8: 31 vs 54 answers/s at 200 customers). Each thread of a web process's answer pool
+    # keeps one; health checks replace a connection the database dropped (a restart) before use.
+    config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    config["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # Server-side parameters let psycopg prepare a statement it has run five times on a
+        # connection: PostgreSQL then skips parsing and planning the few statements every customer
+        # message runs (a persistent connection per pool thread makes that pay).
+        config.setdefault("OPTIONS", {})["server_side_binding"] = env.bool("DATABASE_SERVER_SIDE_BINDING", default=True)
+    elif config["ENGINE"] == "django.db.backends.sqlite3":
+        # The web server, the worker and management commands share one file: wait on locks
+        # instead of failing with "database is locked", and let readers run beside a writer.
+        config["OPTIONS"] = {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    return config
+
+
+DATABASES = {"default": database_config(env.str("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -112,6 +125,13 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    # Admin imports wait here between their preview and the confirm (kb.services.import_upload_*),
+    # which another web process or host may serve: with several hosts, a folder they all mount
+    # (or swap the backend for an object store).
+    "kb_imports": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": env.str("KB_IMPORT_STAGING_DIR", default=str(VAR_DIR / "imports"))},
+    },
 }
 
 # --- REST API (DRF + drf-spectacular) --------------------------------------------------------
@@ -182,13 +202,28 @@ CELERY_BROKER_URL = env.str(
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Two pool processes with one math thread each embed ~15% faster than one process with two
-# threads on 2 cores, and overlap each other's database work (bench/bench_pipeline.py). SQLite
-# has one writer at a time, which would serialise them: there one process uses every core.
+# Pool processes of a worker (the command line's --concurrency wins). An embedding worker starts
+# one kb_refresh chain per pool process (kb.tasks). Two pool processes with one math thread each
+# embed ~15% faster than one process with two threads on 2 cores, and overlap each other's
+# database work (bench/bench_pipeline.py). SQLite has one writer at a time, which would serialise
+# them: there one process uses every core.
 CELERY_WORKER_CONCURRENCY = env.int(
     "CELERY_WORKER_CONCURRENCY", default=1 if DATABASES["default"]["ENGINE"].endswith("sqlite3") else 2
 )
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="chatbot")
+# Embedding has a queue of its own: only workers that consume it load the models (each pool
+# process ~0.9 GB), so other tasks can run on small workers (see kb.tasks).
+CELERY_EMBED_QUEUE = env.str("CELERY_EMBED_QUEUE", default=f"{CELERY_TASK_DEFAULT_QUEUE}-embed")
+
+
+def celery_queues(default_queue: str, embed_queue: str) -> tuple[tuple[Queue, ...], dict[str, dict]]:
+    """The declared queues (a worker started without --queues consumes them all) and the routes
+    that send the embedding tasks to ``embed_queue``. Bound as Celery binds a queue it creates."""
+    queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in (default_queue, embed_queue))
+    return queues, {"kb.tasks.kb_refresh": {"queue": embed_queue}}
+
+
+CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE, CELERY_EMBED_QUEUE)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A broker that is down must not hang a web request or an import for long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
@@ -221,6 +256,8 @@ KB_SEARCH_TOP_K = env.int("KB_SEARCH_TOP_K", default=5)
 KB_INDEX_TYPE = env.str("KB_INDEX_TYPE", default="auto")
 KB_INDEX_HNSW_THRESHOLD = env.int("KB_INDEX_HNSW_THRESHOLD", default=100_000)
 KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
+# How long an uploaded import file waits for its preview to be confirmed; older ones are removed.
+KB_IMPORT_STAGING_SECONDS = env.int("KB_IMPORT_STAGING_SECONDS", default=86400)
 # Hybrid retrieval: BM25 keyword results (kb.keyword) fused with the dense ones over each source's
 # top DEPTH entries, by FUSION "score" (cosine + KEYWORD_WEIGHT x share of the question's keyword
 # evidence matched) or "rrf" (sum of weight / (RRF_K + rank), dense weight 1), for questions whose

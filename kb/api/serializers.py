@@ -3,13 +3,13 @@ live in kb.services, which every write goes through."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from chatbot.models import Source
+from kb.embedding_state import embedding_summary
 from kb.models import EmbeddingState, Entry, Language, Variant
+from kb.text import text_normalise
 
 
 class StrictCharField(serializers.CharField):
@@ -22,25 +22,9 @@ class StrictCharField(serializers.CharField):
 
 
 def clean_text(text: str) -> str:
-    """Collapse runs of whitespace, as kb.services does before it stores a phrasing, so that the
-    unique (entry, text) rule sees the text that will actually be saved."""
-    return " ".join(text.split())
-
-
-def embedding_status(variants) -> dict:
-    """Embedding state of an entry from its phrasings: failed if any failed, else pending while
-    any waits for a vector, else embedded."""
-    pending = failed = 0
-    errors: list[str] = []
-    for variant in variants:
-        if variant.embedding_state == EmbeddingState.FAILED:
-            failed += 1
-            if variant.embedding_error and variant.embedding_error not in errors:
-                errors.append(variant.embedding_error)
-        elif variant.is_dirty:
-            pending += 1
-    state = EmbeddingState.FAILED if failed else EmbeddingState.PENDING if pending else EmbeddingState.EMBEDDED
-    return {"state": state.value, "pending": pending, "failed": failed, "errors": errors}
+    """The text as kb.services will store it, so that the unique (entry, text) rule sees the text
+    that will actually be saved."""
+    return text_normalise(text)
 
 
 class EmbeddingStatusSerializer(serializers.Serializer):
@@ -113,7 +97,7 @@ class EntrySerializer(serializers.ModelSerializer):
 
     @extend_schema_field(EmbeddingStatusSerializer)
     def get_embedding(self, entry: Entry) -> dict:
-        return embedding_status(entry.variants.all())
+        return embedding_summary(entry.variants.all())
 
 
 class VariantSerializer(serializers.ModelSerializer):
@@ -142,82 +126,6 @@ class VariantSerializer(serializers.ModelSerializer):
         if self.instance is not None and value.pk != self.instance.entry_id:
             raise serializers.ValidationError("A phrasing cannot move to another entry.")
         return value
-
-
-class SearchQuerySerializer(serializers.Serializer):
-    """Query parameters of the search endpoint."""
-
-    q = StrictCharField(help_text="The question, as a customer would type it.", trim_whitespace=True)
-    k = serializers.IntegerField(
-        required=False,
-        min_value=1,
-        help_text="How many entries to list in hits (at most KB_SEARCH_TOP_K, 5 by default).",
-    )
-
-    def validate_q(self, value: str) -> str:
-        limit = settings.CHATBOT_MAX_MESSAGE_CHARS
-        if len(value) > limit:
-            raise serializers.ValidationError(f"Ensure this field has no more than {limit} characters.")
-        return value
-
-    def validate_k(self, value: int) -> int:
-        # The pipeline retrieves KB_SEARCH_TOP_K entries, as live chat does; k can only show fewer.
-        limit = settings.KB_SEARCH_TOP_K
-        if value > limit:
-            raise serializers.ValidationError(f"Ensure this value is less than or equal to {limit}.")
-        return value
-
-
-class ThresholdsSerializer(serializers.Serializer):
-    """The decision thresholds in force for the question's language."""
-
-    language = serializers.CharField()
-    answer = serializers.FloatField()
-    clarify = serializers.FloatField()
-    margin = serializers.FloatField()
-    max_suggestions = serializers.IntegerField()
-
-
-class SuggestionSerializer(serializers.Serializer):
-    """One "did you mean" option."""
-
-    entry_id = serializers.IntegerField()
-    question = serializers.CharField()
-
-
-class DecisionSerializer(serializers.Serializer):
-    """What the pipeline decided (faq, clarify, llm or handoff) and why."""
-
-    kind = serializers.ChoiceField(choices=["faq", "clarify", "llm", "handoff"])
-    reason = serializers.CharField()
-    thresholds = ThresholdsSerializer()
-    index_version = serializers.IntegerField(allow_null=True)
-    language = serializers.CharField()
-    search_mode = serializers.CharField()
-    options = SuggestionSerializer(many=True, required=False)
-
-
-class SearchHitSerializer(serializers.Serializer):
-    """One retrieved entry and the phrasing that matched it best."""
-
-    entry_id = serializers.IntegerField()
-    question = serializers.CharField()
-    score = serializers.FloatField(help_text="Dense (cosine) score of its best phrasing: the decision compares it.")
-    variant_id = serializers.IntegerField(source="matched_variant_id")
-    keyword_score = serializers.FloatField(allow_null=True, help_text="BM25 score, when keyword search took part.")
-    fused_score = serializers.FloatField(allow_null=True, help_text="Hybrid ranking score, when keywords took part.")
-
-
-class SearchResultSerializer(serializers.Serializer):
-    """What live chat would do with the query."""
-
-    query = serializers.CharField()
-    decision = DecisionSerializer()
-    source = serializers.ChoiceField(choices=Source.choices)
-    answer_entry_id = serializers.IntegerField(allow_null=True)
-    score = serializers.FloatField()
-    hits = SearchHitSerializer(many=True)
-    timings_ms = serializers.DictField(child=serializers.FloatField())
 
 
 class ImportQuerySerializer(serializers.Serializer):

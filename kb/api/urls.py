@@ -1,4 +1,4 @@
-"""REST API routes of the knowledge base (mounted under /api/)."""
+"""REST API routes of the knowledge base (mounted under /api/; /api/kb/search is chatbot.evaluation.urls)."""
 
 from django.urls import path
 from rest_framework.routers import SimpleRouter
@@ -10,7 +10,6 @@ router.register("kb/entries", views.EntryViewSet, basename="kb-entry")
 router.register("kb/variants", views.VariantViewSet, basename="kb-variant")
 
 urlpatterns = [
-    path("kb/search", views.SearchView.as_view(), name="kb-search"),
     path("kb/import", views.ImportView.as_view(), name="kb-import"),
     *router.urls,
 ]

@@ -1,9 +1,9 @@
-"""Views of the knowledge-base API: parse the request, call kb.services (writes), the answering
-pipeline (search) or kb.importing (files), and render the result."""
+"""Views of the knowledge-base API: parse the request, call kb.services (writes) or kb.importing
+(files), and render the result. The search endpoint, which runs the answering pipeline, is
+chatbot.evaluation.views."""
 
 from __future__ import annotations
 
-from django.conf import settings
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
@@ -14,9 +14,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chatbot.pipeline import answer_question
 from kb import services
-from kb.api.permissions import CanImportKb, CanSearchKb, KbModelPermissions
+from kb.api.permissions import CanImportKb, KbModelPermissions
 from kb.api.serializers import (
     EntrySerializer,
     ErrorSerializer,
@@ -24,8 +23,6 @@ from kb.api.serializers import (
     ImportQuerySerializer,
     ImportResultSerializer,
     ImportUploadSerializer,
-    SearchQuerySerializer,
-    SearchResultSerializer,
     VariantSerializer,
 )
 from kb.importing import ImportFileError, entries_import, read_rows_from_bytes
@@ -117,38 +114,6 @@ class VariantViewSet(KbRulesMixin, viewsets.ModelViewSet):
 
     def perform_destroy(self, instance):
         services.variant_delete(variant=instance)
-
-
-@extend_schema(tags=["search"])
-class SearchView(APIView):
-    """What live chat would answer to a question: the same pipeline, without saving a message."""
-
-    permission_classes = [CanSearchKb]
-
-    @extend_schema(
-        summary="Test a question against the knowledge base",
-        parameters=[SearchQuerySerializer],
-        responses={
-            200: SearchResultSerializer,
-            400: OpenApiResponse(description="q missing, empty or too long, or k out of range."),
-        },
-    )
-    def get(self, request: Request) -> Response:
-        params = SearchQuerySerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        query = params.validated_data["q"]
-        k = params.validated_data.get("k", settings.KB_SEARCH_TOP_K)
-        answer = answer_question(query)
-        result = {
-            "query": query,
-            "decision": answer.decision,
-            "source": answer.source,
-            "answer_entry_id": answer.entry_id,
-            "score": answer.score,
-            "hits": answer.hits[:k],
-            "timings_ms": answer.timings_ms,
-        }
-        return Response(SearchResultSerializer(result).data)
 
 
 @extend_schema(tags=["import"])

@@ -12,6 +12,7 @@ from django.core.management import call_command
 
 from chatbot.llm import CANARY, INSTRUCTIONS
 from chatbot.models import Conversation, DecisionThresholds, Message
+from chatbot.selectors import llm_prompt_messages
 from config.asgi import application
 from kb import services
 from kb.models import Entry
@@ -159,7 +160,9 @@ async def test_llm_fallback_streams_deltas_then_a_cited_answer(shop, llm_server)
     assert stored.source == "llm" and stored.citations == [payment.id]
     assert stored.decision["kind"] == "llm" and stored.decision["llm"]["status"] == "answered"
     sent = llm_server.completion_requests[-1].body
-    assert sent["stream"] is True and sent["messages"] == stored.decision["llm"]["messages"]
+    # The prompt is stored once, by hash, and rebuilt exactly.
+    assert sent["stream"] is True and sent["messages"] == await database_sync_to_async(llm_prompt_messages)(stored)
+    assert all(set(part) == {"role", "sha256"} for part in stored.decision["llm"]["prompt"])
     # The model is grounded on exactly the retrieved entries.
     grounded = {int(part.split(">>>")[0]) for part in sent["messages"][1]["content"].split("id=")[1:]}
     assert grounded == {hit["entry_id"] for hit in stored.retrieval}
@@ -333,7 +336,7 @@ async def test_a_slow_rewrite_leaves_the_answer_less_time_within_one_budget(shop
     # (3 s in tests) after the rewrite's share (1 s).
     assert "memory" not in stored.decision
     assert stored.decision["kind"] == "llm" and follow["source"] == "llm"
-    assert stored.decision["llm_budget_seconds"] <= 3.0 - 1.0
+    assert stored.decision["llm"]["budget_seconds"] <= 3.0 - 1.0
     rewrites = [r for r in llm_server.completion_requests if not r.body.get("stream")]
     assert len(rewrites) == 1
     await chat.disconnect()

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from chatbot.models import Conversation, Message
+from chatbot.protocol import PROTOCOL_VERSION
 from config.asgi import application
 from tests.chatbot.conftest import ORIGIN
 from tests.factories import kb_embed_and_publish
@@ -105,7 +106,7 @@ async def test_resume_continues_the_conversation_with_its_history(shop):
 
     second = await open_chat(f"?conversation={conversation}")
     session = await second.receive_json_from()
-    assert session == {"type": "session", "conversation": conversation, "resumed": True}
+    assert session == {"type": "session", "conversation": conversation, "resumed": True, "protocol": PROTOCOL_VERSION}
     history = await second.receive_json_from()
     assert history["type"] == "history"
     assert [(m["role"], m["text"]) for m in history["messages"]] == [

@@ -19,8 +19,8 @@ from pathlib import Path
 import websockets
 from django.conf import settings
 
-from chatbot.management.commands.runstack import web_command, web_env
 from config import embedded_redis
+from config.runstack import web_command, web_env
 from tests.integration.workers import database_url
 
 LLM_ENV = (

@@ -102,7 +102,7 @@ def test_reindex_keeps_chat_answering_with_zero_failures():
     latest = IndexVersion.objects.order_by("-id").first()
     assert latest.pk > first.pk and latest.vector_count == first.vector_count
     assert all(v > vectors_before[k] for k, v in Variant.objects.values_list("id", "embedded_at"))
-    assert answer_question("where is my parcel?").decision["index_version"] == latest.pk
+    assert answer_question("where is my parcel?").decision.index_version == latest.pk
 
 
 def test_hnsw_index_above_the_threshold_finds_what_flat_finds(settings):

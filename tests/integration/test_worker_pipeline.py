@@ -1,8 +1,11 @@
 """A real Celery worker process on the real Redis embeds a batch; the web side answers from the
 new index version without a restart."""
 
+import time
 import uuid
+from pathlib import Path
 
+import psutil
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -65,3 +68,23 @@ async def test_worker_embeds_in_batches_and_chat_answers_from_each_new_version(w
     third = await database_sync_to_async(wait_for_version)(second.pk)
     assert third.entry_count == len(entries)
     assert (await ask("Do you deliver to Canada?"))["source"] == "handoff"
+
+
+def test_a_worker_without_the_embedding_queue_loads_no_model(redis_client, tmp_path, settings):
+    log_path = tmp_path / "worker.log"
+    process = start_worker(log_path, queues=[settings.CELERY_TASK_DEFAULT_QUEUE])
+    try:
+        deadline = time.monotonic() + 60
+        while " ready." not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        # Pool processes would start loading at once (worker_process_init); give them the time to show it.
+        time.sleep(3)
+        worker = psutil.Process(process.pid)
+        processes = [worker, *worker.children(recursive=True)]
+        assert len(processes) > 1  # the pool's processes are there
+        for each in processes:
+            maps = Path(f"/proc/{each.pid}/maps").read_text()
+            assert "libtorch" not in maps and "onnxruntime" not in maps, f"process {each.pid} loaded a model"
+    finally:
+        stop_worker(process)

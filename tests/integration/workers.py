@@ -9,7 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from chatbot.management.commands.runstack import worker_command
+from config.runstack import worker_command, worker_queues
 from kb.models import IndexVersion, KbRevision, Variant
 
 
@@ -33,10 +33,11 @@ def process_env(**extra: str) -> dict:
     }
 
 
-def start_worker(log_path: Path, **extra_env: str) -> subprocess.Popen:
-    """A Celery worker started with the command `make run` uses, in its own process group."""
+def start_worker(log_path: Path, *, queues: list[str] | None = None, **extra_env: str) -> subprocess.Popen:
+    """A Celery worker started with the command `make run` uses, in its own process group; it
+    consumes ``queues``, by default every one (embedding's included), as `make run`'s does."""
     return subprocess.Popen(
-        worker_command(settings.CELERY_TASK_DEFAULT_QUEUE),
+        worker_command(queues or worker_queues()),
         env=process_env(**extra_env),
         stdout=log_path.open("a"),
         stderr=subprocess.STDOUT,

@@ -1,9 +1,12 @@
 """KB editors' admin: entries with phrasings inline, saved through the same rules as services."""
 
+import re
+
 import pytest
 from django.contrib.auth import get_user_model
+from django.db.models import F
 
-from kb.models import Entry, KbRevision
+from kb.models import EmbeddingState, Entry, KbRevision, Variant
 from kb.services import kb_revision
 from tests.factories import entries_create, kb_embed_and_publish
 
@@ -101,3 +104,109 @@ def test_deleting_entries_in_bulk_bumps_the_revision(editor_client):
     )
     assert response.status_code == 302
     assert Entry.objects.count() == 2 and KbRevision.objects.get().value > before
+
+
+def phrasings_embedded():
+    """Mark every phrasing embedded (as a worker would), without loading a model."""
+    Variant.objects.update(is_dirty=False, embedded_hash=F("content_hash"), embedding_state=EmbeddingState.EMBEDDED)
+
+
+def change_form(entry, **texts_by_id):
+    """The entry's change form as the browser posts it, with the given phrasings' texts changed
+    (``DELETE_<id>`` deletes one) and ``new`` a list of phrasings added."""
+    new = texts_by_id.pop("new", [])
+    variants = list(entry.variants.order_by("-is_primary", "id"))
+    data = {
+        "question": entry.question,
+        "answer": entry.answer,
+        "category": entry.category,
+        "language": entry.language,
+        "is_published": "on",
+        **inline_management(total=len(variants) + len(new), initial=len(variants)),
+    }
+    for number, variant in enumerate(variants):
+        data[f"variants-{number}-id"] = str(variant.id)
+        data[f"variants-{number}-entry"] = str(entry.id)
+        data[f"variants-{number}-text"] = texts_by_id.get(f"v{variant.id}", variant.text)
+        if texts_by_id.get(f"DELETE_{variant.id}"):
+            data[f"variants-{number}-DELETE"] = "on"
+    for number, text in enumerate(new, start=len(variants)):
+        data[f"variants-{number}-text"] = text
+    return data
+
+
+def test_inline_phrasing_edits_go_through_the_phrasing_services(editor_client):
+    entry = entries_create()[0]
+    phrasings_embedded()
+    primary, package, parcel, shipped = entry.variants.order_by("-is_primary", "id")
+    before = kb_revision()
+    data = change_form(
+        entry,
+        **{f"v{package.id}": "Where  is my   package now?", f"DELETE_{parcel.id}": True, "new": ["parcel status"]},
+    )
+    response = editor_client.post(f"/admin/kb/entry/{entry.id}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    rows = {text: (pk, dirty) for pk, text, dirty in entry.variants.values_list("id", "text", "is_dirty")}
+    # Edited in place (same row, whitespace collapsed as the services do), dirty again; the
+    # untouched ones keep their vectors; the deleted one is gone; the new one waits.
+    assert rows["Where is my package now?"] == (package.id, True)
+    assert rows[primary.text] == (primary.id, False) and rows[shipped.text] == (shipped.id, False)
+    assert "track my parcel" not in rows and rows["parcel status"][1] is True
+    assert kb_revision() > before
+
+
+@pytest.mark.parametrize("change", ["edit", "delete"])
+def test_the_primary_phrasing_is_changed_through_the_question_only(editor_client, change):
+    entry = entries_create()[0]
+    primary = entry.variants.get(is_primary=True)
+    edit = {f"v{primary.id}": "Track it"} if change == "edit" else {f"DELETE_{primary.id}": True}
+    response = editor_client.post(f"/admin/kb/entry/{entry.id}/change/", change_form(entry, **edit))
+    assert response.status_code == 200 and "edit the entry&#x27;s question instead" in response.content.decode()
+    assert entry.variants.get(is_primary=True).text == "How do I track my order?"
+
+
+def test_phrasings_that_repeat_the_question_or_each_other_are_refused(editor_client):
+    entry = entries_create()[0]
+    count = entry.variants.count()
+    again = editor_client.post(
+        f"/admin/kb/entry/{entry.id}/change/", change_form(entry, new=["How do I  track my order?"])
+    )
+    assert "is the entry&#x27;s question already" in again.content.decode()
+    twice = editor_client.post(f"/admin/kb/entry/{entry.id}/change/", change_form(entry, new=["a  b", "a b"]))
+    assert "is there twice" in twice.content.decode()
+    assert entry.variants.count() == count
+
+
+def test_the_published_checkbox_of_the_changelist_saves_through_the_services(editor_client):
+    entries = entries_create()
+    before = kb_revision()
+    data = {
+        "form-TOTAL_FORMS": str(len(entries)),
+        "form-INITIAL_FORMS": str(len(entries)),
+        "form-MIN_NUM_FORMS": "0",
+        "form-MAX_NUM_FORMS": "1000",
+        "_save": "Save",
+    }
+    for number, entry in enumerate(entries):
+        data[f"form-{number}-id"] = str(entry.id)
+        if number:
+            data[f"form-{number}-is_published"] = "on"
+    response = editor_client.post("/admin/kb/entry/", data)
+    assert response.status_code == 302
+    assert list(Entry.objects.filter(is_published=False)) == [entries[0]] and kb_revision() > before
+
+
+def test_the_import_preview_keeps_the_upload_in_the_shared_storage_until_confirmed(editor_client, settings):
+    from django.core.files.storage import storages
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    settings.STORAGES = {**settings.STORAGES, "kb_imports": {"BACKEND": "django.core.files.storage.InMemoryStorage"}}
+    upload = SimpleUploadedFile("faq.csv", b"question,answer\nDo you ship to Canada?,Yes.\n")
+    preview = editor_client.post("/admin/kb/entry/import/", {"file": upload})
+    token = re.search(r'name="confirm" value="([0-9a-f]+)"', preview.content.decode()).group(1)
+    assert storages["kb_imports"].listdir("")[1] == [f"{token}.csv"]
+    assert editor_client.post("/admin/kb/entry/import/", {"confirm": token}).status_code == 302
+    assert storages["kb_imports"].listdir("")[1] == [] and Entry.objects.filter(question="Do you ship to Canada?")
+    # Confirmed once: the same token again (or an expired one) asks for the file again.
+    again = editor_client.post("/admin/kb/entry/import/", {"confirm": token}, follow=True)
+    assert "That upload has expired" in again.content.decode()

@@ -1,5 +1,5 @@
 """Editors' tools: import preview and confirm, export round trips, BANKING77 layout, bulk actions,
-history and revert, hit testing (page and command)."""
+history and revert (hit testing: tests/chatbot/test_hit_testing.py)."""
 
 import io
 import json
@@ -187,45 +187,6 @@ def test_history_records_who_changed_what_and_revert_restores_it(editor_client):
     assert revert.status_code == 302
     entry.refresh_from_db()
     assert entry.answer == original_answer
-
-
-def test_hit_testing_page_shows_decisions_from_the_live_pipeline(editor_client):
-    entries = entries_create()
-    kb_embed_and_publish()
-    response = editor_client.post(
-        "/admin/kb/entry/hit-testing/",
-        {
-            "questions": "where is my parcel?\n\nwhat is the meaning of life?",
-        },
-    )
-    body = response.content.decode()
-    rows = body.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
-    assert len(rows) == 2
-    assert "decision-faq" in rows[0] and f"#{entries[0].id} How do I track my order?" in rows[0]
-    assert "best score reaches the answer threshold" in rows[0]
-    assert "decision-handoff" in rows[1] and "below the answer threshold" in rows[1]
-
-
-def test_batch_hit_testing_reports_accuracy_and_misses(editor_client, tmp_path, capsys):
-    entries = entries_create()
-    kb_embed_and_publish()
-    labelled = tmp_path / "labelled.csv"
-    labelled.write_text(
-        "question,expected\n"
-        f"where is my parcel?,{entries[0].id}\n"
-        "can I pay by paypal,Which payment methods do you accept?\n"
-        f"I forgot my password,{entries[1].id}\n"
-        "ghost,no such entry\n"
-    )
-    out = io.StringIO()
-    call_command("kb_hittest", str(labelled), stdout=out, verbosity=0)
-    text = out.getvalue()
-    assert "questions: 3" in text and "top-1 accuracy: 66.7% of 3 in-scope questions" in text
-    assert "'I forgot my password': expected" in text and "How do I reset my password?" in text
-    assert "row 4: no entry with id or question 'no such entry'" in capsys.readouterr().err
-    page = editor_client.post("/admin/kb/entry/hit-testing/", {"file": upload("labelled.csv", labelled.read_bytes())})
-    body = page.content.decode()
-    assert "top-1 accuracy 67% of 3" in body and "I forgot my password" in body
 
 
 def test_index_versions_are_listed_for_editors(editor_client):

@@ -182,3 +182,22 @@ def test_routed_embedder_answers_chinese_and_across_languages():
     embedder = get_embedder()
     assert embedder.query_weight("where is my parcel?") == 1.0 and embedder.query_weight("我的包裹在哪里") == 0.0
     assert entry_search(query="where is my parcel?").hits[0].entry_id == track.id
+
+
+def test_an_edit_sends_one_kb_refresh_by_the_task_name(settings, monkeypatch, django_capture_on_commit_callbacks):
+    from kb.tasks import kb_refresh
+
+    # Sent by name (kb.services does not import kb.tasks): the name must stay the task's own.
+    assert services.KB_REFRESH_TASK == kb_refresh.name
+    sent = []
+
+    class Broker:
+        def send_task(self, name, **options):
+            sent.append(name)
+
+    monkeypatch.setattr(services, "current_app", Broker())
+    # The web side's idea of the pool size does not matter: the embedding worker fans out (kb.tasks).
+    settings.CELERY_WORKER_CONCURRENCY = 3
+    with django_capture_on_commit_callbacks(execute=True):
+        services.entry_create(question="How do I track my order?", answer="Account > Orders.")
+    assert sent == [kb_refresh.name]

@@ -1,9 +1,14 @@
-"""manage.py runstack: everything `make run` starts, in one supervised foreground process.
+"""Everything `make run` starts, in one supervised foreground process (`manage.py runstack`).
 
 Order: Redis (embedded when REDIS_URL is unset) -> migrate -> demo knowledge base (when the KB
 is empty) -> Celery worker and beat -> ASGI server (uvicorn, WEB_CONCURRENCY processes) -> wait
 until the index is published and loaded -> print the URL. Ctrl-C stops the children, then Redis,
 and exits 0.
+
+The process commands are defined here once: docker-compose.yml runs the same ones (checked by
+tests/test_setup.py), and the benchmarks and the tests start their servers and workers with them.
+It sits in config/ beside the settings and the embedded Redis because it starts the whole stack;
+the management command (config/management/commands/runstack.py) only parses the arguments.
 """
 
 from __future__ import annotations
@@ -16,22 +21,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError, OutputWrapper
+from django.core.management.color import Style
 
 from config import embedded_redis
-from kb.models import Entry
 
 CELERY = [sys.executable, "-m", "celery", "-A", "config"]
 
 
-def worker_command(queue: str) -> list[str]:
-    """The Celery worker exactly as docker-compose's `worker` service runs it."""
-    return [*CELERY, "worker", "--loglevel=INFO", "--queues", queue, "--without-gossip", "--without-mingle"]
+def worker_queues() -> list[str]:
+    """Every queue the tasks use: the default one and embedding's. The one worker of `make run`
+    (and of the tests) consumes both; docker-compose gives each a worker of its own."""
+    return [settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_EMBED_QUEUE]
+
+
+def worker_command(queues: Sequence[str]) -> list[str]:
+    """A Celery worker consuming ``queues``, exactly as docker-compose's worker services run it.
+
+    Only a worker that consumes the embedding queue loads the models (kb.tasks)."""
+    return [*CELERY, "worker", "--loglevel=INFO", "--queues", ",".join(queues), "--without-gossip", "--without-mingle"]
 
 
 def beat_command() -> list[str]:
@@ -73,19 +86,20 @@ def web_env(processes: int | None = None) -> dict[str, str]:
     return {"WEB_CONCURRENCY": str(processes or settings.WEB_CONCURRENCY)}
 
 
-class Command(BaseCommand):
-    help = "Start Redis (if embedded), migrate, load the demo KB, and run the web server and a Celery worker."
+class Stack:
+    """The supervisor: starts everything in order, watches the children, stops them on a signal.
 
-    def add_arguments(self, parser):
-        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-        parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
-        parser.add_argument("--no-demo", action="store_true", help="do not load the demo knowledge base")
-        parser.add_argument("--ready-timeout", type=float, default=180.0)
+    ``stdout`` and ``style`` are the management command's, so its output looks like Django's."""
 
-    def handle(self, *args, host: str, port: int, no_demo: bool, ready_timeout: float, **options):
+    def __init__(self, stdout: OutputWrapper, style: Style):
+        self.stdout = stdout
+        self.style = style
         self.children: list[tuple[str, subprocess.Popen]] = []
-        self.redis_pid = None
+        self.redis_pid: int | None = None
         self.stopping = False
+
+    def run(self, *, host: str, port: int, no_demo: bool, ready_timeout: float) -> None:
+        """Start the stack and supervise it until a signal (or a child's exit, as CommandError)."""
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -96,6 +110,8 @@ class Command(BaseCommand):
             self._stop()
 
     def _start(self, host: str, port: int, no_demo: bool, ready_timeout: float) -> None:
+        from kb.models import Entry
+
         if settings.REDIS_EMBEDDED:
             self.redis_pid = embedded_redis.start(settings.REDIS_SOCKET)
             self._say(f"Redis: embedded, on {settings.REDIS_SOCKET}")
@@ -111,7 +127,9 @@ class Command(BaseCommand):
             self._say(f"LLM fallback: {settings.LLM_MODEL} at {settings.LLM_BASE_URL}")
         else:
             self._say("LLM fallback: off (set LLM_BASE_URL to an OpenAI-compatible endpoint); the bot offers a person")
-        self._spawn("worker", worker_command(settings.CELERY_TASK_DEFAULT_QUEUE))
+        queues = worker_queues()
+        self._spawn("worker", worker_command(queues))
+        self._say(f"Worker: queues {', '.join(queues)}")
         self._spawn("beat", beat_command())
         self._spawn("web", web_command(host, port), web_env())
         processes = settings.WEB_CONCURRENCY
@@ -122,6 +140,8 @@ class Command(BaseCommand):
         self._say("Press Ctrl-C to stop.")
 
     def _admin_login(self) -> str:
+        from django.contrib.auth import get_user_model
+
         users = get_user_model().objects
         password_file: Path = settings.VAR_DIR / "admin-password.txt"
         if not users.filter(is_superuser=True).exists():

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from chatbot.decisions import Kind, Thresholds, decide
-from kb.calibration import ScoredQuestion, thresholds_calibrate, thresholds_evaluate
+from chatbot.evaluation.calibration import ScoredQuestion, thresholds_calibrate, thresholds_evaluate
 
 
 def _random_questions(seed: int, n: int = 400) -> list[ScoredQuestion]:
@@ -119,8 +119,8 @@ def test_kb_calibrate_saves_thresholds_and_prints_the_figures(labelled_shop):
     assert row.calibration["questions"] == 12 and row.calibration["metrics"]["wrong_answers"] == 0
     assert row.calibration["feasible"] is True
     # The saved thresholds give no wrong answer on these questions, as the cap demanded.
-    from kb.calibration import labelled_rows_read
-    from kb.hit_testing import hit_test_rows
+    from chatbot.evaluation.hit_testing import hit_test_rows
+    from chatbot.evaluation.labelled import labelled_rows_read
 
     cases = hit_test_rows(labelled_rows_read(labelled_shop), llm_available=False).cases
     wrong = [c for c in cases if c.answer.source == "faq" and not c.answered_right]

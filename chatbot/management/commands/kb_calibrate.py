@@ -9,10 +9,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from tqdm import tqdm
 
-from chatbot.decisions import Thresholds
+from chatbot.evaluation.calibration import thresholds_calibrate, thresholds_evaluate
+from chatbot.evaluation.hit_testing import hit_test_rows
+from chatbot.evaluation.labelled import labelled_rows_read
 from chatbot.models import DecisionThresholds
-from kb.calibration import labelled_rows_read, thresholds_calibrate, thresholds_evaluate
-from kb.hit_testing import hit_test_rows
 from kb.importing import ImportFileError
 
 
@@ -61,10 +61,9 @@ class Command(BaseCommand):
         if len(questions) < min_questions or in_scope == 0:
             self.stdout.write(f"  too few to calibrate (need {min_questions}, some in scope): thresholds unchanged")
             return
+        # The language's own row (not English's, which live chat would borrow): it is the one saved.
         row = DecisionThresholds.objects.filter(language=language).first() or DecisionThresholds(language=language)
-        current = Thresholds(
-            language, row.answer_threshold, row.clarify_threshold, row.clarify_margin, row.max_suggestions
-        )
+        current = row.as_thresholds()
         result = thresholds_calibrate(
             questions,
             language=language,

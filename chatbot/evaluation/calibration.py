@@ -12,18 +12,19 @@ they agree) and scored as answer-vs-fallback:
 precision = hits / (answers + helpful suggestion lists), recall = hits / in-scope questions, and
 the wrong-answer rate = wrong answers / all questions. The chosen point maximises F1 with the
 wrong-answer rate and the share of questions answered with a suggestion list under their caps.
+
+Pure arithmetic on scores: asking the questions is chatbot.evaluation.hit_testing's job, which
+hands its cases over as ScoredQuestion.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
 from chatbot.decisions import Thresholds
 
-OUT_OF_SCOPE_LABELS = {"oos", "out_of_scope", "out-of-scope", "none"}
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1)
 CLARIFY_BELOW_ANSWER = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2)
 
@@ -172,24 +173,3 @@ def thresholds_calibrate(
                     safest_key, safest = safe_key, (thresholds, metrics)
     chosen, feasible = (best, True) if best is not None else (safest, False)
     return Calibration(thresholds=chosen[0], metrics=chosen[1], feasible=feasible, candidates=count)
-
-
-def labelled_rows_read(path: Path) -> list[dict]:
-    """Labelled questions from a .csv/.json/.xlsx file (columns ``question`` or ``text``, and
-    ``expected`` or ``category``), or from a folder in the DNNC layout that BANKING77-OOS uses
-    (``seq.in`` and ``label``, one question and its intent a line; label ``oos`` = out of scope)."""
-    if path.is_dir():
-        questions = (path / "seq.in").read_text(encoding="utf-8").splitlines()
-        labels = (path / "label").read_text(encoding="utf-8").splitlines()
-        if len(questions) != len(labels):
-            raise ValueError(f"{path}: seq.in has {len(questions)} lines but label has {len(labels)}")
-        return [{"question": q, "category": label} for q, label in zip(questions, labels, strict=True)]
-    from kb.hit_testing import read_labelled_rows
-
-    return read_labelled_rows(path.name, path.read_bytes())
-
-
-def is_out_of_scope(row: dict) -> bool:
-    """A labelled row whose expected entry/category says "out of scope" (oos, none, ...)."""
-    label = str(row.get("expected") or row.get("category") or "").strip().casefold()
-    return label in OUT_OF_SCOPE_LABELS

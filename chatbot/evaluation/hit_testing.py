@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbot.evaluation.calibration import ScoredQuestion
+from chatbot.evaluation.labelled import is_out_of_scope
 from chatbot.pipeline import Answer, answer_question
-from kb.calibration import ScoredQuestion, is_out_of_scope
-from kb.importing import read_table
 from kb.models import Entry
+from kb.text import text_key
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class HitTestCase:
 
     @property
     def top_entry_id(self) -> int | None:
+        """The best retrieved entry, if anything was retrieved."""
         return self.answer.hits[0].entry_id if self.answer.hits else None
 
     @property
@@ -34,7 +36,7 @@ class HitTestCase:
         return self.top_entry_id in self.expected_entry_ids
 
     def scored(self) -> ScoredQuestion:
-        """The case as kb.calibration reads it."""
+        """The case as chatbot.evaluation.calibration reads it."""
         return ScoredQuestion(
             language=self.answer.language,
             scores=tuple(hit.score for hit in self.answer.hits),
@@ -57,10 +59,12 @@ class HitTestReport:
 
     @property
     def total(self) -> int:
+        """Questions asked (rows with errors are not)."""
         return len(self.cases)
 
     @property
     def in_scope(self) -> list[HitTestCase]:
+        """The cases some entry should answer."""
         return [case for case in self.cases if case.in_scope]
 
     @property
@@ -96,7 +100,7 @@ def _expected_lookup() -> tuple[dict[str, frozenset[int]], dict[str, int], set[i
     ids = set()
     for entry_id, question, category in Entry.objects.values_list("id", "question", "category"):
         by_category.setdefault(category.casefold(), set()).add(entry_id)
-        by_question[" ".join(question.split()).casefold()] = entry_id
+        by_question[text_key(question)] = entry_id
         ids.add(entry_id)
     return {key: frozenset(value) for key, value in by_category.items()}, by_question, ids
 
@@ -118,8 +122,8 @@ def hit_test_rows(rows: list[dict], progress=None, llm_available: bool | None = 
             expected = str(row["expected"]).strip()
             if expected.isdigit() and int(expected) in ids:
                 expected_ids = frozenset({int(expected)})
-            elif " ".join(expected.split()).casefold() in by_question:
-                expected_ids = frozenset({by_question[" ".join(expected.split()).casefold()]})
+            elif text_key(expected) in by_question:
+                expected_ids = frozenset({by_question[text_key(expected)]})
             else:
                 report.errors.append(f"row {number}: no entry with id or question {expected!r}")
                 continue
@@ -137,8 +141,3 @@ def hit_test_rows(rows: list[dict], progress=None, llm_available: bool | None = 
         if progress is not None:
             progress(1)
     return report
-
-
-def read_labelled_rows(name: str, raw: bytes) -> list[dict]:
-    """Rows of a labelled question file (.csv, .json or .xlsx), without the import's grouping."""
-    return read_table(name, raw)[1]

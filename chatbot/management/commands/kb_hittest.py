@@ -5,7 +5,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from kb.hit_testing import hit_test_rows, read_labelled_rows
+from chatbot.evaluation.hit_testing import hit_test_rows
+from chatbot.evaluation.labelled import read_labelled_rows
 from kb.importing import ImportFileError
 
 

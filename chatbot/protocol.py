@@ -1,0 +1,356 @@
+"""The chat protocol of ``/ws/chat/``: every frame of both directions, defined once, with its limits.
+
+The consumer parses client frames with :func:`client_frame_parse` and sends only the dataclasses
+below (:func:`frame_dump`); answering and history build them here. Clients (the demo page, the
+widget, anyone's own) build on the JSON Schema generated from these definitions
+(:func:`protocol_schema`), which the app serves at ``/chat/protocol.schema.json`` and
+``docs/chat-protocol.schema.json`` keeps in the repository. A change to a frame that an existing
+client could misread raises :data:`PROTOCOL_VERSION`, which every ``session`` frame carries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from pydantic import Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+
+# Limits. The client id and site are stored in columns of these sizes (a test checks they agree).
+CLIENT_ID_MAX_CHARS = 100
+SITE_MAX_CHARS = 100
+
+ERROR_CODES = {
+    "invalid_json": "the frame is not valid JSON",
+    "invalid_frame": "not a JSON object, or a binary frame",
+    "frame_too_large": "the frame is larger than any valid frame can be",
+    "unknown_type": "a frame type this server does not know",
+    "invalid_id": "a missing, empty or too long client id",
+    "missing_text": 'a message without "text"',
+    "invalid_text": '"text" is not a string',
+    "empty_text": "a message of only whitespace",
+    "text_too_long": "a message longer than the limit",
+    "invalid_entry_id": 'a "choose" frame without an integer "entry_id"',
+    "invalid_choice": "an entry not offered in this conversation, or unpublished since",
+    "conversation_not_found": "the conversation to resume does not exist; a new one was started",
+    "not_ready": "this web process has no search index yet; send the same message again later",
+    "internal_error": "answering failed; the message may be sent again",
+}
+
+
+def message_max_chars() -> int:
+    """The longest customer message accepted (CHATBOT_MAX_MESSAGE_CHARS)."""
+    return settings.CHATBOT_MAX_MESSAGE_CHARS
+
+
+def frame_max_chars() -> int:
+    """A bound on any valid client frame's size, checked before parsing: a frame cannot be much
+    larger than its longest text, even with every character escaped."""
+    return message_max_chars() * 8 + 1024
+
+
+class FrameError(Exception):
+    """A client frame that cannot be accepted; becomes an error frame, never a closed socket."""
+
+    def __init__(self, code: str, detail: str, reply_to: str | None = None, **extra):
+        assert code in ERROR_CODES, code
+        super().__init__(detail)
+        self.code, self.detail, self.reply_to, self.extra = code, detail, reply_to, extra
+
+    def frame(self) -> ErrorFrame:
+        """This error as the frame the client receives."""
+        return ErrorFrame(code=self.code, detail=self.detail, reply_to=self.reply_to, **self.extra)
+
+
+ClientId = Annotated[str, Field(min_length=1, max_length=CLIENT_ID_MAX_CHARS)]
+
+
+# Client → server ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageFrame:
+    """A customer message. ``id`` is the client's own id for it: a resend with the same id is
+    answered with the stored reply, never twice."""
+
+    id: ClientId
+    text: Annotated[str, Field(min_length=1)]
+    type: Literal["message"] = "message"
+
+
+@dataclass(frozen=True)
+class ChooseFrame:
+    """The customer picked a "did you mean" option; it is stored as their turn."""
+
+    entry_id: int
+    id: ClientId | None = None
+    type: Literal["choose"] = "choose"
+
+
+@dataclass(frozen=True)
+class PingFrame:
+    """Keep-alive from the client; answered with a pong."""
+
+    type: Literal["ping"] = "ping"
+
+
+ClientFrame = MessageFrame | ChooseFrame | PingFrame
+
+
+# Server → client ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionFrame:
+    """Sent first on every connection: the conversation (new, or resumed with ``?conversation=``)."""
+
+    conversation: str
+    resumed: bool
+    protocol: int = PROTOCOL_VERSION
+    type: Literal["session"] = "session"
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    """A frame that was not accepted (nothing was stored); the connection stays open."""
+
+    code: str
+    detail: str
+    reply_to: str | None = None  # the client id, when known
+    retry_after_ms: int | None = None  # not_ready: send the same message again after this long
+    type: Literal["error"] = "error"
+
+
+@dataclass(frozen=True)
+class PongFrame:
+    """The answer to a ping."""
+
+    type: Literal["pong"] = "pong"
+
+
+@dataclass(frozen=True)
+class DeltaFrame:
+    """A piece of an LLM reply as it streams; the final ``answer`` frame's text is authoritative."""
+
+    reply_to: str
+    text: str
+    type: Literal["delta"] = "delta"
+
+
+@dataclass(frozen=True)
+class AnswerFrame:
+    """The bot's reply: an FAQ answer, an LLM answer, or a hand-off (``handoff`` says which kind:
+    "offered" when the bot cannot answer, "requested" when the customer asked for a person)."""
+
+    reply_to: str
+    message_id: int
+    source: Literal["faq", "llm", "handoff"]
+    text: str
+    entry_id: int | None
+    score: float
+    citations: list[int]
+    duplicate: bool  # a resent client id: this is the reply stored the first time
+    handoff: Literal["offered", "requested"] | None = None
+    type: Literal["answer"] = "answer"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One "did you mean" option."""
+
+    entry_id: int
+    question: str
+
+
+@dataclass(frozen=True)
+class SuggestionsFrame:
+    """ "Did you mean": the options the customer may pick with a ``choose`` frame."""
+
+    reply_to: str
+    message_id: int
+    text: str
+    options: list[Option]
+    duplicate: bool
+    type: Literal["suggestions"] = "suggestions"
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One stored message as history shows it."""
+
+    message_id: int
+    role: Literal["customer", "bot", "agent"]
+    text: str
+    client_id: str | None
+    reply_to: str | None  # for a bot turn: the client id of the customer message it answers
+    source: Literal["faq", "llm", "clarify", "handoff", "fallback"] | None  # fallback: first-release transcripts
+    options: list[Option]
+    citations: list[int]
+    handoff: Literal["offered", "requested"] | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class HistoryFrame:
+    """On resume, the last messages of the conversation; later, an exchange made on another socket
+    of the same conversation (another tab or device)."""
+
+    messages: list[HistoryItem] = field(default_factory=list)
+    type: Literal["history"] = "history"
+
+
+ServerFrame = SessionFrame | ErrorFrame | PongFrame | DeltaFrame | AnswerFrame | SuggestionsFrame | HistoryFrame
+
+# Keys left out of a frame when None (optional in the schema): clients test for their presence.
+_OMITTED_WHEN_NONE = {"reply_to": (ErrorFrame,), "retry_after_ms": (ErrorFrame,), "handoff": (AnswerFrame,)}
+
+
+def frame_dump(frame: ServerFrame) -> dict[str, Any]:
+    """A server frame as the JSON object sent on the socket."""
+    data = dataclasses.asdict(frame)
+    for key, kinds in _OMITTED_WHEN_NONE.items():
+        if isinstance(frame, kinds) and data.get(key) is None:
+            data.pop(key, None)
+    return data
+
+
+def client_frame_parse(text_data: str | None) -> ClientFrame:
+    """Parse and validate one client frame; raises :class:`FrameError` with the code to send back."""
+    if text_data is None:
+        raise FrameError("invalid_frame", "Send JSON text frames, not binary.")
+    if len(text_data) > frame_max_chars():
+        raise FrameError("frame_too_large", "The frame is too large.")
+    try:
+        content = json.loads(text_data)
+    except ValueError as exc:
+        raise FrameError("invalid_json", "The frame is not valid JSON.") from exc
+    if not isinstance(content, dict):
+        raise FrameError("invalid_frame", "A frame must be a JSON object.")
+    frame_type = content.get("type")
+    if frame_type == "ping":
+        return PingFrame()
+    if frame_type == "choose":
+        return _choose_parse(content)
+    if frame_type == "message":
+        return _message_parse(content)
+    raise FrameError("unknown_type", f"Unknown frame type {str(frame_type)[:40]!r}.")
+
+
+def _message_parse(content: dict) -> MessageFrame:
+    client_id = content.get("id")
+    if not isinstance(client_id, str) or not client_id.strip() or len(client_id) > CLIENT_ID_MAX_CHARS:
+        raise FrameError(
+            "invalid_id",
+            f'A message needs an "id": a non-empty string of at most {CLIENT_ID_MAX_CHARS} characters.',
+        )
+    text = content.get("text")
+    if text is None:
+        raise FrameError("missing_text", 'A message needs a "text".', client_id)
+    if not isinstance(text, str):
+        raise FrameError("invalid_text", '"text" must be a string.', client_id)
+    text = text.strip()
+    if not text:
+        raise FrameError("empty_text", "The message is empty.", client_id)
+    limit = message_max_chars()
+    if len(text) > limit:
+        raise FrameError("text_too_long", f"The message is longer than {limit} characters.", client_id)
+    return MessageFrame(id=client_id, text=text)
+
+
+def _choose_parse(content: dict) -> ChooseFrame:
+    client_id = content.get("id")
+    if client_id is not None and (not isinstance(client_id, str) or not client_id.strip()):
+        raise FrameError("invalid_id", 'A "choose" frame\'s "id", when given, must be a non-empty string.')
+    if client_id is not None and len(client_id) > CLIENT_ID_MAX_CHARS:
+        raise FrameError("invalid_id", f'"id" is longer than {CLIENT_ID_MAX_CHARS} characters.')
+    entry_id = content.get("entry_id")
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool):
+        raise FrameError("invalid_entry_id", 'A "choose" frame needs an integer "entry_id".', client_id)
+    return ChooseFrame(entry_id=entry_id, id=client_id)
+
+
+def reply_frame(message, *, client_id: str, duplicate: bool) -> AnswerFrame | SuggestionsFrame:
+    """The frame for a stored bot reply (``message``, a chatbot.models.Message), also when it is
+    sent again for a resent client id."""
+    decision = message.decision or {}
+    if message.source == "clarify":
+        return SuggestionsFrame(
+            reply_to=client_id,
+            message_id=message.id,
+            text=message.text,
+            options=[Option(**option) for option in decision.get("options", [])],
+            duplicate=duplicate,
+        )
+    return AnswerFrame(
+        reply_to=client_id,
+        message_id=message.id,
+        source=message.source,
+        text=message.text,
+        entry_id=message.entry_id,
+        score=round(message.score or 0.0, 4),
+        citations=list(message.citations or []),
+        duplicate=duplicate,
+        handoff=decision.get("handoff", "offered") if message.source == "handoff" else None,
+    )
+
+
+def history_item(message) -> HistoryItem:
+    """One stored message (a chatbot.models.Message whose ``reply_to`` is loaded or loadable) as
+    history frames carry it."""
+    decision = message.decision or {}
+    return HistoryItem(
+        message_id=message.id,
+        role=message.role,
+        text=message.text,
+        client_id=message.client_id,
+        reply_to=message.reply_to.client_id if message.reply_to_id else None,
+        source=message.source or None,
+        options=[Option(**option) for option in decision.get("options", [])] if message.source == "clarify" else [],
+        citations=list(message.citations or []),
+        handoff=decision.get("handoff") if message.source == "handoff" else None,
+        created_at=message.created_at.isoformat(),
+    )
+
+
+def site_parse(value: str | None) -> str:
+    """The ``?site=`` of a connection, cut to what a conversation stores."""
+    return (value or "default")[:SITE_MAX_CHARS] or "default"
+
+
+def protocol_schema() -> dict:
+    """The JSON Schema of both directions, with the limits in force."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Chat websocket protocol (/ws/chat/)",
+        "description": __doc__.strip().splitlines()[0],
+        "version": PROTOCOL_VERSION,
+        "limits": {
+            "client_id_max_chars": CLIENT_ID_MAX_CHARS,
+            "message_max_chars": message_max_chars(),
+            "frame_max_chars": frame_max_chars(),
+        },
+        "error_codes": ERROR_CODES,
+    }
+    for direction, union in (("client_to_server", ClientFrame), ("server_to_client", ServerFrame)):
+        adapter = TypeAdapter(Annotated[union, Field(discriminator="type")])
+        schema[direction] = adapter.json_schema(ref_template="#/$defs/{model}")
+    # One shared $defs table instead of one per direction.
+    schema["$defs"] = {}
+    for direction in ("client_to_server", "server_to_client"):
+        schema["$defs"].update(schema[direction].pop("$defs", {}))
+    text = schema["$defs"]["MessageFrame"]["properties"]["text"]
+    text["maxLength"] = message_max_chars()
+    for definition in schema["$defs"].values():
+        # Every frame carries its type, though the dataclasses give it a default.
+        if "type" in definition.get("properties", {}):
+            definition["required"] = sorted({*definition.get("required", []), "type"})
+    return schema
+
+
+def protocol_schema_json() -> str:
+    """:func:`protocol_schema` as the text of docs/chat-protocol.schema.json."""
+    return json.dumps(protocol_schema(), indent=2, ensure_ascii=False, sort_keys=True) + "\n"

@@ -1,0 +1,106 @@
+"""The chat protocol module is the one definition of the frames: the docs' schema file, the
+README's protocol table and the database columns all agree with it."""
+
+import json
+import re
+
+import pytest
+from django.conf import settings
+
+from chatbot import protocol
+from chatbot.models import Conversation, Message
+
+SCHEMA_FILE = settings.BASE_DIR / "docs" / "chat-protocol.schema.json"
+
+
+def _frame_classes() -> dict[str, type]:
+    classes = {}
+    for union in (protocol.ClientFrame, protocol.ServerFrame):
+        for cls in union.__args__:
+            frame_type = cls.__dataclass_fields__["type"].default
+            classes.setdefault(frame_type, cls)
+    return classes
+
+
+def test_docs_schema_file_is_generated_from_the_protocol_module():
+    # Regenerate with: .venv/bin/python manage.py chat_protocol_schema > docs/chat-protocol.schema.json
+    assert SCHEMA_FILE.read_text() == protocol.protocol_schema_json()
+
+
+def test_schema_is_served(client):
+    response = client.get("/chat/protocol.schema.json")
+    assert response.status_code == 200
+    schema = response.json()
+    assert schema["version"] == protocol.PROTOCOL_VERSION
+    assert schema["$defs"]["MessageFrame"]["properties"]["text"]["maxLength"] == settings.CHATBOT_MAX_MESSAGE_CHARS
+    assert set(schema["client_to_server"]["discriminator"]["mapping"]) == {"message", "choose", "ping"}
+
+
+def test_limits_agree_with_the_columns_they_are_stored_in():
+    assert protocol.CLIENT_ID_MAX_CHARS == Message._meta.get_field("client_id").max_length
+    assert protocol.SITE_MAX_CHARS == Conversation._meta.get_field("site").max_length
+
+
+def test_readme_protocol_table_names_every_frame_field_and_error_code():
+    readme = (settings.BASE_DIR / "README.md").read_text()
+    section = readme.split("## Chat protocol", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    documented_types = set(re.findall(r'"type": "(\w+)"', section))
+    assert documented_types == set(_frame_classes())
+    for frame_type, cls in _frame_classes().items():
+        text = " ".join(row for row in rows if f'"type": "{frame_type}"' in row)
+        for name in cls.__dataclass_fields__:
+            assert f'"{name}"' in text, f"README's protocol table: {frame_type} frame lacks {name!r}"
+    for name in protocol.HistoryItem.__dataclass_fields__:
+        assert f"`{name}`" in section, f"README's protocol section does not describe history item field {name!r}"
+    for code in protocol.ERROR_CODES:
+        assert f"`{code}`" in section, f"README's protocol section does not list error code {code!r}"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (None, "invalid_frame"),
+        ("x" * (protocol.frame_max_chars() + 1), "frame_too_large"),
+        ("{", "invalid_json"),
+        ("[1]", "invalid_frame"),
+        ('{"type": "shout"}', "unknown_type"),
+        ('{"type": "message", "text": "hi"}', "invalid_id"),
+        ('{"type": "message", "id": "' + "i" * 101 + '", "text": "hi"}', "invalid_id"),
+        ('{"type": "message", "id": "a"}', "missing_text"),
+        ('{"type": "message", "id": "a", "text": 5}', "invalid_text"),
+        ('{"type": "message", "id": "a", "text": "   "}', "empty_text"),
+        ('{"type": "choose", "entry_id": true}', "invalid_entry_id"),
+        ('{"type": "choose", "entry_id": 1, "id": ""}', "invalid_id"),
+    ],
+)
+def test_bad_client_frames_get_their_error_code(raw, code):
+    with pytest.raises(protocol.FrameError) as raised:
+        protocol.client_frame_parse(raw)
+    assert raised.value.code == code
+    frame = protocol.frame_dump(raised.value.frame())
+    assert frame["type"] == "error" and frame["code"] == code and "retry_after_ms" not in frame
+
+
+def test_valid_client_frames_parse_to_their_dataclasses():
+    assert protocol.client_frame_parse('{"type": "ping"}') == protocol.PingFrame()
+    assert protocol.client_frame_parse('{"type": "message", "id": "a", "text": "  hi "}') == protocol.MessageFrame(
+        id="a", text="hi"
+    )
+    assert protocol.client_frame_parse('{"type": "choose", "entry_id": 3}') == protocol.ChooseFrame(entry_id=3)
+
+
+def test_optional_keys_are_left_out_when_empty():
+    answer = protocol.AnswerFrame(
+        reply_to="a", message_id=1, source="faq", text="t", entry_id=2, score=0.9, citations=[], duplicate=False
+    )
+    assert "handoff" not in protocol.frame_dump(answer)
+    error = protocol.FrameError("not_ready", "wait", "a", retry_after_ms=2000).frame()
+    assert protocol.frame_dump(error) == {
+        "type": "error",
+        "code": "not_ready",
+        "detail": "wait",
+        "reply_to": "a",
+        "retry_after_ms": 2000,
+    }
+    assert json.dumps(protocol.frame_dump(protocol.SessionFrame(conversation="c", resumed=False)))
