@@ -135,3 +135,12 @@ class _ReceiveBuffers(collections.defaultdict):
         if channel in self._closed:
             return self.default_factory()  # a queue nobody keeps: the message is dropped
         return super().__missing__(channel)
+
+    def __delitem__(self, channel):
+        # channels_redis deletes a channel's buffer when its receive is cancelled, and only then
+        # cancels the receive's own lock and queue waits. channel_closed has usually dropped the
+        # buffer already (the consumer's disconnect runs before its receive is cancelled): a
+        # KeyError here skipped those cancels, and the orphaned lock wait later took the
+        # process's receive lock for good, so no socket of the process got a channel message
+        # again (seen as one KeyError traceback and ~1 KB kept per conversation in the soak).
+        self.pop(channel, None)

@@ -60,3 +60,27 @@ async def test_group_send_others_skips_the_sender(redis_client):
     assert await layer.group_send_others("conversation.alone", {"type": "x"}, sender=sender) == 0
     await layer.flush()
     await layer.close_pools()
+
+
+async def test_a_socket_leaving_mid_receive_does_not_stop_the_others(redis_client):
+    # As Channels does it: the consumer's disconnect (channel_closed) runs, then its pending
+    # receive is cancelled. The process's other sockets must keep getting their messages.
+    config = channel_layers(settings.TEST_REDIS_URL)["default"]["CONFIG"]
+    layer = ResilientRedisChannelLayer(**{**config, "prefix": "test-leaving"})
+    staying = await layer.new_channel()
+    for round_number in range(3):
+        leaving = await layer.new_channel()
+        staying_waits = asyncio.ensure_future(layer.receive(staying))
+        await asyncio.sleep(0.1)  # it holds the receive lock, reading Redis for the process
+        waiting = asyncio.ensure_future(layer.receive(leaving))
+        await asyncio.sleep(0.1)  # it waits for the lock or a message
+        layer.channel_closed(leaving)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting  # not a KeyError from channels_redis's cancel path
+        await layer.send(staying, {"type": "conversation.exchange", "n": round_number})
+        assert (await asyncio.wait_for(staying_waits, timeout=10))["n"] == round_number
+    # Nothing of the departed sockets is left waiting: the last receive out dropped the lock.
+    assert layer.receive_count == 0 and layer.receive_lock is None
+    await layer.flush()
+    await layer.close_pools()
