@@ -18,11 +18,14 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from pydantic import Field, TypeAdapter
 
+from kb.text import has_unwanted_characters, text_sanitise
+
 PROTOCOL_VERSION = 1
 
 # Limits. The client id and site are stored in columns of these sizes (a test checks they agree).
 CLIENT_ID_MAX_CHARS = 100
 SITE_MAX_CHARS = 100
+ENTRY_ID_MAX = 2**63 - 1  # a bigint primary key
 
 ERROR_CODES = {
     "invalid_json": "the frame is not valid JSON",
@@ -86,7 +89,7 @@ class MessageFrame:
 class ChooseFrame:
     """The customer picked a "did you mean" option; it is stored as their turn."""
 
-    entry_id: int
+    entry_id: Annotated[int, Field(gt=0, le=ENTRY_ID_MAX)]
     id: ClientId | None = None
     type: Literal["choose"] = "choose"
 
@@ -226,7 +229,9 @@ def client_frame_parse(text_data: str | None) -> ClientFrame:
         raise FrameError("frame_too_large", "The frame is too large.")
     try:
         content = json.loads(text_data)
-    except ValueError as exc:
+    except RecursionError as exc:  # "[[[[..." deeper than the parser's stack
+        raise FrameError("invalid_json", "The frame is nested too deeply.") from exc
+    except ValueError as exc:  # also integers longer than Python's 4,300-digit limit
         raise FrameError("invalid_json", "The frame is not valid JSON.") from exc
     if not isinstance(content, dict):
         raise FrameError("invalid_frame", "A frame must be a JSON object.")
@@ -242,17 +247,20 @@ def client_frame_parse(text_data: str | None) -> ClientFrame:
 
 def _message_parse(content: dict) -> MessageFrame:
     client_id = content.get("id")
-    if not isinstance(client_id, str) or not client_id.strip() or len(client_id) > CLIENT_ID_MAX_CHARS:
+    if not _client_id_valid(client_id):
         raise FrameError(
             "invalid_id",
-            f'A message needs an "id": a non-empty string of at most {CLIENT_ID_MAX_CHARS} characters.',
+            f'A message needs an "id": a non-empty string of at most {CLIENT_ID_MAX_CHARS} characters, '
+            "without control characters.",
         )
     text = content.get("text")
     if text is None:
         raise FrameError("missing_text", 'A message needs a "text".', client_id)
     if not isinstance(text, str):
         raise FrameError("invalid_text", '"text" must be a string.', client_id)
-    text = text.strip()
+    # Control, bidi-override and zero-width characters and lone surrogates are dropped: they are
+    # never meant, PostgreSQL refuses NUL, and no database stores a lone surrogate.
+    text = text_sanitise(text).strip()
     if not text:
         raise FrameError("empty_text", "The message is empty.", client_id)
     limit = message_max_chars()
@@ -263,13 +271,15 @@ def _message_parse(content: dict) -> MessageFrame:
 
 def _choose_parse(content: dict) -> ChooseFrame:
     client_id = content.get("id")
-    if client_id is not None and (not isinstance(client_id, str) or not client_id.strip()):
-        raise FrameError("invalid_id", 'A "choose" frame\'s "id", when given, must be a non-empty string.')
-    if client_id is not None and len(client_id) > CLIENT_ID_MAX_CHARS:
-        raise FrameError("invalid_id", f'"id" is longer than {CLIENT_ID_MAX_CHARS} characters.')
+    if client_id is not None and not _client_id_valid(client_id):
+        raise FrameError(
+            "invalid_id",
+            f'A "choose" frame\'s "id", when given, must be a non-empty string of at most {CLIENT_ID_MAX_CHARS} '
+            "characters, without control characters.",
+        )
     entry_id = content.get("entry_id")
-    if not isinstance(entry_id, int) or isinstance(entry_id, bool):
-        raise FrameError("invalid_entry_id", 'A "choose" frame needs an integer "entry_id".', client_id)
+    if not isinstance(entry_id, int) or isinstance(entry_id, bool) or not 0 < entry_id <= ENTRY_ID_MAX:
+        raise FrameError("invalid_entry_id", 'A "choose" frame needs a positive integer "entry_id".', client_id)
     return ChooseFrame(entry_id=entry_id, id=client_id)
 
 
@@ -316,9 +326,19 @@ def history_item(message) -> HistoryItem:
     )
 
 
+def _client_id_valid(client_id) -> bool:
+    # Refused, not cleaned: a resend must carry exactly the id it was first sent with.
+    return (
+        isinstance(client_id, str)
+        and bool(client_id.strip())
+        and len(client_id) <= CLIENT_ID_MAX_CHARS
+        and not has_unwanted_characters(client_id)
+    )
+
+
 def site_parse(value: str | None) -> str:
-    """The ``?site=`` of a connection, cut to what a conversation stores."""
-    return (value or "default")[:SITE_MAX_CHARS] or "default"
+    """The ``?site=`` of a connection, cleaned and cut to what a conversation stores."""
+    return text_sanitise(value or "").strip()[:SITE_MAX_CHARS] or "default"
 
 
 def protocol_schema() -> dict:

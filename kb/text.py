@@ -33,3 +33,24 @@ def text_key(text: str | None) -> str:
 def han_count(text: str) -> int:
     """How many Han ideographs ``text`` holds."""
     return len(HAN_RE.findall(text))
+
+
+# Characters a person never means to send and that break storage or display: C0/C1 controls but
+# tab and newline (NUL is refused by PostgreSQL), bidirectional overrides and isolates (they reorder
+# what an agent reads), zero-width characters and the BOM, and lone surrogates (JSON escapes can
+# produce them; no database can store them).
+_UNWANTED_RE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def text_sanitise(text: str) -> str:
+    """``text`` without the characters a customer or an import never means (see above); carriage
+    returns become newlines."""
+    return _UNWANTED_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def has_unwanted_characters(text: str) -> bool:
+    """Whether :func:`text_sanitise` would change ``text`` (for identifiers, which are refused
+    rather than silently changed)."""
+    return _UNWANTED_RE.search(text) is not None or "\r" in text

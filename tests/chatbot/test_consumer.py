@@ -175,3 +175,21 @@ async def test_chinese_questions_are_answered_including_from_english_entries(sho
     cross = await ask(chat, "我忘记密码了")
     assert (cross["source"], cross["entry_id"]) == ("faq", shop["How do I reset my password?"].id)
     await chat.disconnect()
+
+
+async def test_hostile_text_is_answered_and_stored_clean_and_the_socket_stays(shop):
+    # Issue 10's findings: deep nesting closed the socket with 1011; a lone surrogate gave
+    # internal_error; NUL was stored on SQLite and refused by PostgreSQL. The site name is cleaned too.
+    chat = await open_chat("?site=shop%00%E2%80%AE")
+    session = await chat.receive_json_from()
+    await chat.send_to(text_data="[" * 5000)
+    nested = await chat.receive_json_from()
+    assert (nested["type"], nested["code"]) == ("error", "invalid_json")
+    await chat.send_to(text_data='{"type": "message", "id": "h-1", "text": "where\\u0000 is my\\u202e parcel\\ud800?"}')
+    answer = await chat.receive_json_from(timeout=20)
+    assert (answer["type"], answer["source"]) == ("answer", "faq")
+    customer, _bot = await saved_messages()
+    assert customer["text"] == "where is my parcel?"
+    site = await database_sync_to_async(lambda: Conversation.objects.get(id=session["conversation"]).site)()
+    assert site == "shop"
+    await chat.disconnect()

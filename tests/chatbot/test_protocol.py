@@ -6,9 +6,13 @@ import re
 
 import pytest
 from django.conf import settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from chatbot import protocol
 from chatbot.models import Conversation, Message
+from kb.text import has_unwanted_characters
 
 SCHEMA_FILE = settings.BASE_DIR / "docs" / "chat-protocol.schema.json"
 
@@ -104,3 +108,64 @@ def test_optional_keys_are_left_out_when_empty():
         "retry_after_ms": 2000,
     }
     assert json.dumps(protocol.frame_dump(protocol.SessionFrame(conversation="c", resumed=False)))
+
+
+# --- bad input (issue 10): an error frame or a normalised frame, never anything else ----------
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("[" * 5000, "invalid_json"),  # was a RecursionError that closed the socket with 1011
+        ("[" * (protocol.frame_max_chars() - 1), "invalid_json"),
+        ('{"type": "choose", "entry_id": ' + "9" * 20000 + "}", "frame_too_large"),
+        ('{"type": "choose", "entry_id": ' + "9" * 4400 + "}", "invalid_json"),  # over Python's digit limit
+        ('{"type": "choose", "entry_id": 1e400}', "invalid_entry_id"),
+        ('{"type": "choose", "entry_id": 99999999999999999999}', "invalid_entry_id"),  # beyond a bigint
+        ('{"type": "choose", "entry_id": -3}', "invalid_entry_id"),
+        ('{"type": "message", "id": "a\\u0000b", "text": "hi"}', "invalid_id"),
+        ('{"type": "message", "id": "\\ud800", "text": "hi"}', "invalid_id"),
+        ('{"type": "message", "id": "a", "text": "\\u200b\\u202e\\u0000"}', "empty_text"),
+    ],
+)
+def test_hostile_frames_get_a_clear_error(raw, code):
+    with pytest.raises(protocol.FrameError) as raised:
+        protocol.client_frame_parse(raw)
+    assert raised.value.code == code
+
+
+def test_control_bidi_zero_width_and_lone_surrogates_are_dropped_from_text():
+    raw = json.dumps({"type": "message", "id": "a", "text": "wh\u0000ere\u200b is \u202emy\ud800 parcel\r\n?"})
+    frame = protocol.client_frame_parse(raw)
+    assert frame.text == "where is my parcel\n?"
+    frame.text.encode("utf-8")  # storable: no lone surrogate left
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+frame_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["message", "choose", "ping", "pong", ""]) | st.text(max_size=5)},
+    optional={"id": json_values, "text": json_values | st.text(), "entry_id": json_values},
+)
+
+
+@hypothesis_settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(frame_like.map(json.dumps), json_values.map(json.dumps), st.text(max_size=200)))
+def test_any_frame_parses_to_a_valid_frame_or_a_known_error(raw):
+    try:
+        frame = protocol.client_frame_parse(raw)
+    except protocol.FrameError as error:
+        assert error.code in protocol.ERROR_CODES
+        return
+    if isinstance(frame, protocol.MessageFrame):
+        assert frame.text and frame.text == frame.text.strip()
+        assert not has_unwanted_characters(frame.text.replace("\n", ""))
+        frame.text.encode("utf-8")
+        assert len(frame.text) <= protocol.message_max_chars()
+    if isinstance(frame, (protocol.MessageFrame, protocol.ChooseFrame)) and frame.id is not None:
+        assert 0 < len(frame.id) <= protocol.CLIENT_ID_MAX_CHARS and not has_unwanted_characters(frame.id)
+    if isinstance(frame, protocol.ChooseFrame):
+        assert 0 < frame.entry_id <= protocol.ENTRY_ID_MAX
