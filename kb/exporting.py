@@ -44,6 +44,19 @@ def export_rows(entries: QuerySet[Entry] | None = None, progress=None) -> list[d
     return rows
 
 
+# A cell starting with one of these is a formula to a spreadsheet program (CSV injection): an
+# entry question "=HYPERLINK(...)" would run when an editor opens the export.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell_safe(value):
+    """``value`` for a CSV cell: text a spreadsheet would read as a formula gets a leading
+    apostrophe, the quote prefix spreadsheets show as text (kb.importing strips it again)."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def render(rows: list[dict], fmt: str) -> bytes:
     """Serialise rows as ``fmt`` (csv, json or xlsx)."""
     if fmt == "json":
@@ -56,17 +69,25 @@ def render(rows: list[dict], fmt: str) -> bytes:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(flat)
+        writer.writerows({key: csv_cell_safe(value) for key, value in row.items()} for row in flat)
         # A byte-order mark lets spreadsheet programs open Chinese text as UTF-8.
         return ("\ufeff" + buffer.getvalue()).encode("utf-8")
     if fmt == "xlsx":
         from openpyxl import Workbook
+        from openpyxl.cell import WriteOnlyCell
 
         workbook = Workbook(write_only=True)
         sheet = workbook.create_sheet("entries")
         sheet.append(COLUMNS)
         for row in flat:
-            sheet.append([row[column] for column in COLUMNS])
+            cells = []
+            for column in COLUMNS:
+                cell = WriteOnlyCell(sheet, value=row[column])
+                if isinstance(row[column], str):
+                    # openpyxl stores a string starting with "=" as a formula: a text cell, always.
+                    cell.data_type = "s"
+                cells.append(cell)
+            sheet.append(cells)
         buffer = io.BytesIO()
         workbook.save(buffer)
         return buffer.getvalue()

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.db import transaction
 
 from kb import services
+from kb.exporting import FORMULA_TRIGGERS
 from kb.models import Entry
 from kb.text import text_key, text_normalise
 
@@ -87,10 +88,20 @@ def read_table(name: str, raw: bytes) -> tuple[list[str] | None, list[dict]]:
         return None, data
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = [{(key or "").strip().lower(): value for key, value in row.items() if key is not None} for row in reader]
+        rows = [
+            {(key or "").strip().lower(): _csv_cell_read(value) for key, value in row.items() if key is not None}
+            for row in reader
+        ]
     except csv.Error as exc:
         raise ImportFileError(f"{path.name} is not valid CSV: {exc}") from exc
     return [str(column).strip().lower() for column in reader.fieldnames or []], rows
+
+
+def _csv_cell_read(value):
+    # Undo kb.exporting.csv_cell_safe: "'=SUM(...)" was exported for the text "=SUM(...)".
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
+        return value[1:]
+    return value
 
 
 def _read_xlsx(name: str, raw: bytes) -> tuple[list[str], list[dict]]:

@@ -49,6 +49,25 @@ def test_export_round_trips_through_import_in_every_format():
     )
 
 
+def test_exports_write_formula_like_text_as_text_and_round_trip():
+    # Issue 10: an entry question "=HYPERLINK(...)" was written verbatim to CSV and as a real
+    # formula cell to XLSX, where it runs when an editor opens the file.
+    hostile = ['=HYPERLINK("http://evil.example","click")', "+1 555 0100", "-2 days", "@SUM(A1:A2)"]
+    for number, question in enumerate(hostile):
+        services.entry_create(question=question, answer=f"answer {number}", variants=[f"\tvariant {number}"])
+    rows = export_rows()
+    text = render(rows, "csv").decode("utf-8")
+    for question in hostile:
+        assert f"'{question}" in text.replace('""', '"')
+    workbook = load_workbook(io.BytesIO(render(rows, "xlsx")))
+    cells = [cell for row in workbook.active.iter_rows(min_row=2) for cell in row if isinstance(cell.value, str)]
+    assert {cell.data_type for cell in cells} == {"s"}  # no formula cell anywhere
+    assert sorted(cell.value for cell in cells if cell.column == 1) == sorted(hostile)
+    for fmt in ("csv", "xlsx"):
+        again = read_rows_from_bytes(f"kb.{fmt}", render(rows, fmt))
+        assert sorted(row["question"] for row in again) == sorted(hostile), fmt
+
+
 def test_kb_export_command_writes_a_reimportable_file(tmp_path):
     entries_create()
     target = tmp_path / "out.json"
