@@ -291,6 +291,10 @@ CHATBOT_NOT_READY_WAIT_SECONDS = env.float("CHATBOT_NOT_READY_WAIT_SECONDS", def
 CHATBOT_NOT_READY_RETRY_MS = env.int("CHATBOT_NOT_READY_RETRY_MS", default=2000)
 
 # --- Chat -------------------------------------------------------------------------------------
+# Pages on other origins that may open the chat socket, as scheme://host[:port] (the app's own
+# origin always may). Behind a TLS-terminating proxy that does not pass X-Forwarded-Proto to
+# uvicorn, list the public https origin here.
+CHATBOT_ALLOWED_ORIGINS = env.list("CHATBOT_ALLOWED_ORIGINS", default=[])
 CHATBOT_MAX_MESSAGE_CHARS = env.int("CHATBOT_MAX_MESSAGE_CHARS", default=2000)
 CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
 # Customer messages are stored with emails, phone, card and ID numbers redacted unless this is on;

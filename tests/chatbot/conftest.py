@@ -4,7 +4,7 @@ import pytest
 
 from tests.factories import entries_create, kb_embed_and_publish
 
-ORIGIN = [(b"origin", b"http://localhost")]
+ORIGIN = [(b"origin", b"http://localhost"), (b"host", b"localhost")]
 
 
 @pytest.fixture

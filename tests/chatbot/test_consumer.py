@@ -161,6 +161,38 @@ async def test_foreign_origin_is_refused(shop):
     assert not connected
 
 
+@pytest.mark.parametrize(
+    ("origin", "allowed"),
+    [
+        ("http://localhost:8000", True),  # the app's own page
+        ("http://localhost:6666", False),  # issue 10: another port on the same host was accepted
+        ("https://localhost:8000", False),  # another scheme
+        ("https://127.0.0.1:1", False),
+        ("http://127.0.0.1:8000", False),  # an allowed host, but not this page's origin
+        ("https://shop.example", True),  # listed in CHATBOT_ALLOWED_ORIGINS
+        ("https://shop.example:8443", False),
+        ("http://shop.example", False),
+        (None, False),
+    ],
+)
+async def test_origins_are_compared_by_scheme_host_and_port(shop, settings, origin, allowed):
+    settings.CHATBOT_ALLOWED_ORIGINS = ["https://shop.example"]
+    headers = [(b"host", b"localhost:8000")] + ([(b"origin", origin.encode())] if origin else [])
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert connected is allowed
+    if connected:
+        await communicator.disconnect()
+
+
+def test_a_host_outside_allowed_hosts_is_not_an_origin_of_ours(settings):
+    from chatbot.origins import origin_allowed
+
+    settings.ALLOWED_HOSTS = ["shop.example"]
+    assert origin_allowed("https://shop.example", {"headers": [(b"host", b"shop.example")], "scheme": "wss"})
+    assert not origin_allowed("http://evil.example", {"headers": [(b"host", b"evil.example")], "scheme": "ws"})
+
+
 async def test_chinese_questions_are_answered_including_from_english_entries(shop):
     from kb import services
 

@@ -13,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from config.asgi import application
 from kb import services
 from kb.models import Variant
+from tests.chatbot.conftest import ORIGIN
 from tests.factories import entries_create
 from tests.integration.workers import start_worker, stop_worker, wait_for_version
 
@@ -30,7 +31,7 @@ def worker(transactional_db, redis_client, tmp_path):
 
 
 async def ask(text: str) -> dict:
-    chat = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://localhost")])
+    chat = WebsocketCommunicator(application, "/ws/chat/", headers=ORIGIN)
     assert (await chat.connect())[0]
     await chat.receive_json_from()
     await chat.send_json_to({"type": "message", "id": str(uuid.uuid4()), "text": text})
