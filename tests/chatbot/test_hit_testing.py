@@ -66,3 +66,28 @@ def test_batch_hit_testing_reports_accuracy_and_misses(editor_client, tmp_path, 
     page = editor_client.post("/admin/kb/entry/hit-testing/", {"file": upload("labelled.csv", labelled.read_bytes())})
     body = page.content.decode()
     assert "top-1 accuracy 67% of 3" in body and "I forgot my password" in body
+
+
+def test_hit_testing_needs_permission_to_view_entries(client):
+    # Issue 10: a staff user without any KB permission got the page (entry questions disclosed)
+    # and could run batch uploads.
+    from django.contrib.auth.models import Permission
+
+    entries_create()
+    staff = get_user_model().objects.create_user("ops", "ops@example.com", "pw-123456", is_staff=True)
+    client.force_login(staff)
+    assert client.get("/admin/kb/entry/hit-testing/").status_code == 403
+    posted = client.post("/admin/kb/entry/hit-testing/", {"file": upload("q.csv", b"question,expected\nhi,1\n")})
+    assert posted.status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_entry"))
+    staff = get_user_model().objects.get(pk=staff.pk)  # permissions are cached per user object
+    client.force_login(staff)
+    assert client.get("/admin/kb/entry/hit-testing/").status_code == 200
+
+
+def test_hit_testing_refuses_an_oversized_upload(editor_client, monkeypatch):
+    from chatbot.evaluation import admin as evaluation_admin
+
+    monkeypatch.setattr(evaluation_admin, "MAX_UPLOAD_BYTES", 100)
+    response = editor_client.post("/admin/kb/entry/hit-testing/", {"file": upload("q.csv", b"question\n" + b"x" * 200)})
+    assert response.status_code == 200 and "The file is over" in response.content.decode()
