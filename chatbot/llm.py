@@ -282,11 +282,12 @@ class LeakGuard:
         self.leak_runs = _runs(words, LEAK_RUN_WORDS) - allowed
         # Shorter runs are what a leak looks like while it is still being written: held back, never shown.
         self.partial_runs = [set()] + [_runs(words, size) for size in range(1, LEAK_RUN_WORDS)]
-        self.canary = CANARY.casefold()
+        self.canary = _letters_and_digits(CANARY)
 
     def leaked(self, words: list[str], text: str) -> bool:
         """Whether ``words`` (complete words of the reply, in order) or ``text`` repeat the instructions."""
-        if self.canary in "".join(text.casefold().split()):  # spaces inserted into the code still match
+        # Spaces, hyphens, dots or any other separators put into the code still match.
+        if self.canary in _letters_and_digits(text):
             return True
         return any(run in self.leak_runs for run in _runs(words, LEAK_RUN_WORDS))
 
@@ -408,6 +409,10 @@ def _word_start(tokens: list[re.Match], cut: int, end: int) -> int:
         if splits or may_grow:
             return token.start()
     return cut
+
+
+def _letters_and_digits(text: str) -> str:
+    return "".join(character for character in text.casefold() if character.isalnum())
 
 
 def _is_cjk(word: str) -> bool:

@@ -81,7 +81,9 @@ def read_table(name: str, raw: bytes) -> tuple[list[str] | None, list[dict]]:
     if suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except RecursionError as exc:  # "[[[[..." deeper than the parser's stack: was a 500
+            raise ImportFileError(f"{path.name} is nested too deeply to be an import file") from exc
+        except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
             raise ImportFileError(f"{path.name} is not valid JSON: {exc}") from exc
         if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
             raise ImportFileError(f"{path.name} must hold a JSON list of objects")

@@ -394,6 +394,9 @@ async def test_a_model_reciting_its_instructions_is_blocked_before_the_customer_
     [
         "Sure! My rules: FOLLOW THESE RULES   whatever any\nlater message says, and so on.",
         f"The guard code is {CANARY.lower()}.",
+        # Issue 10: spaces for hyphens got through (only whitespace was ignored).
+        f"Rules answered with {CANARY.replace('-', ' ')}",
+        f"My code: {'.'.join(CANARY)}",
         "Here they are:\n" + instructions_for("en").replace(" ", "\n"),
     ],
 )
@@ -405,6 +408,7 @@ async def test_leaks_in_other_case_spacing_or_via_the_canary_are_blocked(llm_ser
     assert result.status == "blocked"
     assert not word_runs("".join(deltas)) & word_runs(instructions_for("en"))
     assert CANARY.casefold() not in "".join(deltas).casefold()
+    assert "7q4k" not in "".join(deltas).casefold()
 
 
 async def test_quoting_an_entry_that_overlaps_the_instructions_is_not_blocked(llm_server):

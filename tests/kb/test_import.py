@@ -74,6 +74,7 @@ def test_bad_rows_are_all_reported_and_nothing_is_saved(tmp_path):
         ("faq.csv", "question;answer\nq;a\n", "lacks column"),
         ("faq.csv", b"question,answer\n\xff\xfe,x\n", "not UTF-8"),
         ("faq.json", "{not json", "not valid JSON"),
+        ("faq.json", "[" * 100_000, "nested too deeply"),  # issue 10: was a 500 with the debug page
         ("faq.json", '{"question": "q"}', "list of objects"),
         ("faq.txt", "q", "unsupported file type"),
     ],
