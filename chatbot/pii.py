@@ -3,9 +3,11 @@
 Messages are redacted before they are sent to an LLM and (by default) before they are stored.
 Four kinds are detected, in this order, each replaced by a short language-neutral placeholder:
 
-* ``email`` -> ``[email]``: the usual ``local@domain.tld`` forms (plus-addressing, subdomains, any case).
+* ``email`` -> ``[email]``: the usual ``local@domain.tld`` forms (plus-addressing, subdomains, any case,
+  a full-width ＠), and ones written to dodge filters with a bracketed at and dot
+  (``jane(at)example.com``, ``jane [at] example [dot] com``).
 * ``card``  -> ``[card]``:  13-19 digit payment card numbers, contiguous or grouped by spaces or dashes
-  the way cards print them (fours with a shorter last group, e.g. 4-4-4-4 or 4-4-4-4-3; Amex 4-6-5;
+  (or dots) the way cards print them (fours with a shorter last group, e.g. 4-4-4-4 or 4-4-4-4-3; Amex 4-6-5;
   Diners 4-6-4), accepted only when the Luhn checksum holds.
 * ``id``    -> ``[id]``:    Chinese resident ID numbers (18 characters with the ISO 7064 MOD 11-2 check
   character and a plausible birth date; the old 15-digit form with a plausible date) and US SSNs
@@ -50,13 +52,32 @@ Detector = Callable[[str], list[Span]]
 # The lookbehind makes a match start only at the beginning of a run of address characters, so a long
 # run without "@" is scanned once rather than once per position. The domain is one flat character
 # class and is checked label by label in Python, instead of a nested (label\.)+ group.
-_EMAIL_CANDIDATE = re.compile(r"(?<![A-Za-z0-9._%+-])([A-Za-z0-9._%+-]+)@([A-Za-z0-9.-]+)")
+_EMAIL_CANDIDATE = re.compile(r"(?<![A-Za-z0-9._%+-])([A-Za-z0-9._%+-]+)[@＠]([A-Za-z0-9.-]+)")
+
+
+def _bracketed(word: str) -> str:
+    return r"\s*[\(\[{<]\s*" + word + r"\s*[\)\]}>]\s*"
+
+
+# Addresses written to dodge filters: "jane(at)example.com", "jane [at] example [dot] com". Only
+# bracketed "at"/"dot" (a bare "at" is ordinary English). Each repetition must consume a separator,
+# so matching stays linear.
+_OBFUSCATED_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+"
+    + _bracketed("at")
+    + r"[A-Za-z0-9-]+(?:(?:\.|"
+    + _bracketed("dot")
+    + r")[A-Za-z0-9-]+)+",
+    re.IGNORECASE,
+)
+_BRACKETED_DOT = re.compile(_bracketed("dot"), re.IGNORECASE)
+_BRACKETED_AT = re.compile(_bracketed("at"), re.IGNORECASE)
 _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _TOP_LEVEL_DOMAIN = re.compile(r"[A-Za-z]{2,63}")
 
 # --- cards ------------------------------------------------------------------------------------------
 _DIGIT_RUN = re.compile(r"[0-9]+")
-_CARD_GROUP_SEPARATORS = " -"
+_CARD_GROUP_SEPARATORS = " -."  # "4111.1111.1111.1111" too
 _CARD_MIN_DIGITS, _CARD_MAX_DIGITS = 13, 19
 # Grouped card numbers as printed on cards and typed by people; any other grouping of 13-19 digits
 # (a phone number with its country code, a date followed by numbers) is not read as a card.
@@ -146,7 +167,15 @@ def _email_spans(text: str) -> list[Span]:
         domain = domain.rstrip(".-")
         if local_start < match.end(1) and _is_email_domain(domain):
             spans.append((local_start, match.start(2) + len(domain)))
-    return spans
+    for match in _OBFUSCATED_EMAIL.finditer(text):
+        local, domain = _BRACKETED_AT.split(match.group(0), maxsplit=1)
+        if local.strip(".") and _is_email_domain(_BRACKETED_DOT.sub(".", domain)):
+            spans.append(match.span())
+    kept: list[Span] = []
+    for span in sorted(spans):  # the two forms may overlap in a contrived address: keep the first
+        if not kept or span[0] >= kept[-1][1]:
+            kept.append(span)
+    return kept
 
 
 def _is_email_domain(domain: str) -> bool:

@@ -10,6 +10,11 @@ from chatbot.pii import PLACEHOLDERS, Redaction, pii_redact
 
 EMAILS = [
     "jane@example.com",
+    # Issue 10: written to dodge filters, these reached the LLM and the transcript.
+    "jane(at)example.com",
+    "jane [at] example [dot] com",
+    "jane{AT}mail.example(dot)org",
+    "jane＠example.com",
     "john.doe+shop@example.com",
     "support@mail.eu.example.co.uk",
     "SUPPORT@EXAMPLE.COM",
@@ -19,6 +24,7 @@ EMAILS = [
 
 CARDS = [
     "4111 1111 1111 1111",
+    "4111.1111.1111.1111",  # issue 10
     "4111-1111-1111-1111",
     "4111111111111111",
     "5555555555554444",
@@ -76,6 +82,9 @@ SAMPLES = (
 
 NOT_PII = [
     "Where is my order #A12345?",
+    "meet me at home (at) noon",
+    "the (at) sign and (dot) too",
+    "version 4111.1111.1111.1112",  # dots, but Luhn fails
     "order 123456 has not arrived",
     "Orders 1234567 and 7654321",
     "Invoice INV-2026-000123 is wrong",
