@@ -143,3 +143,12 @@ def llm_server(settings):
     settings.LLM_REWRITE_TIMEOUT = 1.0
     yield server
     server.stop()
+
+
+@pytest.fixture
+def editor_client(client):
+    """A client logged in as a superuser named "editor" (every admin page, every permission)."""
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("editor", "editor@example.com", "pw-editor-123"))
+    return client

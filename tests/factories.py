@@ -43,3 +43,10 @@ def kb_embed_and_publish():
     while services.variants_embed_batch(limit=64).remaining:
         pass
     return services.index_publish()
+
+
+def upload(name: str, content: str | bytes):
+    """An uploaded file as a form posts it."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile(name, content.encode() if isinstance(content, str) else content)

@@ -5,22 +5,11 @@ import io
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
-from tests.factories import entries_create, kb_embed_and_publish
+from tests.factories import entries_create, kb_embed_and_publish, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def editor_client(client):
-    client.force_login(get_user_model().objects.create_superuser("ed", "ed@example.com", "pw-123456"))
-    return client
-
-
-def upload(name: str, content: bytes):
-    return SimpleUploadedFile(name, content)
 
 
 def test_entries_change_list_links_to_hit_testing(editor_client):

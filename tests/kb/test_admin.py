@@ -3,7 +3,6 @@
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db.models import F
 
 from kb.models import EmbeddingState, Entry, KbRevision, Variant
@@ -11,13 +10,6 @@ from kb.services import kb_revision
 from tests.factories import entries_create, kb_embed_and_publish
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def editor_client(client):
-    user = get_user_model().objects.create_superuser("editor", "editor@example.com", "pw-editor-123")
-    client.force_login(user)
-    return client
 
 
 def inline_management(prefix="variants", total=3, initial=0):

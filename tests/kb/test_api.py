@@ -7,7 +7,6 @@ import json
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
@@ -16,7 +15,7 @@ from rest_framework.test import APIClient
 from chatbot.selectors import thresholds_for
 from kb import services
 from kb.models import EDITORS_GROUP, EmbeddingState, Entry, Variant
-from tests.factories import SHOP_ENTRIES, entries_create, kb_embed_and_publish
+from tests.factories import SHOP_ENTRIES, entries_create, kb_embed_and_publish, upload
 
 pytestmark = pytest.mark.django_db
 
@@ -52,10 +51,6 @@ def editor():
 @pytest.fixture
 def viewer():
     return make_user("viewer", perms=["kb.view_entry", "kb.view_variant"])
-
-
-def upload(name, content):
-    return SimpleUploadedFile(name, content.encode() if isinstance(content, str) else content)
 
 
 def body(response):

@@ -14,21 +14,9 @@ from kb import services
 from kb.exporting import export_rows, render
 from kb.importing import entries_import, read_rows, read_rows_from_bytes
 from kb.models import EmbeddingState, Entry, IndexVersion, Variant
-from tests.factories import entries_create, kb_embed_and_publish
+from tests.factories import entries_create, kb_embed_and_publish, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def editor_client(client):
-    client.force_login(get_user_model().objects.create_superuser("ed", "ed@example.com", "pw-123456"))
-    return client
-
-
-def upload(name: str, content: bytes):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
-    return SimpleUploadedFile(name, content)
 
 
 def test_export_round_trips_through_import_in_every_format():
@@ -176,7 +164,7 @@ def test_changelist_filters_by_embedding_state(editor_client):
 
 def test_history_records_who_changed_what_and_revert_restores_it(editor_client):
     entry = entries_create()[0]
-    editor = get_user_model().objects.get(username="ed")
+    editor = get_user_model().objects.get(username="editor")
     original_answer = entry.answer
     data = {
         "question": entry.question,
@@ -193,7 +181,7 @@ def test_history_records_who_changed_what_and_revert_restores_it(editor_client):
     records = list(entry.history.order_by("history_date"))
     assert [r.answer for r in records][-1] == "A changed answer." and records[-1].history_user == editor
     history_page = editor_client.get(f"/admin/kb/entry/{entry.id}/history/").content.decode()
-    assert "ed" in history_page
+    assert "editor" in history_page
     # Revert to the first version through simple-history's admin form.
     first = records[0]
     revert = editor_client.post(
