@@ -86,3 +86,34 @@ def test_unreadable_files_get_a_clear_message(tmp_path, name, content, message):
         read_rows(path)
     with pytest.raises(CommandError, match=message):
         call_command("kb_import", str(path), verbosity=0)
+
+
+def test_xlsx_reading_is_bounded_in_rows_and_columns(monkeypatch):
+    # Issue 10: one cell in column XFD padded every row to 16,384 cells (+220 MB from an 18 KB
+    # file); a sheet declaring millions of rows was read whole.
+    import io
+    import tracemalloc
+
+    from openpyxl import Workbook
+
+    from kb import importing
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(["question", "answer"])
+    for number in range(30):
+        sheet.append([f"question {number}", f"answer {number}"])
+    sheet["XFD3"] = "far away"
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    tracemalloc.start()
+    rows = importing.read_rows_from_bytes("far.xlsx", buffer.getvalue())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(rows) == 30 and set(rows[0]) == {"question", "answer"}
+    # Read whole, the 31 rows padded to column XFD hold 500,000 cells (over 4 MB of lists alone).
+    assert peak < 2 * 2**20, f"reading a 31-row sheet peaked at {peak / 2**20:.1f} MB"
+
+    monkeypatch.setattr(importing, "XLSX_MAX_ROWS", 10)
+    with pytest.raises(ImportFileError, match="more than 10 rows"):
+        importing.read_rows_from_bytes("long.xlsx", buffer.getvalue())
