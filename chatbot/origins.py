@@ -7,47 +7,49 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
 # The page's scheme for the socket's: a page served over https opens wss.
 _PAGE_SCHEME = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
+# Channels' matcher (scheme, host, port, with default ports); it keeps no state of its own.
+_MATCHER = OriginValidator(application=None, allowed_origins=[])
 
 
-class ChatOriginValidator(OriginValidator):
-    """Accepts a handshake whose Origin is the origin the app itself is served from (the Host
-    header, when it is one of ALLOWED_HOSTS, with the connection's scheme) or is listed in
-    CHATBOT_ALLOWED_ORIGINS; refuses the rest, and a missing Origin."""
+def _header(scope: dict, name: bytes) -> str | None:
+    return next((value.decode("latin1") for key, value in scope.get("headers", []) if key == name), None)
+
+
+def own_origin(scope: dict) -> str | None:
+    """The origin of this app's own pages for this connection, or None when its Host is not one
+    of ALLOWED_HOSTS."""
+    host = _header(scope, b"host") or ""
+    domain, port = split_domain_port(host)
+    if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
+        return None
+    scheme = _PAGE_SCHEME.get(scope.get("scheme", "ws"), "http")
+    return f"{scheme}://{host}" if port else f"{scheme}://{domain}"
+
+
+def origin_allowed(origin: str | None, scope: dict) -> bool:
+    """Whether a page on ``origin`` may open the chat socket on a connection with ``scope``: it is
+    the app's own origin or listed in CHATBOT_ALLOWED_ORIGINS (read per handshake, so a changed
+    setting applies at once). A missing Origin never may."""
+    if not origin:
+        return False
+    parsed = urlparse(origin)
+    patterns = [own_origin(scope), *settings.CHATBOT_ALLOWED_ORIGINS]
+    return any(_MATCHER.match_allowed_origin(parsed, pattern) for pattern in patterns if pattern and pattern != "*")
+
+
+class ChatOriginValidator:
+    """ASGI middleware: websocket handshakes from origins :func:`origin_allowed` refuses are denied."""
 
     def __init__(self, application):
-        super().__init__(application, allowed_origins=[])
+        self.application = application
 
     async def __call__(self, scope, receive, send):
-        self._own_origin = self.own_origin(scope)
-        return await super().__call__(scope, receive, send)
-
-    def validate_origin(self, parsed_origin) -> bool:
-        # Read per handshake, not at start-up: the list is a setting tests and deployments change.
-        patterns = [self._own_origin] if self._own_origin else []
-        patterns += settings.CHATBOT_ALLOWED_ORIGINS
-        return any(self.match_allowed_origin(parsed_origin, pattern) for pattern in patterns if pattern != "*")
-
-    @staticmethod
-    def own_origin(scope) -> str | None:
-        """The origin of this app's own pages for this connection, or None when its Host is not
-        one of ALLOWED_HOSTS."""
-        host = next((value.decode("latin1") for name, value in scope.get("headers", []) if name == b"host"), "")
-        domain, port = split_domain_port(host)
-        if not domain or not validate_host(domain, settings.ALLOWED_HOSTS):
-            return None
-        scheme = _PAGE_SCHEME.get(scope.get("scheme", "ws"), "http")
-        return f"{scheme}://{host}" if port else f"{scheme}://{domain}"
-
-
-def origin_allowed(origin: str, scope: dict) -> bool:
-    """Whether ``origin`` may open the chat socket on a connection with ``scope`` (for tests and
-    diagnostics; the validator applies the same rule)."""
-    validator = ChatOriginValidator(application=None)
-    validator._own_origin = validator.own_origin(scope)
-    return validator.valid_origin(urlparse(origin))
+        if origin_allowed(_header(scope, b"origin"), scope):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)

@@ -60,7 +60,8 @@ class FrameError(Exception):
     """A client frame that cannot be accepted; becomes an error frame, never a closed socket."""
 
     def __init__(self, code: str, detail: str, reply_to: str | None = None, **extra):
-        assert code in ERROR_CODES, code
+        if code not in ERROR_CODES:  # every code a client may receive is documented
+            raise ValueError(f"undocumented error code {code!r}")
         super().__init__(detail)
         self.code, self.detail, self.reply_to, self.extra = code, detail, reply_to, extra
 
