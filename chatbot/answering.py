@@ -12,9 +12,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+import structlog
 from django.conf import settings
 
-from chatbot import cues
+from chatbot import cues, metrics
 from chatbot.decision_record import record_for_customer, record_of_choice, record_with_llm
 from chatbot.decisions import Kind
 from chatbot.llm import GroundingEntry, Turn, get_llm
@@ -28,6 +29,8 @@ from kb.language import detect_language
 from kb.models import Entry
 
 OnDelta = Callable[[str], Awaitable[None]]
+
+logger = structlog.stdlib.get_logger(__name__)
 
 
 class ChoiceInvalid(ValueError):
@@ -54,6 +57,13 @@ def _prepare(conversation: Conversation, client_id: str, text: str, *, look_up_r
 async def message_reply(*, conversation: Conversation, client_id: str, text: str, on_delta: OnDelta) -> StoredReply:
     """Answer one customer message and store both turns. A client id answered before gets its
     stored reply again. LLM tokens go to ``on_delta`` as they arrive; the stored reply is final."""
+    started = time.perf_counter()
+    stored = await _message_reply(conversation, client_id, text, on_delta)
+    _answered("message answered", stored, started, decided=True)
+    return stored
+
+
+async def _message_reply(conversation: Conversation, client_id: str, text: str, on_delta: OnDelta) -> StoredReply:
     llm = get_llm()
     if llm is None:
         # Without an LLM the whole exchange is synchronous: one trip to the answer pool and one
@@ -79,6 +89,30 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
     else:
         reply = _reply(answer)
     return await in_pool(_store)(conversation, client_id, text, prepared, reply)
+
+
+def _answered(event: str, stored: StoredReply, started: float, *, decided: bool) -> None:
+    """Metrics and one log line for a reply sent. A resent message's stored reply is neither timed
+    nor counted again. The line names the decision, never the customer's text."""
+    message = stored.message
+    if stored.duplicate:
+        logger.info(event, message_id=message.id, duplicate=True)
+        return
+    seconds = time.perf_counter() - started
+    kind = message.decision.get("kind", "")
+    metrics.answer_observe(message.source, seconds)
+    if decided and kind:
+        metrics.decision_count(kind)
+    logger.info(
+        event,
+        message_id=message.id,
+        source=message.source,
+        kind=kind,
+        entry_id=message.entry_id,
+        score=None if message.score is None else round(message.score, 4),
+        pii=message.decision.get("pii") or None,  # kinds of personal data redacted, with counts
+        ms=round(seconds * 1000, 1),
+    )
 
 
 def _reply_without_llm(conversation: Conversation, client_id: str, text: str) -> StoredReply:
@@ -172,4 +206,7 @@ def _choose(conversation: Conversation, entry_id: int, client_id: str) -> Stored
 
 async def suggestion_choose(*, conversation: Conversation, entry_id: int, client_id: str | None = None) -> StoredReply:
     """Answer with an entry the customer picked from a "did you mean" list (stored as their turn)."""
-    return await in_pool(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
+    started = time.perf_counter()
+    stored = await in_pool(_choose)(conversation, entry_id, client_id or f"choose-{uuid.uuid4()}")
+    _answered("suggestion chosen", stored, started, decided=False)
+    return stored

@@ -1,16 +1,26 @@
 """The customer chat websocket: thin frame handling over chatbot.answering. Every frame is defined
-in chatbot.protocol (and README.md's protocol table)."""
+in chatbot.protocol (and README.md's protocol table).
+
+Frames are read as fast as they come: pings are answered at once, messages are answered one at a
+time by a task of the socket's own, and the ones that arrive meanwhile wait in a short queue. Every
+frame gets a reply or an error frame (rate_limited, busy, ...), never silence.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
-from urllib.parse import parse_qs
+import time
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chatbot import protocol
+from chatbot import metrics, protocol
 from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
+from chatbot.flood_control import CONNECTION_LEASE_SECONDS, Verdict, flood_control
+from chatbot.logging_context import conversation_bind
 from chatbot.protocol import (
     ChooseFrame,
     DeltaFrame,
@@ -23,52 +33,118 @@ from chatbot.protocol import (
     history_item,
     reply_frame,
 )
+from chatbot.resume_tokens import resume_token, resume_token_valid
 from chatbot.runtime import in_pool, index_wait
 from chatbot.selectors import conversation_history
-from chatbot.services import StoredReply, conversation_start
+from chatbot.services import StoredReply, conversation_new, conversation_resume
 
 logger = logging.getLogger(__name__)
+
+# Close code for a socket refused by the connection cap: "try again later" (RFC 6455 registry).
+CLOSE_TRY_AGAIN_LATER = 1013
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     """One customer's connection."""
 
     async def connect(self):
+        self.group = None
+        self.socket_closed = False
+        self.pending: collections.deque[MessageFrame | ChooseFrame] = collections.deque()
+        self.answering: asyncio.Task | None = None
+        self.lease: asyncio.Task | None = None
+        # Until when each limit refused this socket: refusing again before then needs no Redis.
+        self.refused_until: dict[str, float] = {}
+        self.counted = False  # in the active connections gauge
+        client = self.scope.get("client") or ("", 0)
+        self.address = client[0] or ""
         await self.accept()
-        query = parse_qs(self.scope.get("query_string", b"").decode("utf-8", "replace"))
-        requested = (query.get("conversation") or [""])[0]
-        site = protocol.site_parse((query.get("site") or [""])[0])
-        self.conversation, resumed = await in_pool(conversation_start)(conversation_id=requested or None, site=site)
+        verdict = await flood_control().connection_open(self.address, self.channel_name)
+        if not verdict.allowed:
+            self.address = ""  # not counted, so nothing to release
+            metrics.rate_limit_hit(verdict.limit)
+            await self._send_error(self._refusal(verdict, None))
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        self.counted = True
+        metrics.connection_opened()
+        self.lease = asyncio.create_task(self._lease_keep())
+        await self._conversation_open(protocol.connect_query_parse(self.scope.get("query_string", b"")))
+
+    async def _conversation_open(self, query: protocol.ConnectQuery) -> None:
+        resumed = False
+        if query.conversation and resume_token_valid(query.conversation, query.resume_token):
+            self.conversation, resumed = await in_pool(conversation_resume)(
+                conversation_id=query.conversation, site=query.site
+            )
+        else:
+            # A conversation id alone opens nothing: the same error whether it exists or not.
+            self.conversation = conversation_new(site=query.site)
+            if query.resume_asked:
+                await self._send_error(
+                    FrameError("resume_denied", "That conversation cannot be resumed here; a new one was started.")
+                )
+        conversation_id = str(self.conversation.id)
+        conversation_bind(conversation_id)
         # Joined before the first frame goes out, so that nothing stored after the client saw its
         # session is missed.
-        self.group = f"conversation.{self.conversation.id}"
+        self.group = f"conversation.{conversation_id}"
         await self._layer_call("group_add", self.group, self.channel_name)
-        if requested and not resumed:
-            await self._send_error(
-                FrameError("conversation_not_found", "That conversation does not exist; a new one was started.")
-            )
-        await self.send_frame(SessionFrame(conversation=str(self.conversation.id), resumed=resumed))
+        await self.send_frame(
+            SessionFrame(conversation=conversation_id, resumed=resumed, resume_token=resume_token(conversation_id))
+        )
         if resumed:
             history = await in_pool(conversation_history)(
                 conversation=self.conversation, limit=settings.CHATBOT_HISTORY_ON_RESUME
             )
             await self.send_frame(HistoryFrame(messages=history))
 
+    async def dispatch(self, message):
+        """Channels' dispatch without its per-frame database tidy-up: Channels closes stale
+        connections of its one sync thread before every handler, a thread hop per frame that all
+        sockets of a process queue for. This consumer touches the database only in the answer pool,
+        whose threads tidy their own connections (chatbot.runtime.in_pool)."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
     async def disconnect(self, code):
-        if getattr(self, "group", None):
+        self.socket_closed = True
+        if self.counted:
+            self.counted = False
+            metrics.connection_closed()
+        # Queued messages cannot be answered any more (the client resends them, same ids, when it
+        # reconnects); the one being answered is finished and stored.
+        self.pending.clear()
+        if self.lease is not None:
+            self.lease.cancel()
+        if self.answering is not None:
+            await asyncio.gather(self.answering, return_exceptions=True)
+        if self.group:
             await self._layer_call("group_discard", self.group, self.channel_name)
+        if self.address:
+            await flood_control().connection_close(self.address, self.channel_name)
         if hasattr(self.channel_layer, "channel_closed"):
             # Events still on their way to this socket (its own last exchange) must not pile up.
             self.channel_layer.channel_closed(self.channel_name)
 
+    async def _lease_keep(self) -> None:
+        # An idle socket sends nothing for minutes: its place under the address's cap is renewed
+        # on a timer, so that it neither lapses while open nor outlives a crashed process for long.
+        while True:
+            await asyncio.sleep(CONNECTION_LEASE_SECONDS / 3)
+            await flood_control().connection_open(self.address, self.channel_name)
+
     async def send_frame(self, frame: protocol.ServerFrame) -> None:
-        """Send one protocol frame."""
-        await self.send_json(protocol.frame_dump(frame))
+        """Send one protocol frame (nothing, once the socket has closed)."""
+        if not self.socket_closed:
+            await self.send_json(protocol.frame_dump(frame))
 
     async def conversation_exchange(self, event):
         """Another socket of this conversation (another tab, maybe on another web process) stored
         an exchange: show it here too. The event carries the history frame, already dumped."""
-        if event["sender"] != self.channel_name:
+        if event["sender"] != self.channel_name and not self.socket_closed:
             await self.send_json(event["frame"])
 
     async def _exchange_share(self, stored: StoredReply) -> None:
@@ -91,16 +167,80 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer %s failed: %s", method, error)
 
     async def receive(self, text_data=None, bytes_data=None):
+        # Parsed before the rate check (a refusal names the message it refuses), but charged to
+        # the socket's rate whether valid or not: malformed frames are a flood too.
         try:
-            frame = protocol.client_frame_parse(text_data)
-            if isinstance(frame, PingFrame):
-                await self.send_frame(PongFrame())
-            elif isinstance(frame, ChooseFrame):
-                await self._choose(frame)
-            else:
-                await self._message(frame)
-        except FrameError as error:
+            frame, error = protocol.client_frame_parse(text_data), None
+        except FrameError as parse_error:
+            frame, error = None, parse_error
+        is_message = isinstance(frame, (MessageFrame, ChooseFrame))
+        verdict = await self._rate_check(message=is_message)
+        if not verdict.allowed:
+            metrics.rate_limit_hit(verdict.limit)
+            reply_to = frame.id if is_message else (error.reply_to if error else None)
+            await self._send_error(self._refusal(verdict, reply_to))
+        elif error is not None:
             await self._send_error(error)
+        elif isinstance(frame, PingFrame):
+            await self.send_frame(PongFrame())
+        else:
+            await self._enqueue(frame)
+
+    async def _rate_check(self, *, message: bool) -> Verdict:
+        now = time.monotonic()
+        for limit in ("frames", "messages") if message else ("frames",):
+            until = self.refused_until.get(limit, 0.0)
+            if now < until:
+                return Verdict(allowed=False, limit=limit, retry_after_ms=max(1, round((until - now) * 1000)))
+        verdict = await flood_control().frame_check(self.channel_name, message=message)
+        if not verdict.allowed:
+            self.refused_until[verdict.limit] = now + verdict.retry_after_ms / 1000
+        return verdict
+
+    def _refusal(self, verdict: Verdict, reply_to: str | None) -> FrameError:
+        if verdict.limit == "connections":
+            return FrameError(
+                "too_many_connections",
+                "Too many chat windows are open from your network; please close one and try again.",
+                retry_after_ms=verdict.retry_after_ms,
+            )
+        what = "messages" if verdict.limit == "messages" else "frames"
+        return FrameError(
+            "rate_limited",
+            f"You are sending {what} too fast; please wait a moment.",
+            reply_to,
+            retry_after_ms=verdict.retry_after_ms,
+            limit=verdict.limit,
+        )
+
+    async def _enqueue(self, frame: MessageFrame | ChooseFrame) -> None:
+        if self.answering is None or self.answering.done():
+            self.answering = asyncio.create_task(self._answer_in_turn(frame))
+        elif len(self.pending) < settings.CHATBOT_PENDING_MESSAGES:
+            self.pending.append(frame)
+        else:
+            busy = FrameError(
+                "busy",
+                "Please wait for the answers to your earlier messages.",
+                frame.id,
+                retry_after_ms=settings.CHATBOT_NOT_READY_RETRY_MS,
+            )
+            await self._send_error(busy)
+
+    async def _answer_in_turn(self, frame: MessageFrame | ChooseFrame) -> None:
+        """Answer ``frame``, then whatever queued meanwhile, in order."""
+        while frame is not None:
+            try:
+                try:
+                    if isinstance(frame, ChooseFrame):
+                        await self._choose(frame)
+                    else:
+                        await self._message(frame)
+                except FrameError as error:
+                    await self._send_error(error)
+            except Exception:  # noqa: BLE001 - a send on a socket closing under us: nothing to tell
+                logger.warning("replying to %s failed", frame.id, exc_info=True)
+            frame = self.pending.popleft() if self.pending and not self.socket_closed else None
 
     async def _message(self, frame: MessageFrame) -> None:
         client_id = frame.id

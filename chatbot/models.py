@@ -32,6 +32,11 @@ class Conversation(models.Model):
     def __str__(self) -> str:
         return str(self.id)
 
+    @property
+    def is_stored(self) -> bool:
+        """Whether it is in the database: a conversation is stored with its first message."""
+        return not self._state.adding
+
 
 class Role(models.TextChoices):
     CUSTOMER = "customer", "Customer"

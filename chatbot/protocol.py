@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs
 
 from django.conf import settings
 from pydantic import Field, TypeAdapter
 
 from kb.text import has_unwanted_characters, text_sanitise
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: resuming needs the resume token; flood control
 
 # Limits. The client id and site are stored in columns of these sizes (a test checks they agree).
 CLIENT_ID_MAX_CHARS = 100
@@ -39,7 +41,10 @@ ERROR_CODES = {
     "text_too_long": "a message longer than the limit",
     "invalid_entry_id": 'a "choose" frame without an integer "entry_id"',
     "invalid_choice": "an entry not offered in this conversation, or unpublished since",
-    "conversation_not_found": "the conversation to resume does not exist; a new one was started",
+    "resume_denied": "the resume token is missing or wrong for that conversation; a new one was started",
+    "rate_limited": "more frames or messages than the limits allow; send again after retry_after_ms",
+    "busy": "too many messages waiting for answers on this socket; send again after retry_after_ms",
+    "too_many_connections": "this address has too many chat sockets open; the socket is closed",
     "not_ready": "this web process has no search index yet; send the same message again later",
     "internal_error": "answering failed; the message may be sent again",
 }
@@ -110,10 +115,12 @@ ClientFrame = MessageFrame | ChooseFrame | PingFrame
 
 @dataclass(frozen=True)
 class SessionFrame:
-    """Sent first on every connection: the conversation (new, or resumed with ``?conversation=``)."""
+    """Sent first on every connection: the conversation (new, or resumed with
+    ``?conversation=<id>&resume=<resume_token>``) and the token that resumes it later."""
 
     conversation: str
     resumed: bool
+    resume_token: str
     protocol: int = PROTOCOL_VERSION
     type: Literal["session"] = "session"
 
@@ -125,7 +132,9 @@ class ErrorFrame:
     code: str
     detail: str
     reply_to: str | None = None  # the client id, when known
-    retry_after_ms: int | None = None  # not_ready: send the same message again after this long
+    # not_ready, rate_limited, busy, too_many_connections: send (or connect) again after this long
+    retry_after_ms: int | None = None
+    limit: Literal["frames", "messages", "connections"] | None = None  # rate_limited: which limit
     type: Literal["error"] = "error"
 
 
@@ -210,7 +219,12 @@ class HistoryFrame:
 ServerFrame = SessionFrame | ErrorFrame | PongFrame | DeltaFrame | AnswerFrame | SuggestionsFrame | HistoryFrame
 
 # Keys left out of a frame when None (optional in the schema): clients test for their presence.
-_OMITTED_WHEN_NONE = {"reply_to": (ErrorFrame,), "retry_after_ms": (ErrorFrame,), "handoff": (AnswerFrame,)}
+_OMITTED_WHEN_NONE = {
+    "reply_to": (ErrorFrame,),
+    "retry_after_ms": (ErrorFrame,),
+    "limit": (ErrorFrame,),
+    "handoff": (AnswerFrame,),
+}
 
 
 def frame_dump(frame: ServerFrame) -> dict[str, Any]:
@@ -334,6 +348,32 @@ def _client_id_valid(client_id) -> bool:
         and bool(client_id.strip())
         and len(client_id) <= CLIENT_ID_MAX_CHARS
         and not has_unwanted_characters(client_id)
+    )
+
+
+@dataclass(frozen=True)
+class ConnectQuery:
+    """What a client may put in the socket's query string."""
+
+    conversation: str | None  # the conversation to resume, as a canonical UUID; None when not given
+    resume_token: str
+    site: str
+    resume_asked: bool  # ?conversation= was given (maybe malformed: then ``conversation`` is None)
+
+
+def connect_query_parse(query_string: bytes) -> ConnectQuery:
+    """``?conversation=<id>&resume=<token>&site=<name>``, each optional."""
+    query = parse_qs(query_string.decode("utf-8", "replace"))
+    requested = (query.get("conversation") or [""])[0].strip()
+    try:
+        conversation = str(uuid.UUID(requested)) if requested else None
+    except ValueError:
+        conversation = None
+    return ConnectQuery(
+        conversation=conversation,
+        resume_token=(query.get("resume") or [""])[0].strip()[:200],
+        site=site_parse((query.get("site") or [""])[0]),
+        resume_asked=bool(requested),
     )
 
 

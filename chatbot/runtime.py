@@ -23,6 +23,8 @@ from asgiref.sync import SyncToAsync
 from django.conf import settings
 from django.db import close_old_connections
 
+from chatbot.logging_context import log_context, log_context_bound
+
 logger = logging.getLogger(__name__)
 
 _pool: ThreadPoolExecutor | None = None
@@ -52,13 +54,15 @@ def _call_in_thread_context(func: Callable, *args, **kwargs):
     context = getattr(_thread_state, "context", None)
     if context is None:
         context = _thread_state.context = contextvars.Context()
-    return context.run(_call_tidily, func, args, kwargs)
+    # The caller's log fields (its conversation id) do go along: lines logged in the pool carry them.
+    return context.run(_call_tidily, func, args, kwargs, log_context())
 
 
-def _call_tidily(func: Callable, args: tuple, kwargs: dict):
+def _call_tidily(func: Callable, args: tuple, kwargs: dict, log_fields: dict):
     close_old_connections()
     try:
-        return func(*args, **kwargs)
+        with log_context_bound(log_fields):
+            return func(*args, **kwargs)
     finally:
         close_old_connections()
 

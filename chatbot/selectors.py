@@ -15,6 +15,8 @@ from kb.models import Entry
 
 def conversation_history(*, conversation: Conversation, limit: int) -> list[HistoryItem]:
     """The last ``limit`` messages of a conversation, oldest first, as history frames carry them."""
+    if not conversation.is_stored:
+        return []
     messages = list(
         Message.objects.filter(conversation=conversation)
         .select_related("reply_to")
@@ -57,6 +59,8 @@ class ConversationContext:
 
 def conversation_context(*, conversation: Conversation, turns: int) -> ConversationContext:
     """The last ``turns`` customer/bot messages and the entry the latest bot answer used."""
+    if not conversation.is_stored:
+        return ConversationContext(turns=[], previous_entry_id=None, previous_question="")
     # Only the columns memory needs: the stored traces (retrieval, decision) are the bulk of a
     # bot message, and this runs for every customer message.
     recent = list(

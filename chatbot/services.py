@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
@@ -12,19 +11,21 @@ from chatbot.decision_record import DecisionRecord
 from chatbot.models import Conversation, ConversationState, Message, PromptText, Role, Source
 
 
-def conversation_start(*, conversation_id: str | None = None, site: str = "default") -> tuple[Conversation, bool]:
-    """Resume the conversation with this id if it exists, else start a new one.
+def conversation_new(*, site: str = "default") -> Conversation:
+    """A conversation for a new socket, not yet stored: it is stored with its first message, so a
+    socket that opens and closes without a word leaves nothing behind."""
+    return Conversation(site=site)
 
-    Returns the conversation and whether it was resumed.
+
+def conversation_resume(*, conversation_id: str, site: str = "default") -> tuple[Conversation, bool]:
+    """The stored conversation with this id, or (if it has no message yet) a new one with the id.
+
+    The caller has checked the resume token. Returns the conversation and whether it was stored.
     """
-    if conversation_id:
-        try:
-            conversation = Conversation.objects.filter(id=uuid.UUID(conversation_id)).first()
-        except ValueError:
-            conversation = None
-        if conversation is not None:
-            return conversation, True
-    return Conversation.objects.create(site=site), False
+    conversation = Conversation.objects.filter(id=conversation_id).first()
+    if conversation is not None:
+        return conversation, True
+    return Conversation(id=conversation_id, site=site), False
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class StoredReply:
 
 def stored_reply(*, conversation: Conversation, client_id: str) -> Message | None:
     """The bot's reply to this conversation's customer message with ``client_id``, if answered."""
+    if not conversation.is_stored:
+        return None
     return Message.objects.filter(
         conversation=conversation, reply_to__client_id=client_id, reply_to__role=Role.CUSTOMER
     ).first()
@@ -61,8 +64,12 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     A hand-off the customer asked for puts the conversation in the agents' waiting queue. If the
     same client id was stored meanwhile (a resend racing on another connection), that reply wins.
     """
+    was_stored = conversation.is_stored
     try:
         with transaction.atomic():
+            if not was_stored:
+                # The conversation's first message (or another tab's, racing): stored with it.
+                Conversation.objects.bulk_create([conversation], ignore_conflicts=True)
             question = Message.objects.create(
                 conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id
             )
@@ -91,13 +98,26 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     except IntegrityError:
         previous = stored_reply(conversation=conversation, client_id=client_id)
         if previous is None:
+            _mark_unstored(conversation, was_stored)
             raise
         return StoredReply(message=previous, client_id=client_id, duplicate=True)
+    except BaseException:
+        _mark_unstored(conversation, was_stored)
+        raise
     return StoredReply(message=message, client_id=client_id, duplicate=False)
+
+
+def _mark_unstored(conversation: Conversation, was_stored: bool) -> None:
+    # bulk_create marked it stored, but the transaction that stored it was rolled back: the next
+    # message must store it again (ignore_conflicts makes that harmless if another tab did).
+    if not was_stored:
+        conversation._state.adding = True
 
 
 def offered_suggestion(*, conversation: Conversation, entry_id: int) -> Message | None:
     """The latest "did you mean" message of this conversation that offered ``entry_id``."""
+    if not conversation.is_stored:
+        return None
     for message in Message.objects.filter(conversation=conversation, source=Source.CLARIFY).order_by("-id")[:20]:
         if any(option.get("entry_id") == entry_id for option in message.decision.get("options", [])):
             return message

@@ -1,12 +1,17 @@
-"""HTTP views of the customer side: the demo page, liveness and readiness."""
+"""HTTP views of the customer side: the demo page, health, readiness and metrics."""
 
+import functools
+import hmac
+import ipaddress
 import os
 
-from django.http import JsonResponse
+from django.conf import settings
+from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render
 
 from chatbot import protocol
-from kb.models import IndexVersion
+from chatbot.health import health_report
+from chatbot.metrics import metrics_render
 from kb.query_batching import query_batching_stats
 from kb.selectors import current_index
 
@@ -22,15 +27,48 @@ def protocol_schema(request):
 
 
 def healthz(request):
-    """Liveness plus the published index version, for `make run` and load balancers."""
-    latest = IndexVersion.objects.order_by("-id").values("id", "vector_count").first()
-    return JsonResponse(
-        {
-            "status": "ok",
-            "index_version": latest["id"] if latest else None,
-            "vectors": latest["vector_count"] if latest else 0,
-        }
-    )
+    """Health of this web process (database and Redis reachable) with the index versions, for
+    docker-compose's healthcheck and monitors: 200, or 503 when a dependency is down
+    (chatbot.health)."""
+    healthy, report = health_report()
+    return JsonResponse(report, status=200 if healthy else 503)
+
+
+# A request that came through a proxy: its REMOTE_ADDR is the proxy's (or the forwarded client's).
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded", "X-Real-IP")
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in allowed)
+
+
+def metrics_allowed(request) -> bool:
+    """Whether ``request`` may read /metrics: it carries ``Authorization: Bearer <METRICS_TOKEN>``
+    (when a token is set), or it comes straight (through no proxy) from an address in
+    METRICS_ALLOWED_IPS (addresses or networks; loopback by default)."""
+    token = settings.METRICS_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return True
+    # Behind a reverse proxy on the same host every outside request would come from 127.0.0.1:
+    # a proxied request is never let in by its address.
+    if any(header in request.headers for header in PROXY_HEADERS):
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:  # no client address (a unix socket)
+        return False
+    address = getattr(address, "ipv4_mapped", None) or address
+    return any(address in network for network in _networks(tuple(settings.METRICS_ALLOWED_IPS)))
+
+
+def metrics(request):
+    """Prometheus metrics (chatbot.metrics) for scrapers METRICS_ALLOWED_IPS or METRICS_TOKEN let in."""
+    if not metrics_allowed(request):
+        return HttpResponseForbidden("metrics: not from this address without the token\n", content_type="text/plain")
+    body, content_type = metrics_render()
+    return HttpResponse(body, content_type=content_type)
 
 
 def readyz(request):

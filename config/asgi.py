@@ -1,10 +1,14 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels, in one application."""
+"""ASGI entry point: HTTP through Django, websockets through Channels, in one application.
+
+Production settings unless DJANGO_SETTINGS_MODULE says otherwise (as in cookiecutter-django); `make
+run`, the tests and the benchmarks set it explicitly for the servers they start.
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 

@@ -86,6 +86,17 @@ def web_env(processes: int | None = None) -> dict[str, str]:
     return {"WEB_CONCURRENCY": str(processes or settings.WEB_CONCURRENCY)}
 
 
+def metrics_env() -> dict[str, str]:
+    """Environment of the web processes for Prometheus's multiprocess mode: one folder they all
+    write their metrics to (so that /metrics, served by any of them, adds up every process), emptied
+    first because numbers from an earlier run must not count in this one."""
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.VAR_DIR / "prometheus")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
 class Stack:
     """The supervisor: starts everything in order, watches the children, stops them on a signal.
 
@@ -131,7 +142,7 @@ class Stack:
         self._spawn("worker", worker_command(queues))
         self._say(f"Worker: queues {', '.join(queues)}")
         self._spawn("beat", beat_command())
-        self._spawn("web", web_command(host, port), web_env())
+        self._spawn("web", web_command(host, port), {**web_env(), **metrics_env()})
         processes = settings.WEB_CONCURRENCY
         self._say(f"Web: uvicorn, {processes} process{'es' if processes > 1 else ''} on port {port} (WEB_CONCURRENCY)")
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
@@ -154,11 +165,9 @@ class Stack:
         return "(log in with your superuser; `manage.py changepassword <user>` resets a password)"
 
     def _spawn(self, name: str, command: list[str], extra_env: dict[str, str] | None = None) -> None:
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": os.environ.get("DJANGO_SETTINGS_MODULE", "config.settings.local"),
-            **(extra_env or {}),
-        }
+        # The children run on the supervisor's own settings (local for `make run`), named explicitly:
+        # config/asgi.py and config/celery.py default to production.
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE, **(extra_env or {})}
         # Own session: Ctrl-C reaches only this supervisor, which stops children in order.
         process = subprocess.Popen(
             command, env=env, cwd=settings.BASE_DIR, stdin=subprocess.DEVNULL, start_new_session=True

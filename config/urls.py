@@ -8,8 +8,10 @@ from chatbot import views as chatbot_views
 
 urlpatterns = [
     path("", chatbot_views.demo_page, name="demo"),
+    # These three are answered by chatbot.middleware.ProbeMiddleware, before the host check.
     path("healthz", chatbot_views.healthz, name="healthz"),
     path("readyz", chatbot_views.readyz, name="readyz"),
+    path("metrics", chatbot_views.metrics, name="metrics"),
     path("chat/protocol.schema.json", chatbot_views.protocol_schema, name="chat-protocol-schema"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -4,11 +4,12 @@ from above, by chatbot.evaluation.admin."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.forms.models import BaseInlineFormSet
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -17,12 +18,52 @@ from simple_history.admin import SimpleHistoryAdmin
 from kb import services
 from kb.embedding_state import embedding_state, entries_in_embedding_state, entries_with_embedding_counts
 from kb.exporting import FORMATS, export_rows, render
-from kb.importing import ImportFileError, entries_import, read_rows_from_bytes
-from kb.models import EmbeddingState, Entry, IndexVersion, Variant, text_hash
+from kb.import_files import ImportLimits, size_check
+from kb.import_jobs import import_job_confirm, import_job_confirmable, import_job_create
+from kb.importing import ImportFileError, entries_import, read_rows_from_bytes, upload_rows_if_small
+from kb.models import EmbeddingState, Entry, ImportJob, IndexVersion, Variant, text_hash
+from kb.text import text_clean, text_sanitise
 
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # The entry's own fields, edited on its page, in the changelist (published) and by a history revert.
 ENTRY_FIELDS = ("question", "answer", "category", "language", "is_published")
+
+
+NOTHING_LEFT = "Nothing is left of this text once control, zero-width and bidi characters are removed."
+
+
+def _text_kept(text: str | None, *, multiline: bool = False) -> str:
+    """``text`` as kb.services will store it (kb.text.text_clean), refused if that leaves nothing
+    of a text that was given: the save would fail on it (a 500) after the form said yes."""
+    kept = text_clean(text, multiline=multiline)
+    if text and not kept:
+        raise ValidationError(NOTHING_LEFT)
+    return kept
+
+
+class EntryForm(forms.ModelForm):
+    """The entry's own fields, cleaned by the rule every write path shares."""
+
+    def clean_question(self):
+        return _text_kept(self.cleaned_data.get("question"))
+
+    def clean_answer(self):
+        return _text_kept(self.cleaned_data.get("answer"), multiline=True)
+
+    def clean_category(self):
+        # Optional: nothing left is no category, as kb.services stores it.
+        return text_clean(self.cleaned_data.get("category"))
+
+
+class VariantForm(forms.ModelForm):
+    """A phrasing edited inline, without the characters kb.services drops, so the formset's
+    duplicate checks compare the texts that will be saved."""
+
+    def clean_text(self):
+        text = self.cleaned_data.get("text") or ""
+        _text_kept(text)
+        # Whitespace is left for kb.services to collapse: VariantInlineFormSet's own checks ignore
+        # it and name the phrasing that repeats the question or another one.
+        return text_sanitise(text)
 
 
 class VariantInlineFormSet(BaseInlineFormSet):
@@ -58,6 +99,7 @@ class VariantInlineFormSet(BaseInlineFormSet):
 
 class VariantInline(admin.TabularInline):
     model = Variant
+    form = VariantForm
     formset = VariantInlineFormSet
     fields = ("text", "is_primary", "embedding_state", "embedding_error")
     readonly_fields = ("is_primary", "embedding_state", "embedding_error")
@@ -85,6 +127,7 @@ class EntryAdmin(SimpleHistoryAdmin):
     list_filter = ("is_published", "language", EmbeddingStateFilter, "category")
     search_fields = ("question", "answer", "variants__text")
     list_editable = ("is_published",)
+    form = EntryForm
     fields = ENTRY_FIELDS
     inlines = [VariantInline]
     actions = ["publish", "unpublish", "reembed", "export_csv", "export_json", "export_xlsx"]
@@ -176,6 +219,11 @@ class EntryAdmin(SimpleHistoryAdmin):
     def get_urls(self):
         extra = [
             path("import/", self.admin_site.admin_view(self.import_view), name="kb_entry_import"),
+            path(
+                "import/jobs/<uuid:job_id>/",
+                self.admin_site.admin_view(self.import_job_view),
+                name="kb_entry_import_job",
+            ),
             path("export/", self.admin_site.admin_view(self.export_view), name="kb_entry_export"),
         ]
         return extra + super().get_urls()
@@ -184,9 +232,20 @@ class EntryAdmin(SimpleHistoryAdmin):
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, **context}
         return TemplateResponse(request, template, context)
 
+    def _import_page(self, request, **context) -> TemplateResponse:
+        context.setdefault("title", "Import entries")
+        # The upload itself (content) stays in the database.
+        jobs = ImportJob.objects.defer("content")[:5]
+        return self._page(request, "kb/import.html", recent_jobs=jobs, limits=ImportLimits.from_settings(), **context)
+
+    def _can_import(self, request) -> bool:
+        return self.has_add_permission(request) and self.has_change_permission(request)
+
     def import_view(self, request):
-        """Upload -> preview (a dry run: every row checked, nothing saved) -> confirm."""
-        if not self.has_add_permission(request) or not self.has_change_permission(request):
+        """Upload -> preview (a dry run: every row checked, nothing saved) -> confirm. A file over
+        KB_IMPORT_INLINE_MAX_ROWS rows is previewed and imported by a background job instead
+        (import_job_view); a file over an import limit is refused before it is read."""
+        if not self._can_import(request):
             return self._page(request, "kb/import.html", title="Import entries", denied=True)
         if request.method == "POST" and request.POST.get("confirm"):
             token = request.POST["confirm"]
@@ -195,37 +254,66 @@ class EntryAdmin(SimpleHistoryAdmin):
             if staged is None:
                 messages.error(request, "That upload has expired; please choose the file again.")
                 return redirect("admin:kb_entry_import")
-            result = entries_import(rows=read_rows_from_bytes(staged.name, staged.content))
-            services.import_upload_discard(token=token)
+            try:
+                result = entries_import(rows=read_rows_from_bytes(staged.name, staged.content))
+            except ImportFileError as exc:  # the limits were lowered since the preview
+                return self._import_page(request, errors=[str(exc)])
+            finally:
+                services.import_upload_discard(token=token)
             if result.ok:
                 messages.success(request, f"Imported: {result.created} created, {result.updated} updated.")
                 return redirect("admin:kb_entry_changelist")
-            return self._page(request, "kb/import.html", title="Import entries", errors=result.errors)
+            return self._import_page(request, errors=result.errors, errors_more=result.errors_more)
         if request.method == "POST":
             upload = request.FILES.get("file")
             if upload is None:
-                return self._page(request, "kb/import.html", title="Import entries", errors=["Choose a file."])
-            if upload.size > MAX_UPLOAD_BYTES:
-                return self._page(request, "kb/import.html", title="Import entries", errors=["The file is over 20 MB."])
-            raw = upload.read()
+                return self._import_page(request, errors=["Choose a file."])
             try:
-                rows = read_rows_from_bytes(upload.name, raw)
+                size_check(upload.name, upload.size)  # before reading it
+                raw = upload.read()
+                rows = upload_rows_if_small(upload.name, raw)
             except ImportFileError as exc:
-                return self._page(request, "kb/import.html", title="Import entries", errors=[str(exc)])
+                return self._import_page(request, errors=[str(exc)])
+            if rows is None:
+                job = import_job_create(name=upload.name, content=raw, dry_run=True, user=request.user)
+                return redirect("admin:kb_entry_import_job", job_id=job.pk)
             preview = entries_import(rows=rows, dry_run=True)
             token = None
             if preview.ok:
                 token = services.import_upload_stage(name=upload.name, content=raw)
-            return self._page(
+            return self._import_page(
                 request,
-                "kb/import.html",
                 title="Import entries: preview",
                 preview=preview,
                 token=token,
                 filename=upload.name,
                 errors=preview.errors,
+                errors_more=preview.errors_more,
             )
-        return self._page(request, "kb/import.html", title="Import entries")
+        return self._import_page(request)
+
+    def import_job_view(self, request, job_id):
+        """A background import's progress (the page reloads itself until the job ends); a finished
+        dry run's counts and row errors, with the button that imports the file for real."""
+        if not self._can_import(request):
+            return self._page(request, "kb/import.html", title="Import entries", denied=True)
+        job = ImportJob.objects.defer("content").filter(pk=job_id).first()
+        if job is None:
+            raise Http404("No such import job.")
+        if request.method == "POST" and request.POST.get("confirm"):
+            started = import_job_confirm(job=job, user=request.user)
+            if started is None:
+                messages.error(request, "That upload was imported already or has expired; choose the file again.")
+                return redirect("admin:kb_entry_import")
+            return redirect("admin:kb_entry_import_job", job_id=started.pk)
+        return self._page(
+            request,
+            "kb/import_job.html",
+            title=f"{'Checking' if job.dry_run else 'Importing'} {job.file_name}",
+            job=job,
+            errors_more=job.error_count - len(job.errors),
+            can_confirm=import_job_confirmable(job_id=job.pk),
+        )
 
     def export_view(self, request):
         """All entries (or the changelist's filter) as CSV, JSON or XLSX."""

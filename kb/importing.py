@@ -1,4 +1,6 @@
-"""Reading FAQ files (CSV, JSON, XLSX) into entries: all rows are checked, then saved together.
+"""Importing FAQ files (CSV, JSON, XLSX) as entries: all rows are checked, then saved together.
+The files are read within limits by kb.import_files; large ones are imported by a background job
+(kb.import_jobs), row by row.
 
 Entry layout (CSV/XLSX columns, JSON keys): question, answer, category, language, published,
 variants (alternate phrasings separated by "|" or new lines; a list in JSON).
@@ -11,16 +13,13 @@ phrasings become variants. Optional columns answer (first non-empty one wins; de
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import transaction
 
 from kb import services
-from kb.exporting import FORMULA_TRIGGERS
+from kb.import_files import ImportFileError, ImportLimits, file_check, size_check, table_read
 from kb.models import Entry
 from kb.text import text_key, text_normalise
 
@@ -28,30 +27,44 @@ REQUIRED_COLUMNS = ("question", "answer")
 KNOWN_COLUMNS = {"question", "answer", "category", "language", "published", "variants"}
 TRUE_WORDS = {"1", "true", "yes", "y", "published"}
 FALSE_WORDS = {"0", "false", "no", "n", "draft", "unpublished", ""}
-
-
-class ImportFileError(ValueError):
-    """The file as a whole cannot be read (format, encoding, columns)."""
+# Row errors kept and shown (admin, API, a job's record); the rest are only counted, so a file of
+# 200,000 bad rows gets a small, fast answer (issue 10: a 113 MB response).
+MAX_ERRORS_SHOWN = 100
+# A message quotes what the file holds (an unknown column's name); a cell may be 20,000 characters.
+MAX_ERROR_CHARS = 300
 
 
 @dataclass
 class ImportResult:
-    """What an import did, or would have done, and every row's problem."""
+    """What an import did, or would have done, and its rows' problems (the first MAX_ERRORS_SHOWN)."""
 
     created: int = 0
     updated: int = 0
     errors: list[str] = field(default_factory=list)
+    error_count: int = 0  # every row error, shown or not
     # (row number, "create" | "update", question, phrasing count) for a preview
     plan: list[tuple[int, str, str, int]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.error_count
+
+    @property
+    def errors_more(self) -> int:
+        """Row errors beyond those listed."""
+        return self.error_count - len(self.errors)
+
+    def error(self, message: str) -> None:
+        """Count a row's error, and keep its message while fewer than MAX_ERRORS_SHOWN are kept."""
+        self.error_count += 1
+        if len(self.errors) < MAX_ERRORS_SHOWN:
+            self.errors.append(message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…")
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Rows of a .csv or .json file as dicts; raises ImportFileError for an unreadable file."""
+    """Entry rows of a .csv, .json or .xlsx file; raises ImportFileError for an unreadable file."""
     try:
+        size_check(path.name, path.stat().st_size)
         raw = path.read_bytes()
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror}") from exc
@@ -59,87 +72,39 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def read_rows_from_bytes(name: str, raw: bytes) -> list[dict]:
-    """Entry rows of an uploaded file, its format told by the file name's suffix."""
-    header, rows = read_table(name, raw)
+    """Entry rows of an uploaded file, its format told by the file name's suffix, within the
+    KB_IMPORT_* limits (ImportFileError past one)."""
+    header, rows = table_read(name, raw)
+    return entry_rows(name, header, rows)
+
+
+def read_table(name: str, raw: bytes) -> tuple[list[str] | None, list[dict]]:
+    """The header (None for JSON) and rows of a .csv, .json or .xlsx file, within the limits."""
+    return table_read(name, raw)
+
+
+def entry_rows(name: str, header: list[str] | None, rows: list[dict]) -> list[dict]:
+    """A table's rows as entry rows: its columns checked, the phrasing layout grouped."""
     if header is not None:
         rows = _check_columns(Path(name).name, header, rows)
     return _rows_in_phrasing_layout(rows)
 
 
-def read_table(name: str, raw: bytes) -> tuple[list[str] | None, list[dict]]:
-    """The header (None for JSON) and rows of a .csv, .json or .xlsx file, keys lower-cased."""
-    path = Path(name)
-    suffix = path.suffix.lower()
-    if suffix == ".xlsx":
-        return _read_xlsx(path.name, raw)
-    if suffix not in {".csv", ".json"}:
-        raise ImportFileError(f"unsupported file type {suffix!r}: use .csv, .json or .xlsx")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ImportFileError(f"{path.name} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except RecursionError as exc:  # "[[[[..." deeper than the parser's stack: was a 500
-            raise ImportFileError(f"{path.name} is nested too deeply to be an import file") from exc
-        except ValueError as exc:  # JSONDecodeError, and integers past Python's digit limit
-            raise ImportFileError(f"{path.name} is not valid JSON: {exc}") from exc
-        if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
-            raise ImportFileError(f"{path.name} must hold a JSON list of objects")
-        return None, data
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = [
-            {(key or "").strip().lower(): _csv_cell_read(value) for key, value in row.items() if key is not None}
-            for row in reader
-        ]
-    except csv.Error as exc:
-        raise ImportFileError(f"{path.name} is not valid CSV: {exc}") from exc
-    return [str(column).strip().lower() for column in reader.fieldnames or []], rows
-
-
-# Imports have a handful of columns and BANKING77 (10,003 rows) is the largest set we know.
-XLSX_MAX_COLUMNS = 50
-XLSX_MAX_ROWS = 200_000
-
-
-def _csv_cell_read(value):
-    # Undo kb.exporting.csv_cell_safe: "'=SUM(...)" was exported for the text "=SUM(...)".
-    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(FORMULA_TRIGGERS):
-        return value[1:]
-    return value
-
-
-def _read_xlsx(name: str, raw: bytes) -> tuple[list[str], list[dict]]:
-    from openpyxl import load_workbook
-
-    try:
-        sheet = load_workbook(io.BytesIO(raw), read_only=True, data_only=True).worksheets[0]
-        cells = []
-        # Bounded while reading, not after: a small file can declare millions of rows, or one cell
-        # in column XFD that pads every row to 16,384 cells (issue 10: +220 MB from 18 KB).
-        for row in sheet.iter_rows(max_col=XLSX_MAX_COLUMNS, values_only=True):
-            if len(cells) > XLSX_MAX_ROWS:
-                raise ImportFileError(f"{name} has more than {XLSX_MAX_ROWS:,} rows")
-            cells.append(["" if value is None else value for value in row])
-    except ImportFileError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many types for a broken file
-        raise ImportFileError(f"{name} is not a readable .xlsx workbook: {exc}") from exc
-    if not cells:
-        raise ImportFileError(f"{name} is empty")
-    header = [str(value).strip().lower() for value in cells[0]]
-    rows = [
-        {
-            key: (value if isinstance(value, bool) else str(value))
-            for key, value in zip(header, row, strict=False)
-            if key
-        }
-        for row in cells[1:]
-        if any(str(value).strip() for value in row)
-    ]
-    return header, rows
+def upload_rows_if_small(name: str, raw: bytes) -> list[dict] | None:
+    """The entry rows of an upload small enough to import inside the request (at most
+    KB_IMPORT_INLINE_MAX_ROWS rows and KB_IMPORT_INLINE_MAX_BYTES to parse), or None for a file a
+    background job must import. Every limit that can be checked without reading the table is
+    checked first, so a file over one is refused (ImportFileError) before anything is read."""
+    limits = ImportLimits.from_settings()
+    facts = file_check(name, raw, limits)
+    if facts.header is not None:
+        _check_columns(Path(name).name, facts.header, [])
+    if not facts.is_small(limits):
+        return None
+    header, rows = table_read(name, raw, limits)
+    if len(rows) > limits.inline_max_rows:  # JSON, and an XLSX that declared no size
+        return None
+    return entry_rows(name, header, rows)
 
 
 def _check_columns(name: str, header: list[str], rows: list[dict]) -> list[dict]:
@@ -159,9 +124,9 @@ def _rows_in_phrasing_layout(rows: list[dict]) -> list[dict]:
     if not rows or "question" in rows[0] or not {"text", "category"} <= set(rows[0]):
         return rows
     grouped: dict[str, dict] = {}
-    for row in rows:
-        category = str(row.get("category") or "").strip()
-        text = text_normalise(str(row.get("text") or ""))
+    for number, row in enumerate(rows, start=1):
+        category = _phrasing_cell(row, "category", number).strip()
+        text = text_normalise(_phrasing_cell(row, "text", number))
         entry = grouped.setdefault(
             category,
             {
@@ -174,11 +139,21 @@ def _rows_in_phrasing_layout(rows: list[dict]) -> list[dict]:
         )
         if text and text != entry["question"] and text not in entry["variants"]:
             entry["variants"].append(text)
-        if not entry["answer"] and str(row.get("answer") or "").strip():
-            entry["answer"] = str(row["answer"]).strip()
+        answer = _phrasing_cell(row, "answer", number).strip()
+        if not entry["answer"] and answer:
+            entry["answer"] = answer
     for category, entry in grouped.items():
         entry["answer"] = entry["answer"] or f"(intent: {category})"
     return list(grouped.values())
+
+
+def _phrasing_cell(row: dict, key: str, number: int) -> str:
+    # Rows are grouped before they are checked one by one, so a cell that is not text (a JSON
+    # object, say) is the file's error here.
+    value = row.get(key)
+    if value is None or isinstance(value, str | bool | int | float):
+        return "" if value is None else str(value)
+    raise ImportFileError(f"row {number}: {key} must be text")
 
 
 def _parse_row(row: dict) -> dict:
@@ -214,39 +189,60 @@ def _parse_row(row: dict) -> dict:
     }
 
 
+def entry_rows_checked(rows: list[dict]):
+    """Each row's number (from 1, as in a spreadsheet after its header) with its entry's fields,
+    or with the message of the rule it breaks; a question seen in an earlier row is an error."""
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows, start=1):
+        try:
+            fields = _parse_row(row)
+            key = text_key(fields["question"])
+            if key in seen:
+                raise services.EntryInvalid(f"same question as row {seen[key]}")
+            seen[key] = number
+        except services.EntryInvalid as exc:
+            yield number, None, str(exc)
+        else:
+            yield number, fields, None
+
+
+def entry_save(fields: dict) -> str:
+    """Create the entry, or update the one with the same question: "create" or "update". In a
+    savepoint, so a row that breaks a rule (services.EntryInvalid) leaves the rows around it."""
+    with transaction.atomic():
+        existing = Entry.objects.filter(question=text_normalise(fields["question"])).first()
+        if existing is None:
+            services.entry_create(**fields)
+            return "create"
+        services.entry_update(entry=existing, **fields)
+        return "update"
+
+
 def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) -> ImportResult:
     """Create or update (matched by question) one entry per row, all or nothing.
 
     Every row is saved inside one transaction; if any row fails, everything is rolled back and
-    the result lists each failing row (numbered from 1, as in a spreadsheet after its header).
+    the result lists the failing rows (the first MAX_ERRORS_SHOWN, and how many there were).
     With ``dry_run`` the same checks run and the plan is reported, then everything is rolled back.
     """
     result = ImportResult()
-    seen: dict[str, int] = {}
     with transaction.atomic():
-        for number, row in enumerate(rows, start=1):
+        for number, fields, error in entry_rows_checked(rows):
             try:
-                fields = _parse_row(row)
-                key = text_key(fields["question"])
-                if key in seen:
-                    raise services.EntryInvalid(f"same question as row {seen[key]}")
-                seen[key] = number
-                with transaction.atomic():
-                    existing = Entry.objects.filter(question=text_normalise(fields["question"])).first()
-                    if existing is None:
-                        services.entry_create(**fields)
-                        result.created += 1
-                    else:
-                        services.entry_update(entry=existing, **fields)
-                        result.updated += 1
-                    action = "create" if existing is None else "update"
-                    result.plan.append((number, action, fields["question"], 1 + len(fields["variants"])))
+                if error is not None:
+                    raise services.EntryInvalid(error)
+                action = entry_save(fields)
+                if action == "create":
+                    result.created += 1
+                else:
+                    result.updated += 1
+                result.plan.append((number, action, fields["question"], 1 + len(fields["variants"])))
             except services.EntryInvalid as exc:
-                result.errors.append(f"row {number}: {exc}")
+                result.error(f"row {number}: {exc}")
             if progress is not None:
                 progress(1)
-        if result.errors or dry_run:
+        if result.error_count or dry_run:
             transaction.set_rollback(True)
-        if result.errors:
+        if result.error_count:
             result.created = result.updated = 0
     return result

@@ -2,7 +2,9 @@
 published versions of the vector index. The database is the source of truth for vectors."""
 
 import hashlib
+import uuid
 
+from django.conf import settings
 from django.db import models
 from simple_history.models import HistoricalRecords
 
@@ -132,3 +134,59 @@ class KbRevision(models.Model):
 
     def __str__(self) -> str:
         return f"KB revision {self.value}"
+
+
+class ImportJob(models.Model):
+    """An import too large for a web request (kb.import_jobs), run by Celery in bounded batches;
+    its state and progress are what the admin page and the API show."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    file_name = models.CharField(max_length=255)
+    dry_run = models.BooleanField(default=False)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED, db_index=True)
+    rows_total = models.PositiveIntegerField(null=True, blank=True)  # known once the file is read
+    rows_done = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    error_count = models.PositiveIntegerField(default=0)  # every row error
+    errors = models.JSONField(default=list, blank=True)  # the first kb.importing.MAX_ERRORS_SHOWN
+    detail = models.TextField(blank=True)  # why a failed job stopped (the file's problem)
+    # The upload, until its rows are staged (a dry run's until it is confirmed or expires): in the
+    # database, which every web process and worker shares, wherever they run.
+    content = models.BinaryField(blank=True, default=b"", editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{'dry run' if self.dry_run else 'import'} of {self.file_name} ({self.state})"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in {self.State.DONE, self.State.FAILED}
+
+
+class ImportJobRow(models.Model):
+    """An entry row of an import job, checked and waiting to be saved; deleted once it is."""
+
+    job = models.ForeignKey(ImportJob, on_delete=models.CASCADE, related_name="rows")
+    number = models.PositiveIntegerField()  # from 1, as the row errors count
+    entry_fields = models.JSONField(default=dict)  # as kb.importing.entry_rows_checked gives them
+    error = models.TextField(blank=True)  # the rule the row breaks, known before saving
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "number"], name="kb_importjobrow_job_number")]
+
+    def __str__(self) -> str:
+        return f"row {self.number} of {self.job_id}"

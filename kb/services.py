@@ -24,7 +24,7 @@ from simple_history.utils import bulk_create_with_history
 from kb.embedders import get_embedder
 from kb.keyword import keyword_index_from_texts
 from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant, text_hash
-from kb.text import text_normalise
+from kb.text import text_clean
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None, new_
         return
     wanted = []
     for text in variants:
-        text = text_normalise(text)
+        text = text_clean(text)
         if text and text != entry.question and text not in wanted:
             wanted.append(text)
     entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
@@ -131,13 +131,15 @@ def entry_create(
     is_published: bool = True,
     variants: list[str] | None = None,
 ) -> Entry:
-    """Create an entry with its phrasings; embedding is queued once the transaction commits."""
-    question, variants = text_normalise(question), [text_normalise(v) for v in variants or []]
-    _validate(question=question, answer=answer, language=language, variants=variants, category=text_normalise(category))
+    """Create an entry with its phrasings; embedding is queued once the transaction commits.
+    Texts are stored as kb.text.text_clean leaves them (unwanted characters dropped)."""
+    question, variants = text_clean(question), [text_clean(v) for v in variants or []]
+    answer, category = text_clean(answer, multiline=True), text_clean(category)
+    _validate(question=question, answer=answer, language=language, variants=variants, category=category)
     entry = Entry.objects.create(
         question=question,
-        answer=answer.strip(),
-        category=text_normalise(category),
+        answer=answer,
+        category=category,
         language=language,
         is_published=is_published,
     )
@@ -155,11 +157,11 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
         raise EntryInvalid(f"unknown fields: {', '.join(sorted(unknown))}")
     for name, value in fields.items():
         if name in {"question", "category"}:
-            value = text_normalise(value)
+            value = text_clean(value)
         elif name == "answer":
-            value = value.strip()
+            value = text_clean(value, multiline=True)
         setattr(entry, name, value)
-    clean_variants = None if variants is None else [text_normalise(v) for v in variants]
+    clean_variants = None if variants is None else [text_clean(v) for v in variants]
     _validate(
         question=entry.question,
         answer=entry.answer,
@@ -185,7 +187,7 @@ PRIMARY_READ_ONLY = "this is the entry's primary phrasing (its question): edit t
 
 def variant_create(*, entry: Entry, text: str) -> Variant:
     """Add an alternate phrasing to an entry; it starts dirty and embedding is queued."""
-    text = text_normalise(text)
+    text = text_clean(text)
     _validate_phrasing(text)
     try:
         # A savepoint of its own, so a duplicate (unique constraint) leaves the connection usable.
@@ -201,7 +203,7 @@ def variant_update(*, variant: Variant, text: str) -> Variant:
     """Change an alternate phrasing's text (Variant.save marks it dirty when the text changed)."""
     if variant.is_primary:
         raise EntryInvalid(PRIMARY_READ_ONLY)
-    variant.text = text_normalise(text)
+    variant.text = text_clean(text)
     _validate_phrasing(variant.text)
     try:
         with transaction.atomic():

@@ -1,8 +1,9 @@
-"""Celery tasks of the knowledge base: thin wrappers over kb.services.
+"""Celery tasks of the knowledge base: thin wrappers over kb.services and kb.import_jobs.
 
-They run on the embedding queue (CELERY_EMBED_QUEUE, routed by CELERY_TASK_ROUTES). Only a worker
-that consumes that queue loads the models, and that worker alone decides how many batches run at
-once: an edit enqueues one kb_refresh, and the worker that runs it starts a chain per pool process.
+kb_refresh runs on the embedding queue (CELERY_EMBED_QUEUE, routed by CELERY_TASK_ROUTES). Only a
+worker that consumes that queue loads the models, and that worker alone decides how many batches run
+at once: an edit enqueues one kb_refresh, and the worker that runs it starts a chain per pool
+process. kb_import_run (large imports) runs on the default queue: it needs no model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_read
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from kb import services
+from kb import import_jobs, services
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,32 @@ def kb_refresh(self, chain: bool = False):
         return {"embedded": result.embedded, "remaining": result.remaining}
     version = services.index_publish_if_stale(revision=revision)
     return {"embedded": result.embedded, "remaining": 0, "index_version": version.pk if version else None}
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=5,
+    # One step reads a file within the import limits, or saves one batch of rows: far less.
+    soft_time_limit=300,
+    time_limit=360,
+)
+def kb_import_run(self, job_id: str):
+    """Run the next step of an import job (kb.import_jobs) and queue the one after it, so a large
+    import is many short tasks whose progress commits as it goes."""
+    try:
+        more = import_jobs.import_job_step(job_id=job_id)
+    except (OperationalError, InterfaceError):
+        raise  # retried: the job resumes where its last step committed
+    except Exception:
+        import_jobs.import_job_fail(job_id=job_id, detail="The import stopped on an unexpected error (worker log).")
+        raise
+    if more:
+        kb_import_run.delay(job_id)
+    return {"job": job_id, "more": more}
 
 
 @worker_process_init.connect

@@ -50,6 +50,14 @@ def text_sanitise(text: str) -> str:
     return _UNWANTED_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+def text_clean(text: str | None, *, multiline: bool = False) -> str:
+    """A knowledge-base text as it is stored, whoever writes it (API, admin, import): without the
+    unwanted characters (:func:`text_sanitise`), then a one-line text (question, phrasing, category)
+    normalised (:func:`text_normalise`), a multi-line one (an answer) only stripped at both ends."""
+    text = text_sanitise(text or "")
+    return text.strip() if multiline else text_normalise(text)
+
+
 def has_unwanted_characters(text: str) -> bool:
     """Whether :func:`text_sanitise` would change ``text`` (for identifiers, which are refused
     rather than silently changed)."""

@@ -1,5 +1,7 @@
 """Settings, the embedded Redis, and docker-compose declaring the commands `make run` starts."""
 
+import io
+import logging
 import os
 import secrets
 import shutil
@@ -169,3 +171,73 @@ def test_docker_compose_config_accepts_the_file():
         pytest.skip("docker-compose is not installed")
     result = subprocess.run([binary, "config", "--quiet"], cwd=BASE, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_asgi_and_celery_default_to_production_settings():
+    # Each module alone: config/__init__.py imports the Celery app first, so the ASGI check stubs it out.
+    celery = run_python("import os; import config.celery; print(os.environ['DJANGO_SETTINGS_MODULE'])")
+    assert celery.returncode == 0, celery.stderr
+    assert celery.stdout.split() == ["config.settings.production"]
+    asgi_alone = (
+        "import os, sys, types; sys.modules['config.celery'] = types.SimpleNamespace(app=None);"
+        "import config.asgi; from django.conf import settings; print(settings.SETTINGS_MODULE)"
+    )
+    without_secret = run_python(asgi_alone, CHATBOT_WARM_UP="0")
+    assert without_secret.returncode != 0 and "DJANGO_SECRET_KEY must be set" in without_secret.stderr
+    deployed = run_python(
+        asgi_alone,
+        CHATBOT_WARM_UP="0",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50),
+        DJANGO_ALLOWED_HOSTS="shop.example",
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stdout.split() == ["config.settings.production"]
+
+
+def test_runstack_starts_its_children_on_its_own_settings_and_an_empty_metrics_folder(settings, tmp_path, monkeypatch):
+    from django.core.management.base import OutputWrapper
+    from django.core.management.color import no_style
+
+    from config import runstack
+
+    started = []
+    monkeypatch.setattr(runstack.subprocess, "Popen", lambda command, env, **kwargs: started.append(env))
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    settings.VAR_DIR = tmp_path
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "counter_4242.db").write_bytes(b"from an earlier run")
+    stack = runstack.Stack(OutputWrapper(io.StringIO()), no_style())
+    stack._spawn("worker", runstack.worker_command(runstack.worker_queues()))
+    stack._spawn("web", runstack.web_command("127.0.0.1", 8000), {**runstack.web_env(), **runstack.metrics_env()})
+    worker_env, web_env = started
+    assert worker_env["DJANGO_SETTINGS_MODULE"] == web_env["DJANGO_SETTINGS_MODULE"] == settings.SETTINGS_MODULE
+    assert web_env["PROMETHEUS_MULTIPROC_DIR"] == str(tmp_path / "prometheus")
+    assert list((tmp_path / "prometheus").iterdir()) == []
+
+
+@pytest.mark.django_db
+def test_runstack_prints_the_admin_password_and_logs_it_nowhere(settings, tmp_path, caplog):
+    from django.core.management.base import OutputWrapper
+    from django.core.management.color import no_style
+
+    from config.runstack import Stack
+
+    caplog.set_level(logging.DEBUG)
+    settings.VAR_DIR = tmp_path
+    login = Stack(OutputWrapper(io.StringIO()), no_style())._admin_login()
+    password = (tmp_path / "admin-password.txt").read_text().strip()
+    assert len(password) >= 16 and f"password {password}" in login  # what the terminal shows, once
+    assert password not in caplog.text
+
+
+def test_compose_healthchecks_ask_the_services_themselves():
+    services = compose()["services"]
+    web = services["web"]["healthcheck"]["test"]
+    assert web[0] == "CMD" and "http://127.0.0.1:8000/healthz" in web[-1]
+    for worker in ("worker", "worker-embed"):
+        kind, command = services[worker]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL" and "celery -A config inspect ping --destination celery@$$HOSTNAME" in command
+    assert "celerybeat-schedule" in services["beat"]["healthcheck"]["test"][-1]
+    # The web processes add up their metrics in a folder that starts empty with the container.
+    assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] in services["web"]["tmpfs"]

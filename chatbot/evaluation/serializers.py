@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from chatbot.models import Source
 from kb.api.serializers import StrictCharField
+from kb.text import text_sanitise
 
 
 class SearchQuerySerializer(serializers.Serializer):
@@ -20,6 +21,10 @@ class SearchQuerySerializer(serializers.Serializer):
     )
 
     def validate_q(self, value: str) -> str:
+        # Read as live chat reads a message (chatbot.protocol), so the search shows what chat would do.
+        value = text_sanitise(value).strip()
+        if not value:
+            raise serializers.ValidationError("This field may not be blank.")
         limit = settings.CHATBOT_MAX_MESSAGE_CHARS
         if len(value) > limit:
             raise serializers.ValidationError(f"Ensure this field has no more than {limit} characters.")

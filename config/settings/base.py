@@ -10,6 +10,8 @@ from pathlib import Path
 import environ
 from kombu import Exchange, Queue
 
+from config.structured_logging import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 # The .env file is read before any setting: every one below may come from it, VAR_DIR included.
@@ -49,6 +51,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics, answered before the host check and the SSL redirect.
+    "chatbot.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -141,6 +145,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # DRF's own parsers, but JSON nested too deeply to decode is a 400, not a RecursionError (500).
+    "DEFAULT_PARSER_CLASSES": [
+        "kb.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
@@ -258,6 +268,18 @@ KB_INDEX_HNSW_THRESHOLD = env.int("KB_INDEX_HNSW_THRESHOLD", default=100_000)
 KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
 # How long an uploaded import file waits for its preview to be confirmed; older ones are removed.
 KB_IMPORT_STAGING_SECONDS = env.int("KB_IMPORT_STAGING_SECONDS", default=86400)
+# Import limits (kb.import_files), checked before a file's table is read: the upload, an XLSX's
+# unpacked parts (a zip bomb), data rows, columns and the longest cell. A file with more than
+# INLINE_MAX_ROWS rows, or more than INLINE_MAX_BYTES to parse, is imported by a Celery job
+# (kb.import_jobs) instead of inside the web request, which keeps a web process's memory bounded.
+KB_IMPORT_MAX_BYTES = env.int("KB_IMPORT_MAX_BYTES", default=10 * 2**20)
+KB_IMPORT_MAX_UNPACKED_BYTES = env.int("KB_IMPORT_MAX_UNPACKED_BYTES", default=50 * 2**20)
+KB_IMPORT_MAX_ROWS = env.int("KB_IMPORT_MAX_ROWS", default=200_000)
+KB_IMPORT_MAX_COLUMNS = env.int("KB_IMPORT_MAX_COLUMNS", default=50)
+KB_IMPORT_MAX_CELL_CHARS = env.int("KB_IMPORT_MAX_CELL_CHARS", default=20_000)
+# Inline: saving takes ~10-20 ms a row on 2 cores, and JSON parses to up to ~33x its size in memory.
+KB_IMPORT_INLINE_MAX_ROWS = env.int("KB_IMPORT_INLINE_MAX_ROWS", default=200)
+KB_IMPORT_INLINE_MAX_BYTES = env.int("KB_IMPORT_INLINE_MAX_BYTES", default=2**20)
 # Hybrid retrieval: BM25 keyword results (kb.keyword) fused with the dense ones over each source's
 # top DEPTH entries, by FUSION "score" (cosine + KEYWORD_WEIGHT x share of the question's keyword
 # evidence matched) or "rrf" (sum of weight / (RRF_K + rank), dense weight 1), for questions whose
@@ -297,6 +319,20 @@ CHATBOT_NOT_READY_RETRY_MS = env.int("CHATBOT_NOT_READY_RETRY_MS", default=2000)
 CHATBOT_ALLOWED_ORIGINS = env.list("CHATBOT_ALLOWED_ORIGINS", default=[])
 CHATBOT_MAX_MESSAGE_CHARS = env.int("CHATBOT_MAX_MESSAGE_CHARS", default=2000)
 CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
+# Flood control (chatbot.flood_control), kept in Redis so that it holds across web processes. Each
+# socket may send FRAME_BURST frames at once and FRAMES_PER_SECOND after that (pings included), and
+# MESSAGE_BURST messages at once and MESSAGES_PER_MINUTE after that; more get a rate_limited error
+# frame with retry_after_ms. At most CONNECTIONS_PER_IP sockets per client address (0: no cap);
+# behind a proxy, run uvicorn with --proxy-headers and --forwarded-allow-ips, or every customer
+# shares the proxy's address. A message arriving while one is being answered waits in a queue of
+# PENDING_MESSAGES; more get a busy error frame.
+CHATBOT_FRAME_BURST = env.int("CHATBOT_FRAME_BURST", default=30)
+CHATBOT_FRAMES_PER_SECOND = env.float("CHATBOT_FRAMES_PER_SECOND", default=5.0)
+CHATBOT_MESSAGE_BURST = env.int("CHATBOT_MESSAGE_BURST", default=10)
+CHATBOT_MESSAGES_PER_MINUTE = env.float("CHATBOT_MESSAGES_PER_MINUTE", default=30.0)
+CHATBOT_CONNECTIONS_PER_IP = env.int("CHATBOT_CONNECTIONS_PER_IP", default=20)
+CHATBOT_PENDING_MESSAGES = env.int("CHATBOT_PENDING_MESSAGES", default=5)
+CHATBOT_FLOOD_REDIS_URL = env.str("CHATBOT_FLOOD_REDIS_URL", default="") or REDIS_URL
 # Customer messages are stored with emails, phone, card and ID numbers redacted unless this is on;
 # whatever it says, nothing unredacted is ever sent to the LLM.
 CHATBOT_STORE_PII = env.bool("CHATBOT_STORE_PII", default=False)
@@ -348,16 +384,13 @@ LLM_TEMPERATURE = env.float("LLM_TEMPERATURE", default=0.2)
 LLM_HISTORY_TURNS = env.int("LLM_HISTORY_TURNS", default=6)
 LLM_REWRITE_TIMEOUT = env.float("LLM_REWRITE_TIMEOUT", default=5.0)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {
-        "faiss.loader": {"level": "WARNING"},
-        # One INFO line per LLM request is noise; errors still show.
-        "httpx2": {"level": "WARNING"},
-        "httpx": {"level": "WARNING"},
-    },
-}
+# Structured logs (config/structured_logging.py): one JSON object per line by default, the
+# conversation id on every line of a chat socket; LOG_FORMAT=console for people reading a terminal.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING_CONFIG = "config.structured_logging.logging_configure"
+# /metrics (Prometheus) answers requests that carry "Authorization: Bearer <METRICS_TOKEN>" (when
+# set), and requests straight from these addresses or networks (not through a proxy).
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)

@@ -53,6 +53,9 @@ if env.str("TEST_CHANNEL_REDIS_URL", default=""):
     CHANNEL_LAYERS = channel_layers(env.str("TEST_CHANNEL_REDIS_URL"))
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# Flood control follows the channel layer's Redis, so that a test restarting that Redis also shows
+# flood control letting customers through while it is away.
+CHATBOT_FLOOD_REDIS_URL = env.str("TEST_CHANNEL_REDIS_URL", default="") or TEST_REDIS_URL
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

@@ -4,12 +4,13 @@ live in kb.services, which every write goes through."""
 from __future__ import annotations
 
 from django.db import models
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from kb.embedding_state import embedding_summary
-from kb.models import EmbeddingState, Entry, Language, Variant
-from kb.text import text_normalise
+from kb.models import EmbeddingState, Entry, ImportJob, Language, Variant
+from kb.text import text_clean
 
 
 class StrictCharField(serializers.CharField):
@@ -22,9 +23,20 @@ class StrictCharField(serializers.CharField):
 
 
 def clean_text(text: str) -> str:
-    """The text as kb.services will store it, so that the unique (entry, text) rule sees the text
-    that will actually be saved."""
-    return text_normalise(text)
+    """The text as kb.services will store it (kb.text.text_clean), so that the unique (entry, text)
+    rule sees the text that will actually be saved."""
+    return text_clean(text)
+
+
+class StrictPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
+    """A related row's id: an integer, or its digits as a form sends them. A JSON number with a
+    fraction or exponent is refused: DRF would truncate 1.5 to 1, and 1e400 (which JSON decodes to
+    infinity) would overflow in the query (a 500)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | str):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        return super().to_internal_value(data)
 
 
 class EmbeddingStatusSerializer(serializers.Serializer):
@@ -103,6 +115,8 @@ class EntrySerializer(serializers.ModelSerializer):
 class VariantSerializer(serializers.ModelSerializer):
     """One phrasing of an entry's question; the primary one mirrors the question and is read-only."""
 
+    serializer_related_field = StrictPrimaryKeyRelatedField
+
     text = StrictCharField(trim_whitespace=False, help_text="At most 500 characters; runs of whitespace are collapsed.")
 
     class Meta:
@@ -151,12 +165,50 @@ class ImportResultSerializer(serializers.Serializer):
 
 
 class ErrorSerializer(serializers.Serializer):
-    """A request the API refused."""
+    """A request the API refused: {"detail": message} when it breaks a knowledge-base rule or is
+    not readable, or {field: [messages]} for the fields that failed validation."""
 
-    detail = serializers.CharField()
+    # Not required: DRF reports field errors under the fields' names, with no "detail".
+    detail = serializers.CharField(required=False)
 
 
 class ImportErrorSerializer(ErrorSerializer):
-    """An import refused; errors lists every bad row."""
+    """An import refused: the file's problem, or its bad rows (the first 100, and how many more)."""
 
     errors = serializers.ListField(child=serializers.CharField(), required=False)
+    errors_more = serializers.IntegerField(required=False, help_text="Row errors beyond those listed.")
+
+
+class ImportJobSerializer(serializers.ModelSerializer):
+    """A background import (a file over KB_IMPORT_INLINE_MAX_ROWS rows) and its progress."""
+
+    url = serializers.SerializerMethodField(help_text="Where to follow its progress.")
+    errors = serializers.ListField(child=serializers.CharField(), help_text="The first 100 row errors.")
+    errors_more = serializers.SerializerMethodField(help_text="Row errors beyond those listed.")
+
+    class Meta:
+        model = ImportJob
+        fields = [
+            "id",
+            "url",
+            "file_name",
+            "dry_run",
+            "state",
+            "rows_total",
+            "rows_done",
+            "created",
+            "updated",
+            "error_count",
+            "errors",
+            "errors_more",
+            "detail",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_url(self, job: ImportJob) -> str:
+        return reverse("kb-import-job", args=[job.pk])
+
+    def get_errors_more(self, job: ImportJob) -> int:
+        return job.error_count - len(job.errors)

@@ -11,5 +11,6 @@ router.register("kb/variants", views.VariantViewSet, basename="kb-variant")
 
 urlpatterns = [
     path("kb/import", views.ImportView.as_view(), name="kb-import"),
+    path("kb/import/jobs/<uuid:job_id>", views.ImportJobView.as_view(), name="kb-import-job"),
     *router.urls,
 ]

@@ -1,6 +1,6 @@
-"""Views of the knowledge-base API: parse the request, call kb.services (writes) or kb.importing
-(files), and render the result. The search endpoint, which runs the answering pipeline, is
-chatbot.evaluation.views."""
+"""Views of the knowledge-base API: parse the request, call kb.services (writes), kb.importing
+(files) or kb.import_jobs (large files), and render the result. The search endpoint, which runs
+the answering pipeline, is chatbot.evaluation.views."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_
 from rest_framework import status, viewsets
 from rest_framework.exceptions import APIException
 from rest_framework.filters import SearchFilter
+from rest_framework.generics import get_object_or_404
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -20,17 +21,16 @@ from kb.api.serializers import (
     EntrySerializer,
     ErrorSerializer,
     ImportErrorSerializer,
+    ImportJobSerializer,
     ImportQuerySerializer,
     ImportResultSerializer,
     ImportUploadSerializer,
     VariantSerializer,
 )
-from kb.importing import ImportFileError, entries_import, read_rows_from_bytes
-from kb.models import Entry, Variant
-
-# An upload is read into memory in one piece; the demo knowledge base is ~20 KB, so this leaves
-# room for tens of thousands of entries while keeping one request from exhausting a web process.
-MAX_IMPORT_BYTES = 10 * 1024 * 1024
+from kb.import_files import size_check
+from kb.import_jobs import import_job_create
+from kb.importing import ImportFileError, entries_import, upload_rows_if_small
+from kb.models import Entry, ImportJob, Variant
 
 
 class Invalid(APIException):
@@ -118,7 +118,9 @@ class VariantViewSet(KbRulesMixin, viewsets.ModelViewSet):
 
 @extend_schema(tags=["import"])
 class ImportView(APIView):
-    """Import a .csv, .json or .xlsx FAQ file: every row is checked, and any bad row means nothing is saved."""
+    """Import a .csv, .json or .xlsx FAQ file. Up to KB_IMPORT_INLINE_MAX_ROWS rows: inside the request,
+    every row checked, and any bad row means nothing is saved. More: a background job (202) that
+    saves the valid rows and lists the others; follow it at its url."""
 
     permission_classes = [CanImportKb]
     parser_classes = [MultiPartParser, FormParser]
@@ -127,7 +129,7 @@ class ImportView(APIView):
         summary="Import entries from a file",
         request={"multipart/form-data": ImportUploadSerializer},
         parameters=[ImportQuerySerializer],
-        responses={200: ImportResultSerializer, 400: ImportErrorSerializer},
+        responses={200: ImportResultSerializer, 202: ImportJobSerializer, 400: ImportErrorSerializer},
     )
     def post(self, request: Request) -> Response:
         options = ImportQuerySerializer(data=request.query_params)
@@ -136,19 +138,40 @@ class ImportView(APIView):
         upload.is_valid(raise_exception=True)
         dry_run = options.validated_data["dry_run"]
         file = upload.validated_data["file"]
-        if file.size > MAX_IMPORT_BYTES:
-            return _import_refused(f"{file.name} is {file.size} bytes; the limit is {MAX_IMPORT_BYTES} bytes")
         try:
-            rows = read_rows_from_bytes(file.name, file.read())
+            size_check(file.name, file.size)  # before reading it
+            raw = file.read()
+            rows = upload_rows_if_small(file.name, raw)
         except ImportFileError as exc:
             return _import_refused(str(exc))
+        if rows is None:
+            job = import_job_create(name=file.name, content=raw, dry_run=dry_run, user=request.user)
+            return Response(ImportJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
         # A dry run saves every row for real (so the counts are exact) and then rolls back, which
         # also drops the KB revision bump and the queued embedding job.
         result = entries_import(rows=rows, dry_run=dry_run)
         if not result.ok:
-            return _import_refused(f"{len(result.errors)} row(s) have errors; nothing was saved", errors=result.errors)
+            return _import_refused(
+                f"{result.error_count} row(s) have errors; nothing was saved",
+                errors=result.errors,
+                errors_more=result.errors_more,
+            )
         return Response({"created": result.created, "updated": result.updated, "dry_run": dry_run})
 
 
-def _import_refused(detail: str, errors: list[str] | None = None) -> Response:
-    return Response({"detail": detail, "errors": errors or []}, status=status.HTTP_400_BAD_REQUEST)
+@extend_schema(tags=["import"])
+class ImportJobView(APIView):
+    """A background import's state (queued, running, done, failed), progress and row errors."""
+
+    permission_classes = [CanImportKb]
+
+    @extend_schema(summary="Show an import job", responses={200: ImportJobSerializer, 404: ErrorSerializer})
+    def get(self, request: Request, job_id) -> Response:
+        job = get_object_or_404(ImportJob.objects.defer("content"), pk=job_id)
+        return Response(ImportJobSerializer(job).data)
+
+
+def _import_refused(detail: str, errors: list[str] | None = None, errors_more: int = 0) -> Response:
+    return Response(
+        {"detail": detail, "errors": errors or [], "errors_more": errors_more}, status=status.HTTP_400_BAD_REQUEST
+    )

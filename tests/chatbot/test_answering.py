@@ -12,6 +12,7 @@ from django.core.management import call_command
 
 from chatbot.llm import CANARY, INSTRUCTIONS
 from chatbot.models import Conversation, DecisionThresholds, Message
+from chatbot.resume_tokens import resume_token
 from chatbot.selectors import llm_prompt_messages
 from config.asgi import application
 from kb import services
@@ -60,7 +61,8 @@ async def ask(chat, text, client_id=None, frame_type="message", **extra):
 
 async def resumed_history(conversation_id):
     """Reconnect to a conversation and return its history frame's messages."""
-    resumed = WebsocketCommunicator(application, f"/ws/chat/?conversation={conversation_id}", headers=ORIGIN)
+    query = f"?conversation={conversation_id}&resume={resume_token(conversation_id)}"
+    resumed = WebsocketCommunicator(application, f"/ws/chat/{query}", headers=ORIGIN)
     await resumed.connect()
     await resumed.receive_json_from()
     history = await resumed.receive_json_from()

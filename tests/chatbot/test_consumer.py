@@ -100,13 +100,20 @@ async def test_bad_frames_get_error_frames_and_the_connection_stays_open(shop):
 
 async def test_resume_continues_the_conversation_with_its_history(shop):
     first = await open_chat()
-    conversation = (await first.receive_json_from())["conversation"]
+    opened = await first.receive_json_from()
+    conversation, token = opened["conversation"], opened["resume_token"]
     answer = await ask(first, "I forgot my password", client_id="q1")
     await first.disconnect()
 
-    second = await open_chat(f"?conversation={conversation}")
+    second = await open_chat(f"?conversation={conversation}&resume={token}")
     session = await second.receive_json_from()
-    assert session == {"type": "session", "conversation": conversation, "resumed": True, "protocol": PROTOCOL_VERSION}
+    assert session == {
+        "type": "session",
+        "conversation": conversation,
+        "resumed": True,
+        "resume_token": token,
+        "protocol": PROTOCOL_VERSION,
+    }
     history = await second.receive_json_from()
     assert history["type"] == "history"
     assert [(m["role"], m["text"]) for m in history["messages"]] == [
@@ -120,14 +127,87 @@ async def test_resume_continues_the_conversation_with_its_history(shop):
     await second.disconnect()
 
 
-async def test_unknown_or_malformed_conversation_starts_a_new_one(shop):
-    for query in (f"?conversation={uuid.uuid4()}", "?conversation=not-a-uuid"):
+@database_sync_to_async
+def conversation_state(conversation_id):
+    return Conversation.objects.filter(id=conversation_id).values_list("state", flat=True).first()
+
+
+async def test_a_conversation_id_without_its_resume_token_reveals_and_changes_nothing(shop):
+    # Issue 10: "?conversation=<someone else's id>" gave "resumed: true" and their history, and
+    # "talk to a person" then changed their conversation's state.
+    victim = await open_chat()
+    opened = await victim.receive_json_from()
+    await ask(victim, "I forgot my password", client_id="secret-question")
+    await victim.disconnect()
+    victim_id = opened["conversation"]
+    other_token = (await _session_of_new_chat())["resume_token"]
+    for query in (
+        f"?conversation={victim_id}",
+        f"?conversation={victim_id}&resume=",
+        f"?conversation={victim_id}&resume={other_token}",
+        f"?conversation={victim_id}&resume={opened['resume_token'][:-1]}x",
+        f"?conversation={victim_id.upper()}&resume=forged",
+    ):
+        attacker = await open_chat(query)
+        error = await attacker.receive_json_from()
+        assert (error["type"], error["code"]) == ("error", "resume_denied"), query
+        session = await attacker.receive_json_from()
+        assert session["type"] == "session" and session["resumed"] is False
+        assert session["conversation"] != victim_id and session["resume_token"] != opened["resume_token"]
+        # The next frame is the reply to its own message: no history of the victim's came first.
+        reply = await ask(attacker, "I want to talk to a person")
+        assert (reply["type"], reply["handoff"]) == ("answer", "requested")
+        await attacker.disconnect()
+    assert await conversation_state(victim_id) == "bot"
+    assert await database_sync_to_async(Message.objects.filter(conversation_id=victim_id).count)() == 2
+
+
+async def _session_of_new_chat():
+    chat = await open_chat()
+    session = await chat.receive_json_from()
+    await chat.disconnect()
+    return session
+
+
+async def test_malformed_conversation_starts_a_new_one(shop):
+    for query in ("?conversation=not-a-uuid&resume=x", "?conversation=%00%ff&resume="):
         chat = await open_chat(query)
         error = await chat.receive_json_from()
-        assert (error["type"], error["code"]) == ("error", "conversation_not_found")
+        assert (error["type"], error["code"]) == ("error", "resume_denied")
         session = await chat.receive_json_from()
         assert session["type"] == "session" and session["resumed"] is False
         await chat.disconnect()
+
+
+async def test_a_conversation_is_stored_with_its_first_message_not_at_connect(shop):
+    # Issue 10: 500 connect + close left 500 empty conversations.
+    for _ in range(20):
+        chat = await open_chat()
+        assert (await chat.receive_json_from())["type"] == "session"
+        await chat.send_json_to({"type": "ping"})
+        assert (await chat.receive_json_from())["type"] == "pong"
+        await chat.disconnect()
+    assert await database_sync_to_async(Conversation.objects.count)() == 0
+
+    chat = await open_chat("?site=shop-eu")
+    session = await chat.receive_json_from()
+    # Resuming before the first message keeps the same (still unstored) conversation.
+    tab = await open_chat(f"?conversation={session['conversation']}&resume={session['resume_token']}")
+    tab_session = await tab.receive_json_from()
+    assert (tab_session["conversation"], tab_session["resumed"]) == (session["conversation"], False)
+    assert await database_sync_to_async(Conversation.objects.count)() == 0
+    await ask(chat, "where is my parcel?", client_id="first")
+    stored = await database_sync_to_async(Conversation.objects.get)()
+    assert (str(stored.id), stored.site) == (session["conversation"], "shop-eu")
+    # The other tab, opened before the conversation was stored, sees the exchange and answers
+    # into the same conversation.
+    shared = await tab.receive_json_from(timeout=10)
+    assert shared["type"] == "history" and shared["messages"][0]["client_id"] == "first"
+    assert (await ask(tab, "can I pay with paypal?", client_id="second"))["source"] == "faq"
+    assert await database_sync_to_async(Conversation.objects.count)() == 1
+    assert await database_sync_to_async(Message.objects.filter(conversation=stored).count)() == 4
+    await chat.disconnect()
+    await tab.disconnect()
 
 
 async def test_repeated_client_id_is_answered_once(shop):

@@ -118,7 +118,7 @@ def test_optional_keys_are_left_out_when_empty():
         "reply_to": "a",
         "retry_after_ms": 2000,
     }
-    assert json.dumps(protocol.frame_dump(protocol.SessionFrame(conversation="c", resumed=False)))
+    assert json.dumps(protocol.frame_dump(protocol.SessionFrame(conversation="c", resumed=False, resume_token="t")))
 
 
 # --- bad input (issue 10): an error frame or a normalised frame, never anything else ----------

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connections
 
 from chatbot.models import Conversation
+from chatbot.protocol import PROTOCOL_VERSION
 from config.runstack import web_command
 from kb import services
 from tests.factories import entries_create, kb_embed_and_publish
@@ -213,7 +214,14 @@ def test_faq_answer_hand_off_offer_and_request_then_a_reload_resumes(shop, start
     page.wait_for_selector("#status.ok", timeout=WAIT_MS)
     history = wait_for_bubbles(page, 6)
     assert [frame["type"] for frame in page.frames_in] == ["session", "history"]
-    assert page.frames_in[0] == {"type": "session", "conversation": conversation_id, "resumed": True, "protocol": 1}
+    token = page.evaluate("localStorage.getItem('chatbot.resume_token')")
+    assert page.frames_in[0] == {
+        "type": "session",
+        "conversation": conversation_id,
+        "resumed": True,
+        "resume_token": token,
+        "protocol": PROTOCOL_VERSION,
+    }
     assert history == [
         customer("I can't remember my password"),
         bot(password.answer, "from the FAQ"),

@@ -87,10 +87,14 @@ def test_another_tab_of_the_conversation_sees_each_exchange_through_redis(shop, 
     async def scenario():
         first = await Chat.open(server)
         session = await first.next()
-        others = [await Chat.open(server, f"?conversation={session['conversation']}") for _ in range(3)]
+        others = [
+            await Chat.open(server, f"?conversation={session['conversation']}&resume={session['resume_token']}")
+            for _ in range(3)
+        ]
         for other in others:
-            assert (await other.next())["resumed"] is True
-            await other.until(lambda f: f["type"] == "history")
+            # The same conversation, not stored yet (it is stored with its first message).
+            opened = await other.next()
+            assert (opened["conversation"], opened["resumed"]) == (session["conversation"], False)
         answer = await first.ask("tab-1", "I forgot my password")
         shared = [await other.until(lambda f: f["type"] == "history") for other in others]
         return answer, shared
@@ -137,8 +141,8 @@ def test_redis_killed_and_restarted_mid_conversation_loses_and_doubles_nothing(s
     async def scenario():
         customer = await Chat.open(server)
         session = await customer.next()
-        tab = await Chat.open(server, f"?conversation={session['conversation']}")
-        await tab.until(lambda f: f["type"] == "history")
+        tab = await Chat.open(server, f"?conversation={session['conversation']}&resume={session['resume_token']}")
+        assert (await tab.next())["type"] == "session"
         sent = []
 
         async def ask(text):
@@ -171,7 +175,7 @@ def test_redis_killed_and_restarted_mid_conversation_loses_and_doubles_nothing(s
             break
         assert customer.open_ and tab.open_
         # A reload resumes the conversation with every exchange once.
-        reloaded = await Chat.open(server, f"?conversation={session['conversation']}")
+        reloaded = await Chat.open(server, f"?conversation={session['conversation']}&resume={session['resume_token']}")
         await reloaded.next()
         history = await reloaded.until(lambda f: f["type"] == "history")
         for chat in (customer, tab, reloaded):
@@ -189,6 +193,8 @@ def test_redis_killed_and_restarted_mid_conversation_loses_and_doubles_nothing(s
     assert stored_exactly_once(session["conversation"], sent)
     log = server.log()
     assert "Redis unreachable" in log and "reachable again" in log
+    # Flood control counts in the same Redis: while it was away, it let every frame through.
+    assert "flood control lets everything through" in log
 
 
 def test_a_process_without_an_index_says_not_ready_and_the_message_is_answered_when_resent(servers, transactional_db):
@@ -224,7 +230,7 @@ def test_a_process_without_an_index_says_not_ready_and_the_message_is_answered_w
             if server.readyz()[0] == 200:
                 break
             await asyncio.sleep(0.1)
-        chat = await Chat.open(server, f"?conversation={session['conversation']}")
+        chat = await Chat.open(server, f"?conversation={session['conversation']}&resume={session['resume_token']}")
         await chat.next()
         answer = await chat.ask("early-1", "where is my parcel?")
         await chat.close()

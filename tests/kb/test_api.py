@@ -482,6 +482,7 @@ def test_import_with_bad_rows_lists_them_and_saves_nothing(editor):
     assert body(response) == {
         "detail": "2 row(s) have errors; nothing was saved",
         "errors": ["row 2: question is empty", "row 3: unknown language 'tlh' (known: en, zh)"],
+        "errors_more": 0,
     }
     assert Entry.objects.count() == 0 and Variant.objects.count() == 0
     assert services.kb_revision() == before
@@ -537,8 +538,8 @@ def test_import_xlsx_workbook(editor):
     assert body(editor.get(ENTRIES))["results"][0]["variants"] == ["shipping to canada", "deliver to Toronto"]
 
 
-def test_import_refuses_files_over_the_size_limit(editor, monkeypatch):
-    monkeypatch.setattr("kb.api.views.MAX_IMPORT_BYTES", 40)
+def test_import_refuses_files_over_the_size_limit(editor, settings):
+    settings.KB_IMPORT_MAX_BYTES = 40
     rows = json.dumps([{"question": "Do you ship to Canada?", "answer": "Yes."}])
     response = editor.post(IMPORT, {"file": upload("faq.json", rows)}, format="multipart")
     assert response.status_code == 400

@@ -1,11 +1,16 @@
+import io
 import json
+import re
+import tracemalloc
 
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from kb.importing import ImportFileError, entries_import, read_rows
+from kb import importing
+from kb.importing import ImportFileError, entries_import, read_rows, read_rows_from_bytes
 from kb.models import Entry, Variant
+from tests.kb.crafted_imports import HEADER_ROW, SAME_ROW, xlsx_package, xlsx_with_far_cell
 
 pytestmark = pytest.mark.django_db
 
@@ -88,32 +93,95 @@ def test_unreadable_files_get_a_clear_message(tmp_path, name, content, message):
         call_command("kb_import", str(path), verbosity=0)
 
 
-def test_xlsx_reading_is_bounded_in_rows_and_columns(monkeypatch):
-    # Issue 10: one cell in column XFD padded every row to 16,384 cells (+220 MB from an 18 KB
-    # file); a sheet declaring millions of rows was read whole.
-    import io
-    import tracemalloc
+def test_bad_rows_past_the_first_hundred_are_counted_not_listed(tmp_path):
+    path = tmp_path / "faq.json"
+    path.write_text(json.dumps([{"question": f"q{number}", "answer": ""} for number in range(250)]))
+    result = entries_import(rows=read_rows(path))
+    assert result.error_count == 250 and result.errors_more == 150
+    assert result.errors == [f"row {number}: answer is empty" for number in range(1, 101)]
+    with pytest.raises(CommandError, match="250 row\\(s\\) have errors"):
+        call_command("kb_import", str(path), verbosity=0)
 
+
+def test_a_row_error_quoting_a_long_cell_is_cut_short():
+    result = entries_import(rows=[{"question": "q", "answer": "a", "x" * 5000: "y"}])
+    assert len(result.errors[0]) == importing.MAX_ERROR_CHARS and result.errors[0].endswith("…")
+
+
+def xlsx_bytes(*rows) -> bytes:
     from openpyxl import Workbook
 
-    from kb import importing
-
     workbook = Workbook()
-    sheet = workbook.active
-    sheet.append(["question", "answer"])
-    for number in range(30):
-        sheet.append([f"question {number}", f"answer {number}"])
-    sheet["XFD3"] = "far away"
+    for row in rows:
+        workbook.active.append(row)
     buffer = io.BytesIO()
     workbook.save(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("faq.csv", "question,answer\n" + "q,a\n" * 11, "faq.csv has more than 10 rows"),
+        ("faq.json", json.dumps([{"question": "q", "answer": "a"}] * 11), "faq.json has more than 10 rows"),
+        ("faq.xlsx", xlsx_bytes(["question", "answer"], *[["q", "a"]] * 11), "declares 12 rows; the limit is 10"),
+        ("faq.csv", "question,answer," + ",".join(f"c{n}" for n in range(5)) + "\n", "the header has 7 columns"),
+        ("faq.csv", "question,answer\nq,a,b,c,d,e,f\n", "row 1 has 7 columns"),
+        ("faq.json", json.dumps([{f"c{n}": "x" for n in range(7)}]), "row 1 has 7 fields"),
+        ("faq.xlsx", xlsx_bytes(["question", "answer", None, None, None, None, "far"]), "up to column G"),
+        ("faq.csv", "question,answer\nq," + "a" * 101 + "\n", "a cell of row 1 holds more than 100 characters"),
+        ("faq.json", json.dumps([{"question": "q", "answer": "a" * 101}]), "row 1's 'answer' holds more than 100"),
+        ("faq.json", json.dumps([{"question": "q", "variants": ["v" * 60, "w" * 60]}]), "'variants' holds more"),
+        ("faq.xlsx", xlsx_bytes(["question", "answer"], ["q", "a" * 101]), "a cell of row 1 holds more than 100"),
+        ("faq.csv", "question,answer\n" + "q,a\n" * 100, "is 416 bytes; the limit is 400 bytes"),
+    ],
+)
+def test_each_limit_is_a_clear_error_about_the_file(settings, name, content, message):
+    settings.KB_IMPORT_MAX_ROWS = 10
+    settings.KB_IMPORT_MAX_COLUMNS = 6
+    settings.KB_IMPORT_MAX_CELL_CHARS = 100
+    settings.KB_IMPORT_MAX_BYTES = 400 if name.endswith(".csv") else 10_000
+    content = content if isinstance(content, bytes) else content.encode()
+    with pytest.raises(ImportFileError, match=re.escape(message)):
+        importing.read_rows_from_bytes(name, content)
+    # The web side checks them before reading the table.
+    with pytest.raises(ImportFileError, match=re.escape(message)):
+        importing.upload_rows_if_small(name, content)
+
+
+def test_an_xlsx_zip_bomb_is_refused_by_its_unpacked_size(settings):
+    settings.KB_IMPORT_MAX_UNPACKED_BYTES = 100_000
+    content = xlsx_bytes(["question", "answer"], *[["Where is my order?" * 20, "x"]] * 300)
+    assert len(content) < 20_000
+    with pytest.raises(ImportFileError, match="unpacks to .* bytes; the limit is 100,000"):
+        importing.upload_rows_if_small("bomb.xlsx", content)
+
+
+def test_an_xlsx_without_a_declared_size_is_bounded_while_it_is_read(settings):
+    # Issue 10: one cell in column XFD padded every row to 16,384 cells (+220 MB from an 18 KB file).
+    # Declared, that is refused up front (tests/kb/test_import_limits.py); undeclared, the cells past
+    # the column limit are never materialised.
+    content = xlsx_with_far_cell(declared=False)
     tracemalloc.start()
-    rows = importing.read_rows_from_bytes("far.xlsx", buffer.getvalue())
+    rows = importing.read_rows_from_bytes("far.xlsx", content)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(rows) == 30 and set(rows[0]) == {"question", "answer"}
     # Read whole, the 31 rows padded to column XFD hold 500,000 cells (over 4 MB of lists alone).
     assert peak < 2 * 2**20, f"reading a 31-row sheet peaked at {peak / 2**20:.1f} MB"
-
-    monkeypatch.setattr(importing, "XLSX_MAX_ROWS", 10)
+    # A sheet holding more rows than it declares (or declaring none) is stopped at the row limit.
+    settings.KB_IMPORT_MAX_ROWS = 10
     with pytest.raises(ImportFileError, match="more than 10 rows"):
-        importing.read_rows_from_bytes("long.xlsx", buffer.getvalue())
+        importing.read_rows_from_bytes("long.xlsx", xlsx_package([HEADER_ROW, SAME_ROW * 20], dimension=None))
+    understated = xlsx_package([HEADER_ROW, SAME_ROW * 50], dimension="A1:B2")
+    with pytest.raises(ImportFileError, match="more than 10 rows"):
+        importing.read_rows_from_bytes("understated.xlsx", understated)
+
+
+def test_text_cells_lose_control_and_invisible_characters():
+    content = "question,answer\nWhere\x00 is\u200b my order?,In the\u202e mail.\n".encode()
+    assert read_rows_from_bytes("faq.csv", content) == [{"question": "Where is my order?", "answer": "In the mail."}]
+    data = json.dumps([{"question": "Lone\ud800 surrogate?", "answer": "Gone.", "variants": ["a\x07b"]}])
+    assert read_rows_from_bytes("faq.json", data.encode()) == [
+        {"question": "Lone surrogate?", "answer": "Gone.", "variants": ["ab"]}
+    ]

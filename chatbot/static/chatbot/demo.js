@@ -1,8 +1,10 @@
-// Demo chat box on /ws/chat/. Keeps the conversation id across reloads, reconnects with backoff
+// Demo chat box on /ws/chat/. Keeps the conversation id and its resume token across reloads
+// (resuming needs both), reconnects with backoff
 // and resends messages not yet answered; the server answers a client id once, so nothing doubles.
 // LLM replies stream in as "delta" frames into a provisional bubble that the final "answer" frame
 // replaces; "did you mean" replies come as buttons that send a "choose" frame. An error frame with
-// retry_after_ms (not_ready) leaves the message pending and sends it again after that long.
+// retry_after_ms (not_ready, rate_limited, busy) leaves the message pending and sends it again
+// after that long; too_many_connections waits that long before reconnecting.
 (function () {
   "use strict";
   const log = document.getElementById("log");
@@ -10,6 +12,7 @@
   const input = document.getElementById("text");
   const status = document.getElementById("status");
   const STORAGE_KEY = "chatbot.conversation";
+  const TOKEN_KEY = "chatbot.resume_token";
   const chinese = /[\u3400-\u9fff]/;
   const pending = new Map(); // client id -> {text, element}
   const streaming = new Map(); // client id -> provisional bot bubble
@@ -17,6 +20,7 @@
   const sentIds = new Set(); // client ids this page sent
   let socket = null;
   let retryDelay = 500;
+  let reconnectAfter = 0; // ms the server asked us to wait before reconnecting
 
   function newId() {
     return (crypto.randomUUID && crypto.randomUUID()) ||
@@ -102,7 +106,10 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     const saved = localStorage.getItem(STORAGE_KEY);
-    const query = saved ? "?conversation=" + encodeURIComponent(saved) : "";
+    const token = localStorage.getItem(TOKEN_KEY);
+    const query = saved && token
+      ? "?conversation=" + encodeURIComponent(saved) + "&resume=" + encodeURIComponent(token)
+      : "";
     socket = new WebSocket(scheme + location.host + "/ws/chat/" + query);
     socket.onopen = function () {
       retryDelay = 500;
@@ -112,6 +119,7 @@
       const frame = JSON.parse(event.data);
       if (frame.type === "session") {
         localStorage.setItem(STORAGE_KEY, frame.conversation);
+        localStorage.setItem(TOKEN_KEY, frame.resume_token);
         // Resend whatever was sent but not answered before the connection dropped.
         pending.forEach(function (item, id) { sendFrame(item.frame); });
       } else if (frame.type === "history") {
@@ -148,9 +156,10 @@
         showReply(frame);
       } else if (frame.type === "error") {
         if (frame.retry_after_ms && frame.reply_to && pending.has(frame.reply_to)) {
-          // Not answered yet (the server is starting up): the same message, same id, goes again.
+          // Not answered yet (the server is starting up, or we sent too fast): the same message,
+          // same id, goes again.
           const waiting = pending.get(frame.reply_to);
-          setStatus("starting up…", "bad");
+          setStatus(frame.code === "not_ready" ? "starting up…" : "slow down…", "bad");
           setTimeout(function () { setStatus("online", "ok"); sendFrame(waiting.frame); }, frame.retry_after_ms);
           return;
         }
@@ -162,7 +171,8 @@
           streaming.get(frame.reply_to).remove();
           streaming.delete(frame.reply_to);
         }
-        if (frame.code !== "conversation_not_found") add("error", frame.detail);
+        if (frame.code === "too_many_connections") reconnectAfter = frame.retry_after_ms || 10000;
+        if (frame.code !== "resume_denied") add("error", frame.detail);
       }
     };
     socket.onclose = function () {
@@ -170,7 +180,8 @@
       // A reply that was streaming is asked again on reconnect; drop its partial text.
       streaming.forEach(function (item) { item.remove(); });
       streaming.clear();
-      setTimeout(connect, retryDelay);
+      setTimeout(connect, Math.max(retryDelay, reconnectAfter));
+      reconnectAfter = 0;
       retryDelay = Math.min(retryDelay * 2, 10000);
     };
   }

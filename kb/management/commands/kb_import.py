@@ -1,4 +1,5 @@
-"""manage.py kb_import FILE: load FAQ entries from CSV or JSON, all or nothing."""
+"""manage.py kb_import FILE: load FAQ entries from CSV, JSON or XLSX, all or nothing (within the
+KB_IMPORT_* limits, as uploads are)."""
 
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from kb.importing import ImportFileError, entries_import, read_rows
 
 
 class Command(BaseCommand):
-    help = "Import FAQ entries from a .csv or .json file (rows matching an existing question update it)."
+    help = "Import FAQ entries from a .csv, .json or .xlsx file (rows matching an existing question update it)."
 
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
@@ -24,7 +25,9 @@ class Command(BaseCommand):
         if not result.ok:
             for error in result.errors:
                 self.stderr.write(error)
-            raise CommandError(f"{len(result.errors)} row(s) have errors; nothing was saved")
+            if result.errors_more:
+                self.stderr.write(f"... and {result.errors_more} more")
+            raise CommandError(f"{result.error_count} row(s) have errors; nothing was saved")
         self.stdout.write(
             self.style.SUCCESS(f"imported {file.name}: {result.created} created, {result.updated} updated")
         )

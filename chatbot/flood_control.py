@@ -1,0 +1,170 @@
+"""Flood control for the chat socket, kept in Redis so that it holds across web processes.
+
+Two rates per socket (every frame, and messages), each a token bucket with a burst, checked in one
+Redis round trip (GCRA: one timestamp per bucket, no timer), and a cap on the sockets open from
+one client address (a sorted set of socket ids, each scored with the time it lapses unless its
+socket refreshes it: a web process that dies leaves nothing behind for longer than that).
+
+Redis is the limiter's memory, not a dependency of the chat: while it is unreachable every frame
+and connection is let through (and a warning logged), as answering itself goes on without Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "chatbot:flood"
+# A socket's entry in its address's set lapses this long after its last refresh; a live socket
+# refreshes it every third of that.
+CONNECTION_LEASE_SECONDS = 300
+# How soon a refused connection is told to try again: sockets close at the customers' pace.
+CONNECTION_RETRY_MS = 10_000
+# After Redis failed, how long to let everything through before asking it again (a refused
+# connection costs each frame a connect attempt otherwise).
+REDIS_RETRY_SECONDS = 2.0
+
+# KEYS: one bucket per key; ARGV: per key, the interval between tokens (ms) and the burst. Each
+# bucket's value is its "theoretical arrival time": a frame is allowed while that stays within
+# burst x interval of now. The first bucket that refuses ends the check: the ones after it are not
+# charged, the ones before it are (a refused message still was a frame).
+_RATE_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key)) or now
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  local wait = next_tat - now - interval * burst
+  if wait > 0 then return {i, wait} end
+  redis.call('SET', key, string.format('%d', next_tat), 'PX', next_tat - now + 1000)
+end
+return {0, 0}
+"""
+
+# KEYS[1]: the address's set; ARGV: socket id, cap, lease (ms). A socket already in the set (a
+# refresh) is always let through.
+_CONNECTION_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a frame or connection may go on; if not, which limit said no and when to retry."""
+
+    allowed: bool
+    limit: str = ""  # "frames", "messages" or "connections"
+    retry_after_ms: int = 0
+
+
+ALLOWED = Verdict(allowed=True)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A token bucket: ``burst`` at once, then one token per ``interval_ms``."""
+
+    name: str
+    interval_ms: int
+    burst: int
+
+
+def frame_rate() -> Rate:
+    """Every frame a socket sends (CHATBOT_FRAME_BURST, CHATBOT_FRAMES_PER_SECOND)."""
+    return Rate("frames", max(1, round(1000 / settings.CHATBOT_FRAMES_PER_SECOND)), settings.CHATBOT_FRAME_BURST)
+
+
+def message_rate() -> Rate:
+    """Messages and choices (CHATBOT_MESSAGE_BURST, CHATBOT_MESSAGES_PER_MINUTE)."""
+    return Rate(
+        "messages", max(1, round(60_000 / settings.CHATBOT_MESSAGES_PER_MINUTE)), settings.CHATBOT_MESSAGE_BURST
+    )
+
+
+class FloodControl:
+    """The limiter of one event loop (redis.asyncio connections belong to the loop that made them)."""
+
+    def __init__(self, url: str):
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._rate = self._redis.register_script(_RATE_SCRIPT)
+        self._connection = self._redis.register_script(_CONNECTION_SCRIPT)
+        self._down_until = 0.0
+
+    async def frame_check(self, socket_id: str, *, message: bool) -> Verdict:
+        """Charge one frame (and one message, if it is one) to this socket's buckets."""
+        rates = [frame_rate(), message_rate()] if message else [frame_rate()]
+        keys = [f"{KEY_PREFIX}:{rate.name}:{socket_id}" for rate in rates]
+        args = [value for rate in rates for value in (rate.interval_ms, rate.burst)]
+        result = await self._call(self._rate, keys, args)
+        if result is None or int(result[0]) == 0:
+            return ALLOWED
+        refused = rates[int(result[0]) - 1]
+        return Verdict(allowed=False, limit=refused.name, retry_after_ms=int(result[1]))
+
+    async def connection_open(self, address: str, socket_id: str) -> Verdict:
+        """Count this socket against its address's cap (or refresh it); refused over the cap."""
+        cap = settings.CHATBOT_CONNECTIONS_PER_IP
+        if cap <= 0 or not address:
+            return ALLOWED
+        key = f"{KEY_PREFIX}:connections:{address}"
+        result = await self._call(self._connection, [key], [socket_id, cap, CONNECTION_LEASE_SECONDS * 1000])
+        if result is None or int(result) == 1:
+            return ALLOWED
+        return Verdict(allowed=False, limit="connections", retry_after_ms=CONNECTION_RETRY_MS)
+
+    async def connection_close(self, address: str, socket_id: str) -> None:
+        """This socket no longer counts against its address."""
+        if settings.CHATBOT_CONNECTIONS_PER_IP <= 0 or not address or self._redis_away():
+            return
+        try:
+            await self._redis.zrem(f"{KEY_PREFIX}:connections:{address}", socket_id)
+        except (TimeoutError, RedisError, OSError) as error:
+            self._went_away(error)
+
+    async def _call(self, script, keys: list[str], args: list):
+        if self._redis_away():
+            return None
+        try:
+            return await script(keys=keys, args=args)
+        except (TimeoutError, RedisError, OSError) as error:
+            self._went_away(error)
+            return None
+
+    def _redis_away(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _went_away(self, error: Exception) -> None:
+        self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
+        logger.warning("flood control lets everything through for %.0f s: Redis failed: %s", REDIS_RETRY_SECONDS, error)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FloodControl] = weakref.WeakKeyDictionary()
+
+
+def flood_control() -> FloodControl:
+    """The running event loop's limiter, on CHATBOT_FLOOD_REDIS_URL."""
+    loop = asyncio.get_running_loop()
+    limiter = _by_loop.get(loop)
+    if limiter is None:
+        limiter = _by_loop[loop] = FloodControl(settings.CHATBOT_FLOOD_REDIS_URL)
+    return limiter
