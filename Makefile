@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/bench_retrieval.py
 	$(PY) bench/bench_calibration.py --both
 	$(PY) bench/bench_load.py
+	$(PY) bench/bench_flood.py
 	$(PY) bench/bench_import_memory.py
 	$(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 

@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 # Close code for a socket refused by the connection cap: "try again later" (RFC 6455 registry).
 CLOSE_TRY_AGAIN_LATER = 1013
+# Close code for a socket that kept flooding: "policy violation".
+CLOSE_POLICY_VIOLATION = 1008
+# Refusals are counted in windows of this long (see CHATBOT_FLOOD_CLOSE_REFUSALS).
+FLOOD_WINDOW_SECONDS = 60
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -56,6 +60,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # Until when each limit refused this socket: refusing again before then needs no Redis.
         self.refused_until: dict[str, float] = {}
         self.counted = False  # in the active connections gauge
+        self.refusals, self.refusals_since = 0, time.monotonic()
         client = self.scope.get("client") or ("", 0)
         self.address = client[0] or ""
         await self.accept()
@@ -65,6 +70,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             metrics.rate_limit_hit(verdict.limit)
             await self._send_error(self._refusal(verdict, None))
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            # Frames already on their way are not read: this socket has no conversation.
+            self.socket_closed = True
             return
         self.counted = True
         metrics.connection_opened()
@@ -167,6 +174,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("channel layer %s failed: %s", method, error)
 
     async def receive(self, text_data=None, bytes_data=None):
+        if self.socket_closed:
+            return
         # Parsed before the rate check (a refusal names the message it refuses), but charged to
         # the socket's rate whether valid or not: malformed frames are a flood too.
         try:
@@ -178,6 +187,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not verdict.allowed:
             metrics.rate_limit_hit(verdict.limit)
             reply_to = frame.id if is_message else (error.reply_to if error else None)
+            if self._flooding():
+                await self._flood_close(reply_to)
+                return
             await self._send_error(self._refusal(verdict, reply_to))
         elif error is not None:
             await self._send_error(error)
@@ -185,6 +197,32 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_frame(PongFrame())
         else:
             await self._enqueue(frame)
+
+    async def _flood_close(self, reply_to: str | None) -> None:
+        # Each refusal costs the event loop every customer shares (~0.15 ms): a socket that keeps
+        # flooding is closed, and its address may not open another for a while.
+        retry_after_ms = int(settings.CHATBOT_FLOOD_BAN_SECONDS * 1000)
+        await self._send_error(
+            FrameError(
+                "flood_closed",
+                "Far too many frames; this connection is closed.",
+                reply_to,
+                retry_after_ms=retry_after_ms or None,
+            )
+        )
+        await self.close(code=CLOSE_POLICY_VIOLATION)
+        self.socket_closed = True
+        logger.warning("closed a flooding socket after %d refusals", self.refusals)
+        await flood_control().address_ban(self.address)
+
+    def _flooding(self) -> bool:
+        """Count a refusal; True once this socket has been refused more than
+        CHATBOT_FLOOD_CLOSE_REFUSALS times within FLOOD_WINDOW_SECONDS (no person gets near)."""
+        now = time.monotonic()
+        if now - self.refusals_since > FLOOD_WINDOW_SECONDS:
+            self.refusals_since, self.refusals = now, 0
+        self.refusals += 1
+        return self.refusals > settings.CHATBOT_FLOOD_CLOSE_REFUSALS
 
     async def _rate_check(self, *, message: bool) -> Verdict:
         now = time.monotonic()
@@ -198,6 +236,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return verdict
 
     def _refusal(self, verdict: Verdict, reply_to: str | None) -> FrameError:
+        if verdict.limit == "flood":
+            return FrameError(
+                "flood_closed",
+                "Far too many frames came from your network; please try again later.",
+                retry_after_ms=verdict.retry_after_ms,
+            )
         if verdict.limit == "connections":
             return FrameError(
                 "too_many_connections",

@@ -53,9 +53,12 @@ end
 return {0, 0}
 """
 
-# KEYS[1]: the address's set; ARGV: socket id, cap, lease (ms). A socket already in the set (a
-# refresh) is always let through.
+# KEYS[1]: the address's set, KEYS[2]: the address's ban; ARGV: socket id, cap, lease (ms). Returns
+# 1 (let through), 0 (over the cap) or minus the ban's remaining milliseconds. A socket already in
+# the set (a refresh) is let through unless the address is banned.
 _CONNECTION_SCRIPT = """
+local banned = redis.call('PTTL', KEYS[2])
+if banned > 0 then return -banned end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -73,7 +76,7 @@ class Verdict:
     """Whether a frame or connection may go on; if not, which limit said no and when to retry."""
 
     allowed: bool
-    limit: str = ""  # "frames", "messages" or "connections"
+    limit: str = ""  # "frames", "messages", "connections" or "flood" (the address is banned)
     retry_after_ms: int = 0
 
 
@@ -122,19 +125,34 @@ class FloodControl:
         return Verdict(allowed=False, limit=refused.name, retry_after_ms=int(result[1]))
 
     async def connection_open(self, address: str, socket_id: str) -> Verdict:
-        """Count this socket against its address's cap (or refresh it); refused over the cap."""
-        cap = settings.CHATBOT_CONNECTIONS_PER_IP
-        if cap <= 0 or not address:
+        """Count this socket against its address's cap (or refresh it); refused over the cap, and
+        while the address is banned for flooding."""
+        if not address:
             return ALLOWED
-        key = f"{KEY_PREFIX}:connections:{address}"
-        result = await self._call(self._connection, [key], [socket_id, cap, CONNECTION_LEASE_SECONDS * 1000])
+        # No cap (0) still checks the ban; the set is kept, but never full.
+        cap = settings.CHATBOT_CONNECTIONS_PER_IP or 2**31
+        keys = [f"{KEY_PREFIX}:connections:{address}", f"{KEY_PREFIX}:ban:{address}"]
+        result = await self._call(self._connection, keys, [socket_id, cap, CONNECTION_LEASE_SECONDS * 1000])
         if result is None or int(result) == 1:
             return ALLOWED
+        if int(result) < 0:
+            return Verdict(allowed=False, limit="flood", retry_after_ms=-int(result))
         return Verdict(allowed=False, limit="connections", retry_after_ms=CONNECTION_RETRY_MS)
+
+    async def address_ban(self, address: str) -> None:
+        """Refuse new sockets from ``address`` for CHATBOT_FLOOD_BAN_SECONDS (one of its sockets
+        kept flooding and was closed)."""
+        seconds = settings.CHATBOT_FLOOD_BAN_SECONDS
+        if not address or seconds <= 0 or self._redis_away():
+            return
+        try:
+            await self._redis.set(f"{KEY_PREFIX}:ban:{address}", 1, px=int(seconds * 1000))
+        except (TimeoutError, RedisError, OSError) as error:
+            self._went_away(error)
 
     async def connection_close(self, address: str, socket_id: str) -> None:
         """This socket no longer counts against its address."""
-        if settings.CHATBOT_CONNECTIONS_PER_IP <= 0 or not address or self._redis_away():
+        if not address or self._redis_away():
             return
         try:
             await self._redis.zrem(f"{KEY_PREFIX}:connections:{address}", socket_id)

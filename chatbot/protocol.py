@@ -45,6 +45,8 @@ ERROR_CODES = {
     "rate_limited": "more frames or messages than the limits allow; send again after retry_after_ms",
     "busy": "too many messages waiting for answers on this socket; send again after retry_after_ms",
     "too_many_connections": "this address has too many chat sockets open; the socket is closed",
+    "flood_closed": "the socket went on sending far over the limits and is closed (code 1008); its address may "
+    "connect again after retry_after_ms",
     "not_ready": "this web process has no search index yet; send the same message again later",
     "internal_error": "answering failed; the message may be sent again",
 }
@@ -134,7 +136,7 @@ class ErrorFrame:
     reply_to: str | None = None  # the client id, when known
     # not_ready, rate_limited, busy, too_many_connections: send (or connect) again after this long
     retry_after_ms: int | None = None
-    limit: Literal["frames", "messages", "connections"] | None = None  # rate_limited: which limit
+    limit: Literal["frames", "messages"] | None = None  # rate_limited: which limit
     type: Literal["error"] = "error"
 
 

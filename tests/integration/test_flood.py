@@ -7,9 +7,11 @@ import time
 
 import psutil
 import pytest
+import redis
 from django.conf import settings
 from websockets.exceptions import ConnectionClosed
 
+from chatbot.flood_control import KEY_PREFIX
 from chatbot.models import Conversation, Message
 from tests.factories import entries_create, kb_embed_and_publish
 from tests.integration.servers import Chat, web_server_start
@@ -17,6 +19,9 @@ from tests.integration.servers import Chat, web_server_start
 pytestmark = [pytest.mark.redis, pytest.mark.django_db(transaction=True)]
 
 CONNECTION_CAP = 8
+# Low enough for a test to reach, above what the bursts of the first two tests cost (~3,000).
+CLOSE_REFUSALS = 4000
+BAN_SECONDS = 3
 MESSAGE_BURST = 10  # the defaults of CHATBOT_MESSAGE_BURST and CHATBOT_PENDING_MESSAGES
 PENDING_MESSAGES = 5
 
@@ -30,9 +35,13 @@ def server(tmp_path, transactional_db):
         redis_url=settings.TEST_REDIS_URL,
         processes=2,
         CHATBOT_CONNECTIONS_PER_IP=str(CONNECTION_CAP),
+        CHATBOT_FLOOD_CLOSE_REFUSALS=str(CLOSE_REFUSALS),
+        CHATBOT_FLOOD_BAN_SECONDS=str(BAN_SECONDS),
     )
     yield server
     server.stop()
+    # No ban of 127.0.0.1 outlives the test.
+    redis.Redis.from_url(settings.TEST_REDIS_URL).delete(f"{KEY_PREFIX}:ban:127.0.0.1")
 
 
 async def replies_to(chat: Chat, ids: set[str], timeout: float = 60) -> dict[str, dict]:
@@ -99,7 +108,7 @@ def test_a_flooding_socket_gets_a_reply_or_an_error_for_every_frame_and_others_a
         assert [(a["type"], a["source"]) for a in answers] == [("answer", "faq")] * 3
 
 
-def test_oversized_frames_and_ping_floods_get_error_frames_and_memory_stays_flat(server):
+def test_oversized_frames_get_error_frames_and_memory_stays_flat(server):
     async def scenario():
         chat = await Chat.open(server)
         await chat.next()
@@ -111,30 +120,53 @@ def test_oversized_frames_and_ping_floods_get_error_frames_and_memory_stays_flat
             await chat.ws.send(json.dumps({"type": "message", "id": client_id, "text": big}))
         big_finals = await replies_to(chat, set(ids))
         grown = web_rss(server) - before
-        # 20,000 pings.
-        for _ in range(20_000):
-            await chat.ws.send('{"type": "ping"}')
-        pongs = refused = 0
-        while pongs + refused < 20_000:
-            frame = await chat.next(timeout=30)
-            if frame["type"] == "pong":
-                pongs += 1
-            elif frame.get("code") == "rate_limited":
-                refused += 1
         still_open = chat.open_
         await chat.close()
-        return big_finals, grown, pongs, refused, still_open
+        return big_finals, grown, still_open
 
-    big_finals, grown, pongs, refused, still_open = asyncio.run(scenario())
+    big_finals, grown, still_open = asyncio.run(scenario())
     assert still_open
     assert len(big_finals) == 3000
     assert {frame["code"] for frame in big_finals.values()} <= {"text_too_long", "rate_limited"}
     # Before flood control the same frames queued up: +51 MB in the web process, 2,759 lost.
     assert grown < 30 * 1024 * 1024, f"web processes grew by {grown / 2**20:.0f} MB"
-    # The frame budget (30 at once, 5 a second) was spent by the big frames: almost every ping is
-    # refused, with an error frame each.
-    assert pongs <= 60 and pongs + refused == 20_000
     assert Message.objects.filter(client_id__startswith="big-").count() == 0
+
+
+def test_a_ping_flood_is_refused_then_closed_and_its_address_waits(server):
+    async def scenario():
+        chat = await Chat.open(server)
+        await chat.next()
+        for _ in range(20_000):
+            await chat.ws.send('{"type": "ping"}')
+        kinds: dict[str, int] = {}
+        try:
+            while True:
+                frame = await chat.next(timeout=30)
+                kind = frame["type"] if frame["type"] == "pong" else frame["code"]
+                kinds[kind] = kinds.get(kind, 0) + 1
+        except ConnectionClosed:
+            pass
+        close_code = chat.ws.close_code
+        # Within the ban, this address may not open another socket; after it, it may.
+        banned = await Chat.open(server)
+        refusal = await banned.next()
+        with pytest.raises(ConnectionClosed):
+            await banned.next(timeout=10)
+        await asyncio.sleep(BAN_SECONDS + 0.5)
+        again = await Chat.open(server)
+        session = await again.next()
+        await again.close()
+        return kinds, close_code, refusal, banned.ws.close_code, session
+
+    kinds, close_code, refusal, banned_close_code, session = asyncio.run(scenario())
+    # Before: 20,000 pongs in 4.3 s. Now the frame budget (30 at once, 5 a second) answers a few,
+    # every other ping gets its rate_limited frame, and past CLOSE_REFUSALS the socket is closed.
+    assert kinds["pong"] <= 60
+    assert kinds["rate_limited"] == CLOSE_REFUSALS and kinds["flood_closed"] == 1
+    assert close_code == 1008
+    assert (refusal["code"], banned_close_code) == ("flood_closed", 1013) and refusal["retry_after_ms"] > 0
+    assert session["type"] == "session"
 
 
 def test_connect_and_close_leaves_nothing_and_the_connection_cap_holds_across_processes(server):
