@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chatbot.decision_record import DecisionRecord
@@ -65,6 +65,16 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     same client id was stored meanwhile (a resend racing on another connection), that reply wins.
     """
     was_stored = conversation.is_stored
+    # Inside a caller's transaction a failed statement would abort it: there, the savepoint path.
+    one_statement = connection.vendor == "postgresql" and not connection.in_atomic_block
+    if was_stored and not reply.record.prompt_texts and one_statement:
+        try:
+            return _exchange_insert_one_statement(conversation, client_id, customer_text, reply)
+        except IntegrityError:
+            previous = stored_reply(conversation=conversation, client_id=client_id)
+            if previous is None:
+                raise
+            return StoredReply(message=previous, client_id=client_id, duplicate=True)
     try:
         with transaction.atomic():
             if not was_stored:
@@ -104,6 +114,79 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     except BaseException:
         _mark_unstored(conversation, was_stored)
         raise
+    return StoredReply(message=message, client_id=client_id, duplicate=False)
+
+
+_MESSAGE_COLUMNS = (
+    "conversation_id",
+    "role",
+    "text",
+    "client_id",
+    "source",
+    "entry_id",
+    "score",
+    "retrieval",
+    "decision",
+    "citations",
+    "timings_ms",
+    "created_at",
+)
+
+
+def _exchange_insert_one_statement(
+    conversation: Conversation, client_id: str, customer_text: str, reply: BotReply
+) -> StoredReply:
+    """exchange_save's common case on PostgreSQL, in one statement: both messages and the
+    conversation's update as data-modifying CTEs, atomic as any single statement is. Instead of
+    BEGIN, INSERT, INSERT, UPDATE, COMMIT: one round trip, for every message of every customer."""
+    now = timezone.now()
+    question = Message(
+        conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id, created_at=now
+    )
+    message = Message(
+        conversation=conversation,
+        role=Role.BOT,
+        text=reply.text,
+        source=reply.source,
+        entry_id=reply.entry_id,
+        score=reply.score,
+        retrieval=list(reply.record.retrieval),
+        decision=reply.record.decision_json(),
+        citations=reply.citations or [],
+        timings_ms=reply.record.timings_ms,
+        created_at=now,
+    )
+    state = (
+        ConversationState.WAITING if reply.source == Source.HANDOFF and reply.record.handoff == "requested" else None
+    )
+    fields = [Message._meta.get_field(name) for name in _MESSAGE_COLUMNS]  # by column (attname)
+    columns = ", ".join(connection.ops.quote_name(name) for name in _MESSAGE_COLUMNS)
+    values = ", ".join(["%s"] * len(_MESSAGE_COLUMNS))
+    table = connection.ops.quote_name(Message._meta.db_table)
+    conversations = connection.ops.quote_name(Conversation._meta.db_table)
+    sql = f"""
+        WITH question AS (
+            INSERT INTO {table} ({columns}, reply_to_id) VALUES ({values}, NULL) RETURNING id
+        ), reply AS (
+            INSERT INTO {table} ({columns}, reply_to_id) SELECT {values}, question.id FROM question RETURNING id
+        ), touched AS (
+            UPDATE {conversations} SET updated_at = %s, state = COALESCE(%s, state) WHERE id = %s RETURNING id
+        )
+        SELECT question.id, reply.id FROM question, reply
+    """
+    params = [
+        *(field.get_db_prep_save(getattr(question, field.attname), connection) for field in fields),
+        *(field.get_db_prep_save(getattr(message, field.attname), connection) for field in fields),
+        now,
+        state,
+        conversation.pk,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        question.id, message.id = cursor.fetchone()
+    for stored in (question, message):
+        stored._state.adding, stored._state.db = False, connection.alias
+    message.reply_to = question
     return StoredReply(message=message, client_id=client_id, duplicate=False)
 
 

@@ -1,0 +1,69 @@
+"""Storing an exchange (chatbot.services.exchange_save): the first message stores the conversation;
+later ones take one statement on PostgreSQL and must store exactly what the transaction path does."""
+
+import pytest
+
+from chatbot.decision_record import DecisionRecord
+from chatbot.decisions import Kind
+from chatbot.models import Conversation, Message
+from chatbot.services import BotReply, conversation_new, exchange_save
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COMPARED = ("role", "text", "client_id", "source", "entry_id", "score", "retrieval", "decision", "citations")
+
+
+def reply(text: str, *, source: str = "faq", handoff: str | None = None) -> BotReply:
+    record = DecisionRecord(
+        kind=Kind.HANDOFF if source == "handoff" else Kind.FAQ,
+        reason="test",
+        language="en",
+        retrieval=({"entry_id": None, "score": 0.5},),
+        handoff=handoff,
+        timings_ms={"total": 1.5},
+    )
+    return BotReply(source=source, text=text, record=record, score=0.5, citations=[])
+
+
+def stored(message: Message) -> dict:
+    return {name: getattr(message, name) for name in COMPARED}
+
+
+def test_every_exchange_is_stored_alike_whichever_way_it_is_written():
+    conversation = conversation_new()
+    assert not Conversation.objects.exists()
+    first = exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
+    assert Conversation.objects.get().id == conversation.id
+    second = exchange_save(conversation=conversation, client_id="c2", customer_text="hello", reply=reply("hi"))
+
+    for result, client_id in ((first, "c1"), (second, "c2")):
+        assert not result.duplicate and result.message.reply_to.client_id == client_id
+        from_db = Message.objects.select_related("reply_to").get(id=result.message.id)
+        # What the caller holds is what was stored, reply_to included.
+        assert stored(from_db) == stored(result.message)
+        assert stored(from_db.reply_to) == stored(result.message.reply_to)
+        assert from_db.timings_ms == {"total": 1.5}
+    first_row, second_row = (Message.objects.get(id=r.message.id) for r in (first, second))
+    assert {k: v for k, v in stored(first_row).items()} == stored(second_row)
+    assert Message.objects.filter(conversation=conversation).count() == 4
+
+
+def test_a_resent_client_id_returns_the_stored_reply_and_a_request_for_a_person_waits():
+    conversation = conversation_new()
+    exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
+    original = exchange_save(conversation=conversation, client_id="c2", customer_text="where?", reply=reply("there"))
+    again = exchange_save(conversation=conversation, client_id="c2", customer_text="where?", reply=reply("other"))
+    assert again.duplicate and again.message.id == original.message.id and again.message.text == "there"
+    assert Message.objects.count() == 4
+
+    before = Conversation.objects.get().updated_at
+    exchange_save(
+        conversation=conversation,
+        client_id="c3",
+        customer_text="a person please",
+        reply=reply("someone will join", source="handoff", handoff="requested"),
+    )
+    row = Conversation.objects.get()
+    assert row.state == "waiting" and row.updated_at > before
+    exchange_save(conversation=conversation, client_id="c4", customer_text="thanks", reply=reply("welcome"))
+    assert Conversation.objects.get().state == "waiting"
