@@ -1,11 +1,13 @@
-"""Read-only transcript views in the admin until the ops console arrives, the decision
-thresholds, and the entries admin with its hit-testing page."""
+"""Read-only transcript views in the admin until the ops console arrives, the sites that embed
+the widget, the decision thresholds, and the entries admin with its hit-testing page."""
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
 from chatbot.evaluation.admin import EntryWithHitTestingAdmin
-from chatbot.models import Conversation, DecisionThresholds, Message
+from chatbot.models import Conversation, DecisionThresholds, Message, Site
+from chatbot.sites import site_key_rotate, site_origins
 from kb.models import Entry
 
 # kb.admin registered Entry when chatbot.evaluation.admin imported it (whatever the order of
@@ -34,10 +36,103 @@ class MessageInline(admin.TabularInline):
     can_delete = False
 
 
+class LinesField(forms.CharField):
+    """A list of strings, edited one per line (blank lines dropped)."""
+
+    widget = forms.Textarea(attrs={"rows": 4, "cols": 60})
+
+    def prepare_value(self, value):
+        return "\n".join(value) if isinstance(value, list | tuple) else value
+
+    def to_python(self, value):
+        return [line.strip() for line in (super().to_python(value) or "").splitlines() if line.strip()]
+
+
+class SiteForm(forms.ModelForm):
+    allowed_origins = LinesField(
+        required=False,
+        help_text="One per line, as scheme://host[:port] (e.g. https://shop.example.com). Pages there may "
+        "open the chat with this site's key; the app's own pages always may.",
+    )
+    starter_questions = LinesField(required=False, help_text="One per line.")
+    rotate_key = forms.BooleanField(
+        required=False,
+        label="Rotate the key when saving",
+        help_text="Gives the site a new public key: embeds with the old one stop working.",
+    )
+
+    class Meta:
+        model = Site
+        fields = (
+            "name",
+            "allowed_origins",
+            "is_active",
+            "llm_enabled",
+            "greeting_en",
+            "greeting_zh",
+            "starter_questions",
+            "primary_colour",
+            "default_language",
+        )
+
+    def clean_rotate_key(self):
+        rotate = self.cleaned_data["rotate_key"]
+        if rotate and self.instance.is_default:
+            raise forms.ValidationError("The default site's key is fixed: it serves sockets that name no site.")
+        return rotate
+
+
+@admin.register(Site)
+class SiteAdmin(admin.ModelAdmin):
+    """The websites that embed the chat widget. The key is public and read-only; the rotate action
+    (or the checkbox on a site's page) replaces it."""
+
+    form = SiteForm
+    list_display = ("name", "key", "is_active", "llm_enabled", "default_language", "origins", "updated_at")
+    list_filter = ("is_active", "llm_enabled", "default_language")
+    search_fields = ("name", "key", "allowed_origins")
+    readonly_fields = ("key", "created_at", "updated_at")
+    actions = ["rotate_keys"]
+
+    def get_fieldsets(self, request, obj=None):
+        appearance = ("greeting_en", "greeting_zh", "starter_questions", "primary_colour", "default_language")
+        access = ("key", "allowed_origins", "is_active", "llm_enabled")
+        if obj is not None:
+            access = (*access, "rotate_key", "created_at", "updated_at")
+        return [(None, {"fields": ("name", *access)}), ("Widget", {"fields": appearance})]
+
+    @admin.display(description="allowed origins")
+    def origins(self, obj):
+        return ", ".join(site_origins(obj)) or "(this app's pages only)"
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        if change and form.cleaned_data.get("rotate_key"):
+            site_key_rotate(site=obj)
+            self.message_user(request, f"{obj.name}: new key {obj.key}; the old one no longer works.")
+
+    @admin.action(description="Rotate the keys of the selected sites (their old keys stop working)")
+    def rotate_keys(self, request, queryset):
+        rotated = []
+        for site in queryset:
+            if site.is_default:
+                self.message_user(request, f"{site.name}: the default site's key is fixed.", messages.WARNING)
+                continue
+            site_key_rotate(site=site)
+            rotated.append(site.name)
+        if rotated:
+            self.message_user(request, f"New keys for: {', '.join(rotated)}. Update their embeds.")
+
+    def has_delete_permission(self, request, obj=None):
+        # Sockets that name no site, and the demo page, belong to the default site.
+        return super().has_delete_permission(request, obj) and not (obj is not None and obj.is_default)
+
+
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
     list_display = ("id", "site", "state", "created_at", "updated_at")
     list_filter = ("state", "site")
+    list_select_related = ("site",)
     readonly_fields = ("id", "site", "created_at", "updated_at")
     inlines = [MessageInline]
 

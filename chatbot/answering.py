@@ -25,6 +25,7 @@ from chatbot.pipeline import Answer, answer_question, reply_text
 from chatbot.runtime import in_pool
 from chatbot.selectors import ConversationContext, conversation_context
 from chatbot.services import BotReply, StoredReply, exchange_save, offered_suggestion, stored_reply
+from chatbot.sites import site_llm_enabled
 from kb.language import detect_language
 from kb.models import Entry
 
@@ -65,6 +66,8 @@ async def message_reply(*, conversation: Conversation, client_id: str, text: str
 
 async def _message_reply(conversation: Conversation, client_id: str, text: str, on_delta: OnDelta) -> StoredReply:
     llm = get_llm()
+    if llm is not None and not await site_llm_enabled(site_id=conversation.site_id):
+        llm = None  # the conversation's site has the LLM fallback off: answer as without an LLM
     if llm is None:
         # Without an LLM the whole exchange is synchronous: one trip to the answer pool and one
         # database connection, instead of a thread hop (and a connection health check) per step.

@@ -24,11 +24,17 @@ from chatbot.logging_context import conversation_bind
 from chatbot.protocol import (
     ChooseFrame,
     DeltaFrame,
+    FeedbackFrame,
+    FeedbackSavedFrame,
     FrameError,
     HistoryFrame,
+    IdentifiedFrame,
+    IdentifyFrame,
     MessageFrame,
     PingFrame,
     PongFrame,
+    RatingFrame,
+    RatingSavedFrame,
     SessionFrame,
     history_item,
     reply_frame,
@@ -36,7 +42,15 @@ from chatbot.protocol import (
 from chatbot.resume_tokens import resume_token, resume_token_valid
 from chatbot.runtime import in_pool, index_wait
 from chatbot.selectors import conversation_history
-from chatbot.services import StoredReply, conversation_new, conversation_resume
+from chatbot.services import (
+    FeedbackInvalid,
+    StoredReply,
+    conversation_new,
+    conversation_resume,
+    feedback_save,
+    identity_save,
+    rating_save,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +94,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _conversation_open(self, query: protocol.ConnectQuery) -> None:
         resumed = False
+        site = self.scope["chat_site"]
         if query.conversation and resume_token_valid(query.conversation, query.resume_token):
             self.conversation, resumed = await in_pool(conversation_resume)(
-                conversation_id=query.conversation, site=query.site
+                conversation_id=query.conversation, site=site
             )
         else:
             # A conversation id alone opens nothing: the same error whether it exists or not.
-            self.conversation = conversation_new(site=query.site)
+            self.conversation = conversation_new(site=site)
             if query.resume_asked:
                 await self._send_error(
                     FrameError("resume_denied", "That conversation cannot be resumed here; a new one was started.")
@@ -195,8 +210,31 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._send_error(error)
         elif isinstance(frame, PingFrame):
             await self.send_frame(PongFrame())
+        elif isinstance(frame, (FeedbackFrame, RatingFrame, IdentifyFrame)):
+            # Quick writes, not queued behind an answer being written.
+            try:
+                await self.send_frame(await in_pool(self._record)(frame))
+            except FrameError as record_error:
+                await self._send_error(record_error)
         else:
             await self._enqueue(frame)
+
+    def _record(self, frame: FeedbackFrame | RatingFrame | IdentifyFrame) -> protocol.ServerFrame:
+        """Store a feedback, rating or identify frame; the frame that says so."""
+        try:
+            if isinstance(frame, FeedbackFrame):
+                feedback_save(
+                    conversation=self.conversation, message_id=frame.message_id, value=frame.value, reason=frame.reason
+                )
+                return FeedbackSavedFrame(message_id=frame.message_id, value=frame.value)
+            if isinstance(frame, RatingFrame):
+                rating_save(conversation=self.conversation, score=frame.score, comment=frame.comment)
+                return RatingSavedFrame(score=frame.score)
+            identity_save(conversation=self.conversation, name=frame.name, email=frame.email)
+            return IdentifiedFrame()
+        except FeedbackInvalid as invalid:
+            code = "invalid_feedback" if isinstance(frame, FeedbackFrame) else "invalid_rating"
+            raise FrameError(code, str(invalid)) from None
 
     async def _flood_close(self, reply_to: str | None) -> None:
         # Each refusal costs the event loop every customer shares (~0.15 ms): a socket that keeps

@@ -1,13 +1,21 @@
 """Conversations and their messages, with what the bot retrieved and why it answered as it did."""
 
+import secrets
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from simple_history.models import HistoricalRecords
 
 from chatbot.decisions import Thresholds
+from chatbot.origins import origins_normalise
+from chatbot.protocol import (
+    CUSTOMER_EMAIL_MAX_CHARS,
+    CUSTOMER_NAME_MAX_CHARS,
+    FEEDBACK_REASON_MAX_CHARS,
+    SITE_MAX_CHARS,
+)
 
 
 class ConversationState(models.TextChoices):
@@ -17,14 +25,115 @@ class ConversationState(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
+# The site of the app's own demo page and of sockets that name no site: its key never changes.
+DEFAULT_SITE_KEY = "default"
+
+
+def site_key_new() -> str:
+    """A new public key for a site: random and URL-safe (it goes in the widget's ``data-site`` and
+    the socket's ``?site=``). It is public, so guessing it gains nothing an origin check allows."""
+    return secrets.token_urlsafe(18)
+
+
+class SiteLanguage(models.TextChoices):
+    EN = "en", "English"
+    ZH = "zh", "Chinese (Simplified)"
+
+
+class Site(models.Model):
+    """A website that embeds the chat widget: its public key, the origins (scheme, host and port)
+    whose pages may open the chat socket with that key, and how the widget greets its customers."""
+
+    name = models.CharField(max_length=100)
+    key = models.CharField(
+        max_length=SITE_MAX_CHARS,
+        unique=True,
+        default=site_key_new,
+        editable=False,
+        help_text="Public: the widget's data-site and the socket's ?site=. Rotate it to retire a leaked embed.",
+    )
+    allowed_origins = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Pages that may open the chat with this key, one scheme://host[:port] each; the app's "
+        "own pages always may.",
+    )
+    greeting_en = models.TextField(blank=True, default="Hi! How can we help you today?")
+    greeting_zh = models.TextField(blank=True, default="您好！请问有什么可以帮您？")
+    starter_questions = models.JSONField(
+        default=list, blank=True, help_text="Questions the widget offers as buttons before the first message."
+    )
+    primary_colour = models.CharField(
+        max_length=7,
+        default="#0969da",
+        validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "A colour as #rrggbb.")],
+        help_text="The widget's main colour, as #rrggbb.",
+    )
+    default_language = models.CharField(max_length=8, choices=SiteLanguage.choices, default=SiteLanguage.EN)
+    llm_enabled = models.BooleanField(
+        "LLM fallback",
+        default=True,
+        help_text="Answer questions the FAQ does not cover with the LLM (when one is configured); "
+        "off: offer a person instead.",
+    )
+    is_active = models.BooleanField(default=True, help_text="Off: the widget and the chat refuse this key.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the app's own site (the demo page, and sockets that name no site)."""
+        return self.key == DEFAULT_SITE_KEY
+
+    def clean(self):
+        # Stored normalised, so the admin shows what is compared and a typo is refused, not ignored.
+        if not isinstance(self.allowed_origins, list):
+            raise ValidationError({"allowed_origins": "a list of origins"})
+        try:
+            self.allowed_origins = origins_normalise(self.allowed_origins)
+        except ValidationError as error:
+            raise ValidationError({"allowed_origins": error.messages}) from None
+        if not isinstance(self.starter_questions, list) or not all(
+            isinstance(question, str) for question in self.starter_questions
+        ):
+            raise ValidationError({"starter_questions": "a list of questions"})
+        self.starter_questions = [question.strip() for question in self.starter_questions if question.strip()]
+        self.primary_colour = (self.primary_colour or "").lower()
+
+
+def default_site_id() -> int:
+    """The default site's id: a conversation created without a site belongs to it. The data
+    migration creates the row; it is created again here if it went missing (a flushed database)."""
+    site_id = Site.objects.filter(key=DEFAULT_SITE_KEY).values_list("pk", flat=True).first()
+    if site_id is None:
+        site, _ = Site.objects.get_or_create(key=DEFAULT_SITE_KEY, defaults={"name": "Default (this app's own pages)"})
+        site_id = site.pk
+    return site_id
+
+
 class Conversation(models.Model):
     """One customer's chat on one site."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    site = models.CharField(max_length=100, default="default", db_index=True)
+    site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="conversations")
     state = models.CharField(max_length=10, choices=ConversationState.choices, default=ConversationState.BOT)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Who the customer is, when the host page says so (SupportChat.identify): for agents, never the LLM.
+    customer_name = models.CharField(max_length=CUSTOMER_NAME_MAX_CHARS, blank=True)
+    customer_email = models.EmailField(max_length=CUSTOMER_EMAIL_MAX_CHARS, blank=True)
+    # The customer's rating of the whole chat (1-5), when the widget asked for one.
+    rating = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
+    rating_comment = models.TextField(blank=True)
+    rated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-updated_at"]
@@ -152,3 +261,25 @@ class PromptText(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sha256[:12]}: {self.text[:60]}"
+
+
+class FeedbackValue(models.TextChoices):
+    UP = "up", "Helpful"
+    DOWN = "down", "Not helpful"
+
+
+class Feedback(models.Model):
+    """A customer's thumbs up or down on one bot reply, with an optional reason (one per reply:
+    sending again replaces it). What KB editors read to find answers that miss."""
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback")
+    value = models.CharField(max_length=4, choices=FeedbackValue.choices)
+    reason = models.TextField(max_length=FEEDBACK_REASON_MAX_CHARS, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return f"{self.value} on message {self.message_id}"

@@ -18,16 +18,23 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from pydantic import Field, TypeAdapter
 
 from kb.text import has_unwanted_characters, text_sanitise
 
 PROTOCOL_VERSION = 2  # 2: resuming needs the resume token; flood control
 
-# Limits. The client id and site are stored in columns of these sizes (a test checks they agree).
+# Limits. The client id and a site's key are stored in columns of these sizes (a test checks they agree).
 CLIENT_ID_MAX_CHARS = 100
 SITE_MAX_CHARS = 100
 ENTRY_ID_MAX = 2**63 - 1  # a bigint primary key
+MESSAGE_ID_MAX = 2**63 - 1
+FEEDBACK_REASON_MAX_CHARS = 500
+RATING_COMMENT_MAX_CHARS = 1000
+CUSTOMER_NAME_MAX_CHARS = 100
+CUSTOMER_EMAIL_MAX_CHARS = 254
 
 ERROR_CODES = {
     "invalid_json": "the frame is not valid JSON",
@@ -48,6 +55,9 @@ ERROR_CODES = {
     "flood_closed": "the socket went on sending far over the limits and is closed (code 1008); its address may "
     "connect again after retry_after_ms",
     "not_ready": "this web process has no search index yet; send the same message again later",
+    "invalid_feedback": 'a "feedback" frame naming no bot reply of this conversation, or with a bad value or reason',
+    "invalid_rating": 'a "rating" frame without a score of 1 to 5, with a bad comment, or before any message',
+    "invalid_identity": 'an "identify" frame with a bad name or email',
     "internal_error": "answering failed; the message may be sent again",
 }
 
@@ -109,7 +119,36 @@ class PingFrame:
     type: Literal["ping"] = "ping"
 
 
-ClientFrame = MessageFrame | ChooseFrame | PingFrame
+@dataclass(frozen=True)
+class FeedbackFrame:
+    """Thumbs up or down on one bot reply (sent again, it replaces the earlier one)."""
+
+    message_id: Annotated[int, Field(gt=0, le=MESSAGE_ID_MAX)]
+    value: Literal["up", "down"]
+    reason: Annotated[str, Field(max_length=FEEDBACK_REASON_MAX_CHARS)] = ""
+    type: Literal["feedback"] = "feedback"
+
+
+@dataclass(frozen=True)
+class RatingFrame:
+    """The customer rates the whole conversation (when it ends, or is handed to a person)."""
+
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: Annotated[str, Field(max_length=RATING_COMMENT_MAX_CHARS)] = ""
+    type: Literal["rating"] = "rating"
+
+
+@dataclass(frozen=True)
+class IdentifyFrame:
+    """Who the customer is, as the host page knows it (``SupportChat.identify``); shown to agents,
+    never to the LLM."""
+
+    name: Annotated[str, Field(max_length=CUSTOMER_NAME_MAX_CHARS)] | None = None  # absent: unchanged
+    email: Annotated[str, Field(max_length=CUSTOMER_EMAIL_MAX_CHARS)] | None = None  # absent: unchanged
+    type: Literal["identify"] = "identify"
+
+
+ClientFrame = MessageFrame | ChooseFrame | PingFrame | FeedbackFrame | RatingFrame | IdentifyFrame
 
 
 # Server → client ---------------------------------------------------------------------------------
@@ -218,7 +257,42 @@ class HistoryFrame:
     type: Literal["history"] = "history"
 
 
-ServerFrame = SessionFrame | ErrorFrame | PongFrame | DeltaFrame | AnswerFrame | SuggestionsFrame | HistoryFrame
+@dataclass(frozen=True)
+class FeedbackSavedFrame:
+    """A feedback frame was stored."""
+
+    message_id: int
+    value: Literal["up", "down"]
+    type: Literal["feedback_saved"] = "feedback_saved"
+
+
+@dataclass(frozen=True)
+class RatingSavedFrame:
+    """A rating frame was stored."""
+
+    score: int
+    type: Literal["rating_saved"] = "rating_saved"
+
+
+@dataclass(frozen=True)
+class IdentifiedFrame:
+    """An identify frame was stored."""
+
+    type: Literal["identified"] = "identified"
+
+
+ServerFrame = (
+    SessionFrame
+    | ErrorFrame
+    | PongFrame
+    | DeltaFrame
+    | AnswerFrame
+    | SuggestionsFrame
+    | HistoryFrame
+    | FeedbackSavedFrame
+    | RatingSavedFrame
+    | IdentifiedFrame
+)
 
 # Keys left out of a frame when None (optional in the schema): clients test for their presence.
 _OMITTED_WHEN_NONE = {
@@ -259,6 +333,12 @@ def client_frame_parse(text_data: str | None) -> ClientFrame:
         return _choose_parse(content)
     if frame_type == "message":
         return _message_parse(content)
+    if frame_type == "feedback":
+        return _feedback_parse(content)
+    if frame_type == "rating":
+        return _rating_parse(content)
+    if frame_type == "identify":
+        return _identify_parse(content)
     raise FrameError("unknown_type", f"Unknown frame type {str(frame_type)[:40]!r}.")
 
 
@@ -298,6 +378,54 @@ def _choose_parse(content: dict) -> ChooseFrame:
     if not isinstance(entry_id, int) or isinstance(entry_id, bool) or not 0 < entry_id <= ENTRY_ID_MAX:
         raise FrameError("invalid_entry_id", 'A "choose" frame needs a positive integer "entry_id".', client_id)
     return ChooseFrame(entry_id=entry_id, id=client_id)
+
+
+def _feedback_parse(content: dict) -> FeedbackFrame:
+    message_id = content.get("message_id")
+    if not _positive_int(message_id, MESSAGE_ID_MAX):
+        raise FrameError("invalid_feedback", 'A "feedback" frame needs the "message_id" of a bot reply.')
+    value = content.get("value")
+    if value not in ("up", "down"):
+        raise FrameError("invalid_feedback", '"value" must be "up" or "down".')
+    reason = _optional_text(content.get("reason"), FEEDBACK_REASON_MAX_CHARS, "invalid_feedback", '"reason"')
+    return FeedbackFrame(message_id=message_id, value=value, reason=reason)
+
+
+def _rating_parse(content: dict) -> RatingFrame:
+    score = content.get("score")
+    if not _positive_int(score, 5):
+        raise FrameError("invalid_rating", '"score" must be a whole number from 1 to 5.')
+    comment = _optional_text(content.get("comment"), RATING_COMMENT_MAX_CHARS, "invalid_rating", '"comment"')
+    return RatingFrame(score=score, comment=comment)
+
+
+def _identify_parse(content: dict) -> IdentifyFrame:
+    name = email = None
+    if "name" in content:
+        name = " ".join(_optional_text(content["name"], CUSTOMER_NAME_MAX_CHARS, "invalid_identity", '"name"').split())
+    if "email" in content:
+        email = _optional_text(content["email"], CUSTOMER_EMAIL_MAX_CHARS, "invalid_identity", '"email"').lower()
+        if email:
+            try:
+                validate_email(email)
+            except ValidationError:
+                raise FrameError("invalid_identity", '"email" is not an email address.') from None
+    return IdentifyFrame(name=name, email=email)
+
+
+def _positive_int(value, maximum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= maximum
+
+
+def _optional_text(value, limit: int, code: str, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FrameError(code, f"{what} must be a string.")
+    text = text_sanitise(value).strip()
+    if len(text) > limit:
+        raise FrameError(code, f"{what} is longer than {limit} characters.")
+    return text
 
 
 def reply_frame(message, *, client_id: str, duplicate: bool) -> AnswerFrame | SuggestionsFrame:
@@ -359,12 +487,12 @@ class ConnectQuery:
 
     conversation: str | None  # the conversation to resume, as a canonical UUID; None when not given
     resume_token: str
-    site: str
+    site: str  # a site's public key (chatbot.models.Site.key); "default" when not given
     resume_asked: bool  # ?conversation= was given (maybe malformed: then ``conversation`` is None)
 
 
 def connect_query_parse(query_string: bytes) -> ConnectQuery:
-    """``?conversation=<id>&resume=<token>&site=<name>``, each optional."""
+    """``?conversation=<id>&resume=<token>&site=<key>``, each optional."""
     query = parse_qs(query_string.decode("utf-8", "replace"))
     requested = (query.get("conversation") or [""])[0].strip()
     try:
@@ -380,7 +508,8 @@ def connect_query_parse(query_string: bytes) -> ConnectQuery:
 
 
 def site_parse(value: str | None) -> str:
-    """The ``?site=`` of a connection, cleaned and cut to what a conversation stores."""
+    """The ``?site=`` of a connection (a site's public key), cleaned and cut to what a key can be;
+    the default site's key when absent. The handshake refuses keys of no active site."""
     return text_sanitise(value or "").strip()[:SITE_MAX_CHARS] or "default"
 
 

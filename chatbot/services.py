@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chatbot.decision_record import DecisionRecord
-from chatbot.models import Conversation, ConversationState, Message, PromptText, Role, Source
+from chatbot.models import Conversation, ConversationState, Feedback, Message, PromptText, Role, Site, Source
+from chatbot.pii import pii_redact
 
 
-def conversation_new(*, site: str = "default") -> Conversation:
+def conversation_new(*, site: Site) -> Conversation:
     """A conversation for a new socket, not yet stored: it is stored with its first message, so a
     socket that opens and closes without a word leaves nothing behind."""
     return Conversation(site=site)
 
 
-def conversation_resume(*, conversation_id: str, site: str = "default") -> tuple[Conversation, bool]:
-    """The stored conversation with this id, or (if it has no message yet) a new one with the id.
+def conversation_resume(*, conversation_id: str, site: Site) -> tuple[Conversation, bool]:
+    """The stored conversation with this id (on whichever site it started: the token is what
+    grants it), or, if it has no message yet, a new one with the id on ``site``.
 
     The caller has checked the resume token. Returns the conversation and whether it was stored.
     """
@@ -205,3 +208,46 @@ def offered_suggestion(*, conversation: Conversation, entry_id: int) -> Message 
         if any(option.get("entry_id") == entry_id for option in message.decision.get("options", [])):
             return message
     return None
+
+
+class FeedbackInvalid(ValueError):
+    """Feedback naming no bot reply of the conversation, or a rating with nothing to rate."""
+
+
+def _customer_text(text: str) -> str:
+    # Free text a customer types is stored as their messages are: redacted unless CHATBOT_STORE_PII.
+    return text if settings.CHATBOT_STORE_PII else pii_redact(text).text
+
+
+def feedback_save(*, conversation: Conversation, message_id: int, value: str, reason: str = "") -> Feedback:
+    """Store (or replace) the customer's thumbs up or down on one of this conversation's bot replies."""
+    if (
+        not conversation.is_stored
+        or not Message.objects.filter(id=message_id, conversation=conversation, role=Role.BOT).exists()
+    ):
+        raise FeedbackInvalid("That message is not a reply in this conversation.")
+    feedback, _ = Feedback.objects.update_or_create(
+        message_id=message_id, defaults={"value": value, "reason": _customer_text(reason)}
+    )
+    return feedback
+
+
+def rating_save(*, conversation: Conversation, score: int, comment: str = "") -> None:
+    """Store the customer's 1-5 rating of the conversation (a later one replaces it)."""
+    if not conversation.is_stored:
+        raise FeedbackInvalid("There is nothing to rate before the first message.")
+    Conversation.objects.filter(pk=conversation.pk).update(
+        rating=score, rating_comment=_customer_text(comment), rated_at=timezone.now()
+    )
+
+
+def identity_save(*, conversation: Conversation, name: str | None, email: str | None) -> None:
+    """Store who the customer is (from the host page); None leaves a field as it is. Before the
+    first message it waits on the unstored conversation, which is stored with it."""
+    changes = {
+        field: value for field, value in (("customer_name", name), ("customer_email", email)) if value is not None
+    }
+    for field, value in changes.items():
+        setattr(conversation, field, value)
+    if conversation.is_stored and changes:
+        Conversation.objects.filter(pk=conversation.pk).update(**changes)

@@ -1,4 +1,5 @@
-"""HTTP views of the customer side: the demo page, health, readiness and metrics."""
+"""HTTP views of the customer side: the demo page, a site's widget settings, health, readiness and
+metrics."""
 
 import functools
 import hmac
@@ -8,10 +9,13 @@ import os
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import render
+from django.utils.cache import patch_vary_headers
+from django.views.decorators.http import require_safe
 
 from chatbot import protocol
 from chatbot.health import health_report
 from chatbot.metrics import metrics_render
+from chatbot.sites import site_cors_origin, site_for_key, site_widget_config
 from kb.query_batching import query_batching_stats
 from kb.selectors import current_index
 
@@ -24,6 +28,28 @@ def demo_page(request):
 def protocol_schema(request):
     """The chat protocol's JSON Schema (chatbot.protocol), for widget and client builders."""
     return JsonResponse(protocol.protocol_schema(), json_dumps_params={"ensure_ascii": False})
+
+
+# The widget fetches its site's settings on every page view of the host site: browsers and CDNs may
+# keep them this long (an admin edit shows within it; the socket checks origins itself).
+WIDGET_CONFIG_MAX_AGE = 300
+
+
+@require_safe
+def widget_site_config(request, key):
+    """A site's public widget settings (chatbot.sites.site_widget_config), readable by pages on the
+    site's allowed origins (CORS); 404 for an unknown or inactive key. No authentication."""
+    site = site_for_key(key)
+    if site is None:
+        return JsonResponse({"detail": "No active site has this key."}, status=404)
+    response = JsonResponse(site_widget_config(site=site), json_dumps_params={"ensure_ascii": False})
+    response["Cache-Control"] = f"public, max-age={WIDGET_CONFIG_MAX_AGE}"
+    # The allowed origin is echoed, so a shared cache must keep one copy per Origin.
+    patch_vary_headers(response, ["Origin"])
+    allowed = site_cors_origin(site=site, origin=request.headers.get("Origin"))
+    if allowed:
+        response["Access-Control-Allow-Origin"] = allowed
+    return response
 
 
 def healthz(request):

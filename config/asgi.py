@@ -15,7 +15,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatbot.origins import ChatOriginValidator  # noqa: E402
+from chatbot.handshake import ChatOriginValidator  # noqa: E402
 from chatbot.routing import websocket_urlpatterns  # noqa: E402
 from chatbot.runtime import web_process_start  # noqa: E402
 

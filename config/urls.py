@@ -13,6 +13,7 @@ urlpatterns = [
     path("readyz", chatbot_views.readyz, name="readyz"),
     path("metrics", chatbot_views.metrics, name="metrics"),
     path("chat/protocol.schema.json", chatbot_views.protocol_schema, name="chat-protocol-schema"),
+    path("widget/sites/<str:key>.json", chatbot_views.widget_site_config, name="widget-site-config"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

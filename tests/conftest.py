@@ -101,6 +101,17 @@ def _index_dir(settings, tmp_path):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _sites_cache_clear():
+    """Sites are cached per process (chatbot.sites): a test's database, flushed after it, must not
+    leave its sites (or their ids) to the next test."""
+    from chatbot.sites import sites_cache_clear
+
+    sites_cache_clear()
+    yield
+    sites_cache_clear()
+
+
 SHARED_DATA = settings.BASE_DIR.parent / "shared" / "data"
 
 

@@ -313,10 +313,14 @@ CHATBOT_NOT_READY_WAIT_SECONDS = env.float("CHATBOT_NOT_READY_WAIT_SECONDS", def
 CHATBOT_NOT_READY_RETRY_MS = env.int("CHATBOT_NOT_READY_RETRY_MS", default=2000)
 
 # --- Chat -------------------------------------------------------------------------------------
-# Pages on other origins that may open the chat socket, as scheme://host[:port] (the app's own
-# origin always may). Behind a TLS-terminating proxy that does not pass X-Forwarded-Proto to
-# uvicorn, list the public https origin here.
+# Pages on other origins that may open the chat socket of the default site (sockets without
+# ?site=), as scheme://host[:port] (the app's own origin always may; other sites list their own in
+# admin). Behind a TLS-terminating proxy that does not pass X-Forwarded-Proto to uvicorn, list the
+# public https origin here.
 CHATBOT_ALLOWED_ORIGINS = env.list("CHATBOT_ALLOWED_ORIGINS", default=[])
+# How long a web process keeps a site (key, origins, LLM switch) in memory: every handshake looks
+# one up (chatbot.sites), and an admin edit reaches the other processes within this.
+CHATBOT_SITE_CACHE_SECONDS = env.float("CHATBOT_SITE_CACHE_SECONDS", default=30.0)
 CHATBOT_MAX_MESSAGE_CHARS = env.int("CHATBOT_MAX_MESSAGE_CHARS", default=2000)
 CHATBOT_HISTORY_ON_RESUME = env.int("CHATBOT_HISTORY_ON_RESUME", default=50)
 # Flood control (chatbot.flood_control), kept in Redis so that it holds across web processes. Each

@@ -7,7 +7,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, Site
 from chatbot.protocol import PROTOCOL_VERSION
 from config.asgi import application
 from tests.chatbot.conftest import ORIGIN
@@ -189,7 +189,8 @@ async def test_a_conversation_is_stored_with_its_first_message_not_at_connect(sh
         await chat.disconnect()
     assert await database_sync_to_async(Conversation.objects.count)() == 0
 
-    chat = await open_chat("?site=shop-eu")
+    shop_eu = await database_sync_to_async(Site.objects.create)(name="Shop EU")
+    chat = await open_chat(f"?site={shop_eu.key}")
     session = await chat.receive_json_from()
     # Resuming before the first message keeps the same (still unstored) conversation.
     tab = await open_chat(f"?conversation={session['conversation']}&resume={session['resume_token']}")
@@ -198,7 +199,7 @@ async def test_a_conversation_is_stored_with_its_first_message_not_at_connect(sh
     assert await database_sync_to_async(Conversation.objects.count)() == 0
     await ask(chat, "where is my parcel?", client_id="first")
     stored = await database_sync_to_async(Conversation.objects.get)()
-    assert (str(stored.id), stored.site) == (session["conversation"], "shop-eu")
+    assert (str(stored.id), stored.site_id) == (session["conversation"], shop_eu.id)
     # The other tab, opened before the conversation was stored, sees the exchange and answers
     # into the same conversation.
     shared = await tab.receive_json_from(timeout=10)
@@ -291,7 +292,8 @@ async def test_chinese_questions_are_answered_including_from_english_entries(sho
 
 async def test_hostile_text_is_answered_and_stored_clean_and_the_socket_stays(shop):
     # Issue 10's findings: deep nesting closed the socket with 1011; a lone surrogate gave
-    # internal_error; NUL was stored on SQLite and refused by PostgreSQL. The site name is cleaned too.
+    # internal_error; NUL was stored on SQLite and refused by PostgreSQL. The site key is cleaned too.
+    shop_site = await database_sync_to_async(Site.objects.create)(name="Shop", key="shop")
     chat = await open_chat("?site=shop%00%E2%80%AE")
     session = await chat.receive_json_from()
     await chat.send_to(text_data="[" * 5000)
@@ -302,6 +304,6 @@ async def test_hostile_text_is_answered_and_stored_clean_and_the_socket_stays(sh
     assert (answer["type"], answer["source"]) == ("answer", "faq")
     customer, _bot = await saved_messages()
     assert customer["text"] == "where is my parcel?"
-    site = await database_sync_to_async(lambda: Conversation.objects.get(id=session["conversation"]).site)()
-    assert site == "shop"
+    site_id = await database_sync_to_async(lambda: Conversation.objects.get(id=session["conversation"]).site_id)()
+    assert site_id == shop_site.id
     await chat.disconnect()

@@ -5,7 +5,7 @@ import pytest
 
 from chatbot.decision_record import DecisionRecord
 from chatbot.decisions import Kind
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, Site, default_site_id
 from chatbot.services import BotReply, conversation_new, exchange_save
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -30,7 +30,7 @@ def stored(message: Message) -> dict:
 
 
 def test_every_exchange_is_stored_alike_whichever_way_it_is_written():
-    conversation = conversation_new()
+    conversation = conversation_new(site=Site.objects.get(pk=default_site_id()))
     assert not Conversation.objects.exists()
     first = exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
     assert Conversation.objects.get().id == conversation.id
@@ -49,7 +49,7 @@ def test_every_exchange_is_stored_alike_whichever_way_it_is_written():
 
 
 def test_a_resent_client_id_returns_the_stored_reply_and_a_request_for_a_person_waits():
-    conversation = conversation_new()
+    conversation = conversation_new(site=Site.objects.get(pk=default_site_id()))
     exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
     original = exchange_save(conversation=conversation, client_id="c2", customer_text="where?", reply=reply("there"))
     again = exchange_save(conversation=conversation, client_id="c2", customer_text="where?", reply=reply("other"))

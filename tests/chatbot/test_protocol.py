@@ -11,7 +11,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from chatbot import protocol
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, Site
 from kb.text import has_unwanted_characters
 
 SCHEMA_FILE = settings.BASE_DIR / "docs" / "chat-protocol.schema.json"
@@ -37,12 +37,21 @@ def test_schema_is_served(client):
     schema = response.json()
     assert schema["version"] == protocol.PROTOCOL_VERSION
     assert schema["$defs"]["MessageFrame"]["properties"]["text"]["maxLength"] == settings.CHATBOT_MAX_MESSAGE_CHARS
-    assert set(schema["client_to_server"]["discriminator"]["mapping"]) == {"message", "choose", "ping"}
+    assert set(schema["client_to_server"]["discriminator"]["mapping"]) == {
+        "message",
+        "choose",
+        "ping",
+        "feedback",
+        "rating",
+        "identify",
+    }
 
 
 def test_limits_agree_with_the_columns_they_are_stored_in():
     assert protocol.CLIENT_ID_MAX_CHARS == Message._meta.get_field("client_id").max_length
-    assert protocol.SITE_MAX_CHARS == Conversation._meta.get_field("site").max_length
+    assert protocol.SITE_MAX_CHARS == Site._meta.get_field("key").max_length
+    assert protocol.CUSTOMER_NAME_MAX_CHARS == Conversation._meta.get_field("customer_name").max_length
+    assert protocol.CUSTOMER_EMAIL_MAX_CHARS == Conversation._meta.get_field("customer_email").max_length
 
 
 def test_readme_protocol_table_names_every_frame_field_and_error_code():
