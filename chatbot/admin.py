@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
 from chatbot.evaluation.admin import EntryWithHitTestingAdmin
-from chatbot.models import Conversation, DecisionThresholds, Message, Site
+from chatbot.models import Conversation, DecisionThresholds, Feedback, Message, Site
 from chatbot.sites import site_key_rotate, site_origins
 from kb.models import Entry
 
@@ -130,11 +130,48 @@ class SiteAdmin(admin.ModelAdmin):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("id", "site", "state", "created_at", "updated_at")
-    list_filter = ("state", "site")
+    list_display = ("id", "site", "state", "rating", "customer_name", "created_at", "updated_at")
+    list_filter = ("state", "site", "rating")
     list_select_related = ("site",)
-    readonly_fields = ("id", "site", "created_at", "updated_at")
+    search_fields = ("customer_name", "customer_email")
+    readonly_fields = (
+        "id",
+        "site",
+        "created_at",
+        "updated_at",
+        "customer_name",
+        "customer_email",
+        "rating",
+        "rating_comment",
+        "rated_at",
+    )
     inlines = [MessageInline]
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    """Customers' thumbs on bot replies: the thumbs-down are where the knowledge base misses."""
+
+    list_display = ("updated_at", "value", "answer_text", "reason", "source", "conversation")
+    list_filter = ("value", "message__source")
+    list_select_related = ("message", "message__conversation")
+    search_fields = ("reason", "message__text")
+    readonly_fields = ("message", "value", "reason", "created_at", "updated_at")
+
+    @admin.display(description="answer")
+    def answer_text(self, obj):
+        return obj.message.text[:100]
+
+    @admin.display(description="source")
+    def source(self, obj):
+        return obj.message.source
+
+    @admin.display(description="conversation")
+    def conversation(self, obj):
+        return obj.message.conversation_id
+
+    def has_add_permission(self, request):
+        return False
 
 
 @admin.register(Message)

@@ -1,6 +1,8 @@
 """Feedback, ratings and who the customer is, over the real ASGI application (issue 11: thumbs up
 or down on every answer, a 1-5 rating, SupportChat.identify)."""
 
+import html
+
 import pytest
 from channels.db import database_sync_to_async
 
@@ -97,3 +99,22 @@ async def test_identify_before_the_first_message_is_stored_with_the_conversation
     row = await conversation_row(session["conversation"])
     assert (row["customer_name"], row["customer_email"]) == ("J. Doe", "jane@example.com")  # email kept
     await chat.disconnect()
+
+
+async def test_editors_read_thumbs_down_and_ratings_in_admin(shop, admin_client):
+    chat = await open_chat()
+    session = await chat.receive_json_from()
+    answer = await ask(chat, "where is my parcel?")
+    await chat.send_json_to({"type": "feedback", "message_id": answer["message_id"], "value": "down", "reason": "late"})
+    await chat.receive_json_from()
+    await chat.send_json_to({"type": "rating", "score": 2, "comment": "slow"})
+    await chat.receive_json_from()
+    await chat.disconnect()
+    feedback_page = await database_sync_to_async(admin_client.get)("/admin/chatbot/feedback/?value__exact=down")
+    assert feedback_page.status_code == 200
+    assert html.escape(answer["text"][:100]) in feedback_page.content.decode()
+    assert "late" in feedback_page.content.decode()
+    transcript = await database_sync_to_async(admin_client.get)(
+        f"/admin/chatbot/conversation/{session['conversation']}/change/"
+    )
+    assert transcript.status_code == 200 and "slow" in transcript.content.decode()
