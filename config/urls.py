@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chatbot import views as chatbot_views
+from chatbot import widget_views
 
 urlpatterns = [
     path("", chatbot_views.demo_page, name="demo"),
@@ -13,6 +14,8 @@ urlpatterns = [
     path("readyz", chatbot_views.readyz, name="readyz"),
     path("metrics", chatbot_views.metrics, name="metrics"),
     path("chat/protocol.schema.json", chatbot_views.protocol_schema, name="chat-protocol-schema"),
+    # The embed tag's stable URL: a loader that adds the versioned widget files (chatbot.widget_views).
+    path("widget.js", widget_views.widget_js, name="widget-js"),
     path("widget/sites/<str:key>.json", chatbot_views.widget_site_config, name="widget-site-config"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
