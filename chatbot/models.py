@@ -112,7 +112,7 @@ def default_site_id() -> int:
     migration creates the row; it is created again here if it went missing (a flushed database)."""
     site_id = Site.objects.filter(key=DEFAULT_SITE_KEY).values_list("pk", flat=True).first()
     if site_id is None:
-        site, _ = Site.objects.get_or_create(key=DEFAULT_SITE_KEY, defaults={"name": "Default (this app's own pages)"})
+        site, _ = Site.objects.get_or_create(key=DEFAULT_SITE_KEY, defaults={"name": "Customer support"})
         site_id = site.pk
     return site_id
 

@@ -9,7 +9,7 @@ from django.db import migrations
 DEFAULT_SITE_KEY = "default"  # chatbot.models.DEFAULT_SITE_KEY
 # What the demo page shows today (templates/chatbot/demo.html).
 DEFAULT_SITE = {
-    "name": "Default (this app's own pages)",
+    "name": "Customer support",
     "primary_colour": "#b4441c",
     "starter_questions": [
         "Where is my package?",

@@ -386,7 +386,7 @@ def test_migration_maps_old_site_names_to_sites():
         )
     spaced = Site.objects.get(name="shop eu")
     assert counts == {
-        ("Default (this app's own pages)", DEFAULT_SITE_KEY): 2,
+        ("Customer support", DEFAULT_SITE_KEY): 2,
         ("shop-eu", "shop-eu"): 2,  # a name that was a usable key stays the key
         ("shop eu", spaced.key): 1,
     }
