@@ -8,7 +8,8 @@ import os
 
 from django.conf import settings
 from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_safe
 
@@ -16,13 +17,21 @@ from chatbot import protocol
 from chatbot.health import health_report
 from chatbot.metrics import metrics_render
 from chatbot.sites import site_cors_origin, site_for_key, site_widget_config
+from kb.models import Entry
 from kb.query_batching import query_batching_stats
 from kb.selectors import current_index
 
 
 def demo_page(request):
-    """A demo shop page with a simple chat box on the websocket."""
+    """A demo shop page: a host page that embeds the chat widget with its script tag."""
     return render(request, "chatbot/demo.html")
+
+
+@require_safe
+def faq_entry(request, entry_id):
+    """One published FAQ entry as a public page: where the widget's citations link to."""
+    entry = get_object_or_404(Entry, id=entry_id, is_published=True)
+    return render(request, "chatbot/faq_entry.html", {"entry": entry})
 
 
 def protocol_schema(request):
@@ -42,7 +51,12 @@ def widget_site_config(request, key):
     site = site_for_key(key)
     if site is None:
         return JsonResponse({"detail": "No active site has this key."}, status=404)
-    response = JsonResponse(site_widget_config(site=site), json_dumps_params={"ensure_ascii": False})
+    settings_for_widget = {
+        **site_widget_config(site=site),
+        # Where a citation links: this app's public page of the cited entry.
+        "faq_url": request.build_absolute_uri(reverse("faq-entry", args=[0])).removesuffix("0") + "{id}",
+    }
+    response = JsonResponse(settings_for_widget, json_dumps_params={"ensure_ascii": False})
     response["Cache-Control"] = f"public, max-age={WIDGET_CONFIG_MAX_AGE}"
     # The allowed origin is echoed, so a shared cache must keep one copy per Origin.
     patch_vary_headers(response, ["Origin"])

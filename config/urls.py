@@ -17,6 +17,7 @@ urlpatterns = [
     # The embed tag's stable URL: a loader that adds the versioned widget files (chatbot.widget_views).
     path("widget.js", widget_views.widget_js, name="widget-js"),
     path("widget/sites/<str:key>.json", chatbot_views.widget_site_config, name="widget-site-config"),
+    path("faq/<int:entry_id>", chatbot_views.faq_entry, name="faq-entry"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -341,6 +341,7 @@ def test_widget_config_is_public_cacheable_and_readable_only_from_the_sites_orig
         "colours": {"primary": "#112233"},
         "default_language": "zh",
         "protocol": PROTOCOL_VERSION,
+        "faq_url": "http://testserver/faq/{id}",
     }
     assert response["Access-Control-Allow-Origin"] == SHOP
     assert "public" in response["Cache-Control"] and "max-age" in response["Cache-Control"]
@@ -391,3 +392,19 @@ def test_migration_maps_old_site_names_to_sites():
         ("shop eu", spaced.key): 1,
     }
     assert spaced.key != "shop eu" and spaced.is_active
+
+
+@pytest.mark.django_db
+def test_a_cited_entry_has_a_public_page_and_an_unpublished_one_does_not(client):
+    from kb.models import Entry
+
+    entry = Entry.objects.create(
+        question="How do I return <b>shoes</b>?", answer="Within 30 days.\n<script>alert(1)</script>"
+    )
+    page = client.get(f"/faq/{entry.id}")
+    text = page.content.decode()
+    assert page.status_code == 200 and "How do I return &lt;b&gt;shoes&lt;/b&gt;?" in text
+    assert "Within 30 days." in text and "<script>alert(1)" not in text
+    Entry.objects.filter(id=entry.id).update(is_published=False)
+    assert client.get(f"/faq/{entry.id}").status_code == 404
+    assert client.get("/faq/999999").status_code == 404

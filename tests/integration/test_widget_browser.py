@@ -279,6 +279,10 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     llm_bubble = widget(page, ".msg.bot").last
     assert llm_bubble.locator(".body strong").inner_text() == "PayPal"
     assert llm_bubble.locator(".refs").inner_text() == f"Sources: FAQ #{payment.id}"
+    # The citation links to the entry's public page on the app (the site settings' faq_url).
+    link = llm_bubble.locator(".refs a")
+    assert link.get_attribute("href") == f"{server.url}faq/{payment.id}"
+    assert link.get_attribute("rel") == "noopener noreferrer"
     states = page.evaluate("window.botStates")
     assert any(state["typing"] for state in states)  # the typing indicator came first
     streamed = [state["streaming"].replace("Assistant: ", "") for state in states if state["streaming"]]
