@@ -343,6 +343,8 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     offer = widget(page, ".msg.bot").last.get_by_role("button", name="Talk to a person")
     offer.wait_for(timeout=WAIT_MS)
     assert (last_reply(page)["source"], last_reply(page)["handoff"]) == ("handoff", "offered")
+    # The offer can be rated too: a thumbs-down there shows editors what the FAQ lacks.
+    assert widget(page, ".msg.bot").last.locator(".feedback button").count() == 2
     offer.click()
     widget(page, ".rating").wait_for(timeout=WAIT_MS)
     assert [e["type"] for e in page.evaluate("window.recorded")].count("handoff") == 1

@@ -299,7 +299,8 @@
       latestOffer.remove(); // the conversation went on: the offer is no longer open
       latestOffer = null;
     }
-    if (reply.source === "faq" || reply.source === "llm") item.append(feedbackRow(reply.message_id));
+    // Every answer, the hand-off offer included: a thumbs-down there tells editors what the FAQ lacks.
+    if (reply.source && reply.source !== "clarify") item.append(feedbackRow(reply.message_id));
     if (!item.parentNode) log.append(item);
     return item;
   }
