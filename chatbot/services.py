@@ -83,22 +83,10 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
             if not was_stored:
                 # The conversation's first message (or another tab's, racing): stored with it.
                 Conversation.objects.bulk_create([conversation], ignore_conflicts=True)
-            question = Message.objects.create(
-                conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id
-            )
-            message = Message.objects.create(
-                conversation=conversation,
-                role=Role.BOT,
-                text=reply.text,
-                reply_to=question,
-                source=reply.source,
-                entry_id=reply.entry_id,
-                score=reply.score,
-                retrieval=list(reply.record.retrieval),
-                decision=reply.record.decision_json(),
-                citations=reply.citations or [],
-                timings_ms=reply.record.timings_ms,
-            )
+            question, message = _exchange_messages(conversation, client_id, customer_text, reply)
+            question.save()
+            message.reply_to = question
+            message.save()
             if reply.record.prompt_texts:
                 PromptText.objects.bulk_create(
                     [PromptText(sha256=digest, text=text) for digest, text in reply.record.prompt_texts.items()],
@@ -136,16 +124,11 @@ _MESSAGE_COLUMNS = (
 )
 
 
-def _exchange_insert_one_statement(
+def _exchange_messages(
     conversation: Conversation, client_id: str, customer_text: str, reply: BotReply
-) -> StoredReply:
-    """exchange_save's common case on PostgreSQL, in one statement: both messages and the
-    conversation's update as data-modifying CTEs, atomic as any single statement is. Instead of
-    BEGIN, INSERT, INSERT, UPDATE, COMMIT: one round trip, for every message of every customer."""
-    now = timezone.now()
-    question = Message(
-        conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id, created_at=now
-    )
+) -> tuple[Message, Message]:
+    """The customer's message and the bot's reply to it, not yet stored."""
+    question = Message(conversation=conversation, role=Role.CUSTOMER, text=customer_text, client_id=client_id)
     message = Message(
         conversation=conversation,
         role=Role.BOT,
@@ -157,8 +140,18 @@ def _exchange_insert_one_statement(
         decision=reply.record.decision_json(),
         citations=reply.citations or [],
         timings_ms=reply.record.timings_ms,
-        created_at=now,
     )
+    return question, message
+
+
+def _exchange_insert_one_statement(
+    conversation: Conversation, client_id: str, customer_text: str, reply: BotReply
+) -> StoredReply:
+    """exchange_save's common case on PostgreSQL, in one statement: both messages and the
+    conversation's update as data-modifying CTEs, atomic as any single statement is. Instead of
+    BEGIN, INSERT, INSERT, UPDATE, COMMIT: one round trip, for every message of every customer."""
+    question, message = _exchange_messages(conversation, client_id, customer_text, reply)
+    now = question.created_at = message.created_at = timezone.now()
     state = (
         ConversationState.WAITING if reply.source == Source.HANDOFF and reply.record.handoff == "requested" else None
     )

@@ -49,18 +49,21 @@ def _pool_size() -> int:
     return max(1, settings.CELERY_WORKER_CONCURRENCY)
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    # Only what a retry can fix: the database restarting or a dropped connection. Model errors are
-    # recorded on the rows by the service instead.
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=5,
-    soft_time_limit=300,
-    time_limit=360,
-)
+# Both tasks retry only what a retry can fix: the database restarting or a dropped connection. Model
+# errors are recorded on the rows by the services instead. Each run is one bounded step.
+RETRIED_STEP = {
+    "bind": True,
+    "acks_late": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": 5,
+    "soft_time_limit": 300,
+    "time_limit": 360,
+}
+
+
+@shared_task(**RETRIED_STEP)
 def kb_refresh(self, chain: bool = False):
     """Embed one bounded batch of dirty phrasings; re-enqueue while work remains, else publish.
 
@@ -84,17 +87,8 @@ def kb_refresh(self, chain: bool = False):
     return {"embedded": result.embedded, "remaining": 0, "index_version": version.pk if version else None}
 
 
-@shared_task(
-    bind=True,
-    acks_late=True,
-    autoretry_for=(OperationalError, InterfaceError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=5,
-    # One step reads a file within the import limits, or saves one batch of rows: far less.
-    soft_time_limit=300,
-    time_limit=360,
-)
+# One step reads a file within the import limits, or saves one batch of rows: well within the limits.
+@shared_task(**RETRIED_STEP)
 def kb_import_run(self, job_id: str):
     """Run the next step of an import job (kb.import_jobs) and queue the one after it, so a large
     import is many short tasks whose progress commits as it goes."""
