@@ -14,6 +14,7 @@ import logging
 import time
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -56,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 # Close code for a socket refused by the connection cap: "try again later" (RFC 6455 registry).
 CLOSE_TRY_AGAIN_LATER = 1013
-# Close code for a socket that kept flooding: "policy violation".
+# What a socket that kept flooding is recorded as closing with ("policy violation"); the client sees
+# the connection dropped (1006), after the flood_closed error frame.
 CLOSE_POLICY_VIOLATION = 1008
 # Refusals are counted in windows of this long (see CHATBOT_FLOOD_CLOSE_REFUSALS).
 FLOOD_WINDOW_SECONDS = 60
@@ -248,10 +250,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 retry_after_ms=retry_after_ms or None,
             )
         )
-        await self.close(code=CLOSE_POLICY_VIOLATION)
-        self.socket_closed = True
-        logger.warning("closed a flooding socket after %d refusals", self.refusals)
+        logger.warning("dropped a flooding socket after %d refusals", self.refusals)
         await flood_control().address_ban(self.address)
+        await self.disconnect(CLOSE_POLICY_VIOLATION)
+        # Ending the application makes uvicorn drop the TCP connection at once. A close frame would
+        # not: uvicorn then reads on for its close handshake (10 s), parsing the flood's whole
+        # backlog 256 KB at a time, which stalled every other socket of the process (p99 357 ms in
+        # bench/bench_flood.py).
+        raise StopConsumer
 
     def _flooding(self) -> bool:
         """Count a refusal; True once this socket has been refused more than

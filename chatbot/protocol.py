@@ -52,8 +52,8 @@ ERROR_CODES = {
     "rate_limited": "more frames or messages than the limits allow; send again after retry_after_ms",
     "busy": "too many messages waiting for answers on this socket; send again after retry_after_ms",
     "too_many_connections": "this address has too many chat sockets open; the socket is closed",
-    "flood_closed": "the socket went on sending far over the limits and is closed (code 1008); its address may "
-    "connect again after retry_after_ms",
+    "flood_closed": "the socket went on sending far over the limits and its connection is dropped; its address "
+    "may connect again after retry_after_ms",
     "not_ready": "this web process has no search index yet; send the same message again later",
     "invalid_feedback": 'a "feedback" frame naming no bot reply of this conversation, or with a bad value or reason',
     "invalid_rating": 'a "rating" frame without a score of 1 to 5, with a bad comment, or before any message',

@@ -336,7 +336,7 @@ CHATBOT_MESSAGE_BURST = env.int("CHATBOT_MESSAGE_BURST", default=10)
 CHATBOT_MESSAGES_PER_MINUTE = env.float("CHATBOT_MESSAGES_PER_MINUTE", default=30.0)
 CHATBOT_CONNECTIONS_PER_IP = env.int("CHATBOT_CONNECTIONS_PER_IP", default=20)
 CHATBOT_PENDING_MESSAGES = env.int("CHATBOT_PENDING_MESSAGES", default=5)
-# A socket refused more than FLOOD_CLOSE_REFUSALS times within a minute is closed (code 1008, after a
+# A socket refused more than FLOOD_CLOSE_REFUSALS times within a minute is dropped (after a
 # flood_closed error frame), and its address may open no socket for FLOOD_BAN_SECONDS (0: no ban).
 # Bursts of a few thousand frames are still answered frame by frame.
 CHATBOT_FLOOD_CLOSE_REFUSALS = env.int("CHATBOT_FLOOD_CLOSE_REFUSALS", default=5000)

@@ -162,9 +162,12 @@ def test_a_ping_flood_is_refused_then_closed_and_its_address_waits(server):
     kinds, close_code, refusal, banned_close_code, session = asyncio.run(scenario())
     # Before: 20,000 pongs in 4.3 s. Now the frame budget (30 at once, 5 a second) answers a few,
     # every other ping gets its rate_limited frame, and past CLOSE_REFUSALS the socket is closed.
-    assert kinds["pong"] <= 60
-    assert kinds["rate_limited"] == CLOSE_REFUSALS and kinds["flood_closed"] == 1
-    assert close_code == 1008
+    # Past CLOSE_REFUSALS the connection is dropped, not closed politely: the error frames still in
+    # flight when it drops may be lost with it (the refused reconnect below says why).
+    assert kinds["pong"] <= 60 and set(kinds) <= {"pong", "rate_limited", "flood_closed"}
+    assert CLOSE_REFUSALS * 0.75 <= kinds["rate_limited"] <= CLOSE_REFUSALS
+    # Dropped at once (no close handshake, during which the server would read the whole backlog).
+    assert close_code == 1006
     assert (refusal["code"], banned_close_code) == ("flood_closed", 1013) and refusal["retry_after_ms"] > 0
     assert session["type"] == "session"
 
