@@ -55,15 +55,16 @@ return {0, 0}
 
 # KEYS[1]: the address's set, KEYS[2]: the address's ban; ARGV: socket id, cap, lease (ms). Returns
 # 1 (let through), 0 (over the cap) or minus the ban's remaining milliseconds. A socket already in
-# the set (a refresh) is let through unless the address is banned.
+# the set (a refresh) is always let through: a ban keeps new sockets out, and an open one's place
+# must not lapse meanwhile.
 _CONNECTION_SCRIPT = """
-local banned = redis.call('PTTL', KEYS[2])
-if banned > 0 then return -banned end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return 0
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local banned = redis.call('PTTL', KEYS[2])
+  if banned > 0 then return -banned end
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
