@@ -154,7 +154,7 @@ def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | Non
             "raw",
             "--output",
             str(out),
-            "--nonblocking",
+            *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else ["--nonblocking"]),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -205,6 +205,65 @@ def profile_summary(path: Path) -> dict | None:
         "by_category": {name: round(100 * count / total, 1) for name, count in categories.most_common()},
         "hottest_functions": [[name, round(100 * count / total, 1)] for name, count in functions.most_common(10)],
     }
+
+
+def latency_by_second(result: LoadResult) -> list[dict]:
+    """p50/p95/max of the answers to questions sent in each second of the run: a stall (a process
+    busy with something else) shows as one bad second, an overload as a run of them."""
+    seconds: dict[int, list[float]] = {}
+    for sent, latency in zip(result.sent_at, result.latencies_ms, strict=True):
+        seconds.setdefault(int(sent - result.started), []).append(latency)
+    return [
+        {
+            "second": second,
+            "questions": len(values),
+            "p50_ms": round(percentile(values, 0.5), 1),
+            "p95_ms": round(percentile(values, 0.95), 1),
+            "max_ms": round(max(values), 1),
+        }
+        for second, values in sorted(seconds.items())
+    ]
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    """CPU time (user + system) used so far by each part of the machine's stack: the web
+    processes, the Celery worker, Redis, PostgreSQL and this benchmark process (the customers)."""
+    import psutil
+
+    def total(processes) -> float:
+        seconds = 0.0
+        for process in processes:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue  # gone meanwhile
+            seconds += times.user + times.system
+        return seconds
+
+    by_name: dict[str, list] = {"redis": [], "postgres": []}
+    for process in psutil.process_iter(["name"]):
+        name = process.info["name"] or ""
+        if name.startswith("redis-server"):
+            by_name["redis"].append(process)
+        elif name.startswith("postgres"):
+            by_name["postgres"].append(process)
+    serving = {f"web pid {pid}": total([psutil.Process(pid)]) for pid in stack.serving_pids()}
+    return {
+        "web": total(psutil.Process(pid) for pid in stack.web_pids()),
+        **(serving if len(serving) > 1 else {}),
+        "worker": total(psutil.Process(pid) for pid in stack.worker_pids()),
+        "redis": total(by_name["redis"]),
+        "postgres": total(by_name["postgres"]),
+        "customers (benchmark client)": total([psutil.Process()]),
+    }
+
+
+def cpu_per_answer(before: dict[str, float], after: dict[str, float], answers: int) -> dict[str, float]:
+    """CPU milliseconds per answer by part of the stack (a process that came or went in between
+    makes its part approximate; PostgreSQL backends that closed meanwhile are not counted)."""
+    if not answers:
+        return {}
+    return {part: round(1000 * max(0.0, after[part] - before.get(part, 0.0)) / answers, 2) for part in after}
 
 
 def socket_floor(url: str, origin: str, questions: list[str]) -> dict:
@@ -258,6 +317,7 @@ def run_kb(args) -> dict:
                 customers = int(customers)
                 sets = [rng.sample(questions, QUESTIONS_PER_CUSTOMER) for _ in range(customers)]
                 before = batching_snapshot(stack)
+                cpu_before = cpu_seconds(stack)
                 profiler = None
                 profile_path = RESULTS / f"profile-{kb}-{label}-{web}w-{customers}.txt"
                 if args.profile and customers == args.profile_customers:
@@ -265,6 +325,7 @@ def run_kb(args) -> dict:
                     duration = max(5, QUESTIONS_PER_CUSTOMER * think)
                     profiler = profile_start(stack.serving_pids()[0], duration, profile_path)
                 result = asyncio.run(run_customers(ws_url, origin, sets, think, seed=customers))
+                cpu_after = cpu_seconds(stack)
                 if profiler is not None:
                     profiler.wait(timeout=120)
                 after = batching_snapshot(stack)
@@ -289,6 +350,8 @@ def run_kb(args) -> dict:
                     "database": exactly_once(result),
                     "stored_timings": server_timings(result),
                     "batching": batching_delta(before, after),
+                    "cpu_ms_per_answer": cpu_per_answer(cpu_before, cpu_after, result.answers),
+                    "by_second": latency_by_second(result),
                 }
                 if profiler is not None:
                     run["profile"] = profile_summary(profile_path)
@@ -314,7 +377,10 @@ def _row(run: dict, floor: dict) -> str:
         f"{run['server']} web={run['web_processes']} N={run['customers']} T={run['think_seconds']}s: "
         f"{run['answers_per_second']}/s p50 {run['p50_ms']} p95 {run['p95_ms']} p99 {run['p99_ms']} ms, "
         f"errors {run['errors']}, drops {run['drops']}, exactly once {db['exactly_once']}/{db['expected']}, "
-        f"p50/floor {run['p50_ms'] / floor['p50_ms']:.1f}x"
+        f"p50/floor {run['p50_ms'] / floor['p50_ms']:.1f}x; CPU ms/answer "
+        + ", ".join(f"{part} {ms}" for part, ms in run["cpu_ms_per_answer"].items())
+        + "; p95 by second "
+        + " ".join(str(round(second["p95_ms"])) for second in run["by_second"])
     )
 
 

@@ -20,6 +20,8 @@ class LoadResult:
     """What the customers of one run saw."""
 
     latencies_ms: list[float] = field(default_factory=list)
+    # When each answered question was sent (perf_counter), in the order of latencies_ms.
+    sent_at: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     drops: int = 0
     connect_failures: int = 0
@@ -61,6 +63,7 @@ async def _ask(ws, result: LoadResult, client_id: str, text: str) -> bool:
             continue
         if frame["type"] in ("answer", "suggestions"):
             result.latencies_ms.append((time.perf_counter() - sent) * 1000)
+            result.sent_at.append(sent)
             result.sources[frame.get("source", "clarify")] = result.sources.get(frame.get("source", "clarify"), 0) + 1
             return True
         if frame["type"] == "error":

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import time
 
 from channels_redis.core import RedisChannelLayer
 from redis.asyncio import BlockingConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,18 @@ logger = logging.getLogger(__name__)
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
 
+
+# KEYS[1]: a group's sorted set; ARGV: the sender's channel, the oldest score still a member.
+# Returns the other members, after dropping the expired ones.
+_GROUP_OTHERS_SCRIPT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(ARGV[2]))
+local others = {}
+for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if member ~= ARGV[1] then others[#others + 1] = member end
+end
+return others
+"""
+_GROUP_OTHERS_SHA = hashlib.sha1(_GROUP_OTHERS_SCRIPT.encode()).hexdigest()  # noqa: S324 - how Redis names scripts
 
 POOL_SIZE = 100
 POOL_WAIT_SECONDS = 20.0
@@ -86,14 +100,15 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
 
         Almost every conversation has one socket, its sender. channels_redis's group_send costs
         four Redis round trips and delivers the event back to the sender, which then decodes and
-        drops it; this reads the members in one round trip and usually stops there."""
-        key = self._group_key(group)
+        drops it; this reads the other members in one script call (half the client CPU of a
+        MULTI/EXEC pipeline) and usually stops there."""
         connection = self.connection(self.consistent_hash(group))
-        pipe = connection.pipeline()
-        pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
-        pipe.zrange(key, 0, -1)
-        _, members = await pipe.execute()
-        others = [name for name in (member.decode("utf8") for member in members) if name != sender]
+        args = (1, self._group_key(group), sender, int(time.time()) - self.group_expiry)
+        try:
+            members = await connection.evalsha(_GROUP_OTHERS_SHA, *args)
+        except NoScriptError:  # a Redis that has not seen the script yet (or was restarted)
+            members = await connection.eval(_GROUP_OTHERS_SCRIPT, *args)
+        others = [member.decode("utf8") for member in members]
         for channel in others:
             await self.send(channel, message)
         return len(others)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import gc
 import logging
 import os
 import threading
@@ -88,8 +89,22 @@ def web_process_start() -> None:
     query_batching_start(
         workers=workers, max_batch=settings.KB_QUERY_BATCH_MAX, max_wait=settings.KB_QUERY_BATCH_WAIT_MS / 1000
     )
-    current_index.start_background(after_poll=close_old_connections)
+    current_index.start_background(after_poll=close_old_connections, after_load=long_lived_objects_freeze)
+    gc.collect()
+    long_lived_objects_freeze()
     logger.info("web process %s ready to serve (%d embedding workers)", os.getpid(), workers)
+
+
+def long_lived_objects_freeze() -> None:
+    """Keep the objects alive now (models, tokenizers, Django, the index) out of the cycle
+    collector's full collections from now on.
+
+    A web process holds ~600,000 such objects; a full collection walks them all with the GIL held,
+    ~280 ms here, during which no socket of the process is served. Under load one came every few
+    seconds: a stall of several hundred milliseconds for every customer of the process, most of
+    the p95 at 200 customers (bench/bench_load.py). Frozen objects are still freed by reference
+    counting; only cycles among them stay, and these are long-lived by construction."""
+    gc.freeze()
 
 
 async def index_wait(timeout: float) -> bool:

@@ -69,8 +69,15 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     """
     was_stored = conversation.is_stored
     # Inside a caller's transaction a failed statement would abort it: there, the savepoint path.
-    one_statement = connection.vendor == "postgresql" and not connection.in_atomic_block
-    if was_stored and not reply.record.prompt_texts and one_statement:
+    # A first message that hands off changes the state of a conversation another tab may be storing
+    # at the same moment: a statement of its own sees that row, one sibling CTE would not.
+    one_statement = (
+        connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and not reply.record.prompt_texts
+        and (was_stored or _state_after(reply) is None)
+    )
+    if one_statement:
         try:
             return _exchange_insert_one_statement(conversation, client_id, customer_text, reply)
         except IntegrityError:
@@ -93,8 +100,8 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
                     ignore_conflicts=True,
                 )
             changes = {"updated_at": timezone.now()}
-            if reply.source == Source.HANDOFF and reply.record.handoff == "requested":
-                changes["state"] = ConversationState.WAITING
+            if _state_after(reply) is not None:
+                changes["state"] = _state_after(reply)
             Conversation.objects.filter(pk=conversation.pk).update(**changes)
     except IntegrityError:
         previous = stored_reply(conversation=conversation, client_id=client_id)
@@ -144,42 +151,61 @@ def _exchange_messages(
     return question, message
 
 
+def _state_after(reply: BotReply) -> str | None:
+    """The conversation's new state after this reply, if it changes: a hand-off the customer asked
+    for puts it in the agents' waiting queue."""
+    if reply.source == Source.HANDOFF and reply.record.handoff == "requested":
+        return ConversationState.WAITING
+    return None
+
+
 def _exchange_insert_one_statement(
     conversation: Conversation, client_id: str, customer_text: str, reply: BotReply
 ) -> StoredReply:
-    """exchange_save's common case on PostgreSQL, in one statement: both messages and the
-    conversation's update as data-modifying CTEs, atomic as any single statement is. Instead of
-    BEGIN, INSERT, INSERT, UPDATE, COMMIT: one round trip, for every message of every customer."""
+    """exchange_save's common case on PostgreSQL, in one statement: both messages, and the
+    conversation's update (or, with its first message, its insert), as data-modifying CTEs, atomic
+    as any single statement is. Instead of BEGIN, INSERT, INSERT, UPDATE, COMMIT: one round trip,
+    for every message of every customer."""
     question, message = _exchange_messages(conversation, client_id, customer_text, reply)
     now = question.created_at = message.created_at = timezone.now()
-    state = (
-        ConversationState.WAITING if reply.source == Source.HANDOFF and reply.record.handoff == "requested" else None
-    )
     fields = [Message._meta.get_field(name) for name in _MESSAGE_COLUMNS]  # by column (attname)
     columns = ", ".join(connection.ops.quote_name(name) for name in _MESSAGE_COLUMNS)
     values = ", ".join(["%s"] * len(_MESSAGE_COLUMNS))
     table = connection.ops.quote_name(Message._meta.db_table)
     conversations = connection.ops.quote_name(Conversation._meta.db_table)
+    if conversation.is_stored:
+        conversation_sql = f"UPDATE {conversations} SET updated_at = %s, state = COALESCE(%s, state) WHERE id = %s"
+        conversation_params = [now, _state_after(reply), conversation.pk]
+    else:
+        # As bulk_create(ignore_conflicts=True) would: another tab may have stored it meanwhile. The
+        # messages' foreign keys are checked at the end of the statement, after this insert.
+        conversation_fields = Conversation._meta.concrete_fields
+        conversation_columns = ", ".join(connection.ops.quote_name(field.column) for field in conversation_fields)
+        conversation_values = ", ".join(["%s"] * len(conversation_fields))
+        conversation_sql = f"INSERT INTO {conversations} ({conversation_columns}) VALUES ({conversation_values})"
+        conversation_sql += " ON CONFLICT DO NOTHING"
+        conversation_params = [
+            field.get_db_prep_save(field.pre_save(conversation, add=True), connection) for field in conversation_fields
+        ]
     sql = f"""
         WITH question AS (
             INSERT INTO {table} ({columns}, reply_to_id) VALUES ({values}, NULL) RETURNING id
         ), reply AS (
             INSERT INTO {table} ({columns}, reply_to_id) SELECT {values}, question.id FROM question RETURNING id
         ), touched AS (
-            UPDATE {conversations} SET updated_at = %s, state = COALESCE(%s, state) WHERE id = %s RETURNING id
+            {conversation_sql}
         )
         SELECT question.id, reply.id FROM question, reply
     """
     params = [
         *(field.get_db_prep_save(getattr(question, field.attname), connection) for field in fields),
         *(field.get_db_prep_save(getattr(message, field.attname), connection) for field in fields),
-        now,
-        state,
-        conversation.pk,
+        *conversation_params,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         question.id, message.id = cursor.fetchone()
+    conversation._state.adding, conversation._state.db = False, connection.alias
     for stored in (question, message):
         stored._state.adding, stored._state.db = False, connection.alias
     message.reply_to = question

@@ -2,6 +2,7 @@
 metrics."""
 
 import functools
+import gc
 import hmac
 import ipaddress
 import os
@@ -122,6 +123,8 @@ def readyz(request):
         "index_version": loaded.version if loaded else None,
         "vectors": loaded.index.ntotal if loaded else 0,
         "query_batching": query_batching_stats(),
+        # Objects kept out of the cycle collector's full collections (chatbot.runtime).
+        "frozen_objects": gc.get_freeze_count(),
     }
     if not ready:
         body["reason"] = (

@@ -230,6 +230,7 @@ class CurrentIndex:
         self._lock = threading.Lock()
         self._background: threading.Thread | None = None
         self._failed_version: int | None = None
+        self._after_load: Callable[[], None] | None = None
 
     @property
     def background(self) -> bool:
@@ -265,12 +266,20 @@ class CurrentIndex:
                     return
                 self._loaded = loaded
                 logger.info("index v%s loaded in %.0f ms", version, (time.perf_counter() - started) * 1000)
+                if self._after_load is not None:
+                    self._after_load()
 
-    def start_background(self, *, after_poll: Callable[[], None] | None = None) -> None:
+    def start_background(
+        self,
+        *,
+        after_poll: Callable[[], None] | None = None,
+        after_load: Callable[[], None] | None = None,
+    ) -> None:
         """Check for new versions in a daemon thread from now on (``after_poll`` runs after each
-        check, e.g. to drop a broken database connection)."""
+        check, e.g. to drop a broken database connection; ``after_load`` after a version was loaded)."""
         if self._background is not None:
             return
+        self._after_load = after_load
         self._background = threading.Thread(
             target=self._poll_forever, args=(after_poll,), name="index-loader", daemon=True
         )

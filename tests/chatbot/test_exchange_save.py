@@ -1,7 +1,9 @@
 """Storing an exchange (chatbot.services.exchange_save): the first message stores the conversation;
-later ones take one statement on PostgreSQL and must store exactly what the transaction path does."""
+on PostgreSQL an exchange (the conversation's insert or update included) is one statement, and must
+store exactly what the transaction path does."""
 
 import pytest
+from django.db import connection, transaction
 
 from chatbot.decision_record import DecisionRecord
 from chatbot.decisions import Kind
@@ -67,3 +69,58 @@ def test_a_resent_client_id_returns_the_stored_reply_and_a_request_for_a_person_
     assert row.state == "waiting" and row.updated_at > before
     exchange_save(conversation=conversation, client_id="c4", customer_text="thanks", reply=reply("welcome"))
     assert Conversation.objects.get().state == "waiting"
+
+
+def conversation_row(conversation_id) -> dict:
+    row = Conversation.objects.filter(id=conversation_id).values().get()
+    return {name: value for name, value in row.items() if name not in ("id", "created_at", "updated_at")}
+
+
+def test_a_first_message_stores_its_conversation_as_the_transaction_path_does():
+    site = Site.objects.get(pk=default_site_id())
+    one_statement = conversation_new(site=site)
+    exchange_save(conversation=one_statement, client_id="c1", customer_text="hello", reply=reply("hi"))
+    with transaction.atomic():  # inside a transaction: the savepoint path, bulk_create
+        in_transaction = conversation_new(site=site)
+        exchange_save(conversation=in_transaction, client_id="c1", customer_text="hello", reply=reply("hi"))
+    assert one_statement.is_stored and in_transaction.is_stored
+    assert conversation_row(one_statement.id) == conversation_row(in_transaction.id)
+    row = Conversation.objects.get(id=one_statement.id)
+    assert row.created_at is not None and row.updated_at >= row.created_at and row.state == "bot"
+    # The conversation object is stored now: the next message updates it.
+    exchange_save(conversation=one_statement, client_id="c2", customer_text="more", reply=reply("sure"))
+    assert Message.objects.filter(conversation_id=one_statement.id).count() == 4
+
+
+def test_two_tabs_storing_a_first_message_share_one_conversation():
+    site = Site.objects.get(pk=default_site_id())
+    first_tab = conversation_new(site=site)
+    # Another tab resumed the conversation before it was stored: its own object, not stored either.
+    second_tab = Conversation(id=first_tab.id, site=site)
+    assert not first_tab.is_stored and not second_tab.is_stored
+    exchange_save(conversation=first_tab, client_id="tab1-1", customer_text="hello", reply=reply("hi"))
+    exchange_save(conversation=second_tab, client_id="tab2-1", customer_text="hi there", reply=reply("hello"))
+    assert Conversation.objects.filter(id=first_tab.id).count() == 1
+    assert sorted(
+        Message.objects.filter(conversation_id=first_tab.id, role="customer").values_list("client_id", flat=True)
+    ) == ["tab1-1", "tab2-1"]
+
+
+def test_a_first_message_that_asks_for_a_person_puts_the_conversation_in_waiting():
+    conversation = conversation_new(site=Site.objects.get(pk=default_site_id()))
+    exchange_save(
+        conversation=conversation,
+        client_id="c1",
+        customer_text="a person please",
+        reply=reply("someone will join", source="handoff", handoff="requested"),
+    )
+    assert Conversation.objects.get(id=conversation.id).state == "waiting"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement path is PostgreSQL's")
+def test_on_postgresql_a_first_message_is_one_statement(django_assert_num_queries):
+    conversation = conversation_new(site=Site.objects.get(pk=default_site_id()))
+    with django_assert_num_queries(1):
+        exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
+    with django_assert_num_queries(1):
+        exchange_save(conversation=conversation, client_id="c2", customer_text="more", reply=reply("sure"))
