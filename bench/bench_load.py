@@ -10,6 +10,7 @@ demo knowledge base (its labelled English and Chinese questions).
 Run: .venv/bin/python bench/bench_load.py            (part of `make bench`)
      .venv/bin/python bench/bench_load.py --kb demo --customers 200:2 --web 1 --profile
      .venv/bin/python bench/bench_load.py --baseline-tree /path/to/old/checkout   (as shipped before)
+     .venv/bin/python bench/bench_load.py --compare-tree /path/to/worktree   (a change, side by side)
 """
 
 from __future__ import annotations
@@ -289,7 +290,13 @@ def run_kb(args) -> dict:
     scenarios = [tuple(float(x) for x in item.split(":")) for item in args.customers.split(",")]
     webs = [int(x) for x in args.web.split(",")]
     runs = []
-    variants = [("baseline", 1)] if args.baseline_tree else [("current", web) for web in webs]
+    if args.baseline_tree:
+        variants = [("baseline", 1)]
+    elif args.compare_tree:
+        # The same server command from another checkout, then this one, at each process count.
+        variants = [(label, web) for web in webs for label in ("compared", "current")]
+    else:
+        variants = [("current", web) for web in webs]
     try:
         for label, web in variants:
             port = free_port()
@@ -305,6 +312,10 @@ def run_kb(args) -> dict:
                     "config.asgi:application",
                 ]
                 stack.web_start(port, 1, command=command, cwd=Path(args.baseline_tree))
+            elif label == "compared":
+                from config.runstack import web_command
+
+                stack.web_start(port, web, command=web_command("127.0.0.1", port), cwd=Path(args.compare_tree))
             else:
                 stack.web_start(port, web)
             ws_url, origin = f"ws://127.0.0.1:{port}/ws/chat/", f"http://127.0.0.1:{port}"
@@ -444,6 +455,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy profile of a web process during one run")
     parser.add_argument("--profile-customers", type=int, default=200)
     parser.add_argument("--baseline-tree", help="run a checkout from before issue 8 (daphne, one process) instead")
+    parser.add_argument(
+        "--compare-tree", help="also run another checkout (e.g. a git worktree of an earlier commit) side by side"
+    )
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kb != "all":
@@ -475,10 +489,12 @@ def main() -> None:
                 command.append("--profile")
             if args.baseline_tree:
                 command += ["--baseline-tree", args.baseline_tree]
+            if args.compare_tree:
+                command += ["--compare-tree", args.compare_tree]
             subprocess.run(command, check=True, env={**os.environ})
             results.append(json.loads(out.read_text()))
     print_table(results)
-    name = "load-baseline" if args.baseline_tree else "load"
+    name = "load-baseline" if args.baseline_tree else "load-compared" if args.compare_tree else "load"
     targets = {
         "200 customers, 2 s think": "p95 <= 50 ms, zero errors, zero drops, exactly once",
         "500 customers": "zero errors and drops; p95 reported",
