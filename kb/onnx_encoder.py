@@ -26,6 +26,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# Texts per session call (sentence-transformers' default batch size).
+BATCH_SIZE = 64
 
 
 class OnnxUnsupported(RuntimeError):
@@ -123,7 +125,17 @@ class OnnxSentenceEncoder:
             self.threads = threads
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """Unit-length mean-pooled vectors, one row per text, in one session call."""
+        """Unit-length mean-pooled vectors, one row per text, in session calls of up to
+        BATCH_SIZE texts (as sentence-transformers batches): activations grow with batch x length
+        squared, and one call for 6,000 questions took 24 GB before it was killed."""
+        texts = list(texts)
+        if len(texts) <= BATCH_SIZE:
+            return self._encode_batch(texts)
+        return np.concatenate(
+            [self._encode_batch(texts[at : at + BATCH_SIZE]) for at in range(0, len(texts), BATCH_SIZE)]
+        )
+
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
         with self._tokenizer_lock:
             batch = self._tokenizer(
                 list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
