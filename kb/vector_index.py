@@ -39,6 +39,11 @@ class EntryScan:
     entry_starts: np.ndarray  # where each entry's rows start in row_order
     entry_ids: np.ndarray  # the entry of each group
     variant_of_row: np.ndarray  # variant id by row number
+    # Per entry (same order as entry_ids), for kb.retrieval_features: the unit mean of its
+    # phrasings, and how alike its phrasings typically are (mean cosine of each to its nearest
+    # sibling; 1.0 for an entry with one phrasing).
+    centroids: np.ndarray
+    typical_similarity: np.ndarray
 
     @classmethod
     def of(cls, index: faiss.Index, entry_by_variant: dict[int, int]) -> EntryScan | None:
@@ -54,10 +59,12 @@ class EntryScan:
         )
         row_order = np.argsort(entry_of_row, kind="stable")
         entry_ids, entry_starts = np.unique(entry_of_row[row_order], return_index=True)
-        return cls(inner, row_order, entry_starts, entry_ids, variant_of_row)
+        matrix = faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+        centroids, typical = _entry_shapes(matrix, row_order, entry_starts)
+        return cls(inner, row_order, entry_starts, entry_ids, variant_of_row, centroids, typical)
 
-    def entries_best(self, query: np.ndarray, *, entries: int) -> list[PhrasingHit]:
-        """The best phrasing of the ``entries`` best entries (all if fewer), best first."""
+    def phrasing_scores(self, query: np.ndarray) -> np.ndarray:
+        """The query's cosine with every phrasing, grouped by entry (in row_order)."""
         query = np.ascontiguousarray(query.reshape(-1), dtype=np.float32)
         scores = np.empty(self.vectors.ntotal, dtype=np.float32)
         # FAISS's own single-threaded SIMD loop: numpy's matmul would start BLAS threads that spin
@@ -65,7 +72,11 @@ class EntryScan:
         faiss.fvec_inner_products_ny(
             faiss.swig_ptr(scores), faiss.swig_ptr(query), self.vectors.get_xb(), self.vectors.d, self.vectors.ntotal
         )
-        by_entry = scores[self.row_order]
+        return scores[self.row_order]
+
+    def entries_best(self, query: np.ndarray, *, entries: int) -> list[PhrasingHit]:
+        """The best phrasing of the ``entries`` best entries (all if fewer), best first."""
+        by_entry = self.phrasing_scores(query)
         best = np.maximum.reduceat(by_entry, self.entry_starts)
         count = min(entries, len(best))
         top = np.argpartition(-best, count - 1)[:count] if count < len(best) else np.arange(len(best))
@@ -77,6 +88,29 @@ class EntryScan:
             row = self.row_order[start + int(np.argmax(by_entry[start : ends[group]]))]
             hits.append((int(self.variant_of_row[row]), int(self.entry_ids[group]), float(best[group])))
         return hits
+
+
+# Phrasings per entry compared pairwise for its typical similarity (a sample beyond that).
+TYPICAL_SAMPLE = 256
+
+
+def _entry_shapes(matrix: np.ndarray, row_order: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each entry's unit centroid and typical phrasing-to-nearest-sibling cosine."""
+    ends = np.append(starts[1:], len(row_order))
+    centroids = np.zeros((len(starts), matrix.shape[1]), dtype=np.float32)
+    typical = np.ones(len(starts), dtype=np.float32)
+    for group, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        rows = row_order[start:end]
+        own = matrix[rows]
+        centroid = own.mean(axis=0)
+        centroids[group] = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+        if len(rows) > 1:
+            if len(rows) > TYPICAL_SAMPLE:  # bounded cost for an entry with thousands of phrasings
+                own = own[np.linspace(0, len(rows) - 1, TYPICAL_SAMPLE).astype(int)]
+            similar = own @ own.T
+            np.fill_diagonal(similar, -np.inf)
+            typical[group] = float(similar.max(axis=1).mean())
+    return centroids, typical
 
 
 @dataclass(frozen=True)
