@@ -12,7 +12,6 @@ With --both, the retrieval mode that is not the default (dense or hybrid) is mea
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import sys
@@ -21,7 +20,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import DATA, Timer, isolated_environment, save, table  # noqa: E402
+from bench.common import DATA, Timer, banking77_oos_kb_load, isolated_environment, save, table  # noqa: E402
 
 OOS = DATA / "banking77-oos"
 VALID = [OOS / "valid", OOS / "id-oos" / "valid", OOS / "ood-oos" / "valid"]
@@ -44,23 +43,8 @@ def main() -> None:
     from chatbot.evaluation.labelled import labelled_rows_read
     from chatbot.models import DecisionThresholds
     from chatbot.selectors import thresholds_for
-    from kb import services
 
-    call_command("migrate", verbosity=0)
-    kb_file = workdir / "banking77-oos-train.csv"
-    with kb_file.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "category"])
-        writer.writerows((row["question"], row["category"]) for row in labelled_rows_read(OOS / "train"))
-    call_command("kb_import", str(kb_file), verbosity=0)
-    with Timer() as embedding:
-        while services.variants_embed_batch(limit=256).remaining:
-            pass
-        version = services.index_publish()
-    print(
-        f"knowledge base: {version.entry_count} entries, {version.vector_count} phrasings, embedded in "
-        f"{embedding.seconds:.0f} s ({version.embedder})"
-    )
+    version = banking77_oos_kb_load(workdir)
 
     test_rows = {name: labelled_rows_read(path) for name, path in TEST.items()}
     results, rows = {}, []

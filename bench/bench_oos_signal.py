@@ -24,7 +24,6 @@ Run: .venv/bin/python bench/bench_oos_signal.py
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import DATA, Timer, isolated_environment, save, table  # noqa: E402
+from bench.common import DATA, Timer, banking77_oos_kb_load, isolated_environment, save, table  # noqa: E402
 from kb.retrieval_features import FEATURES as RETRIEVAL_FEATURES  # noqa: E402
 from kb.retrieval_features import retrieval_features  # noqa: E402
 
@@ -85,7 +84,6 @@ def main() -> None:
 
     django.setup()
     from django.conf import settings
-    from django.core.management import call_command
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.inspection import permutation_importance
     from sklearn.linear_model import LogisticRegression
@@ -96,27 +94,12 @@ def main() -> None:
 
     from chatbot.decisions import Thresholds
     from chatbot.evaluation.calibration import ScoredQuestion, thresholds_calibrate, thresholds_evaluate
-    from chatbot.evaluation.labelled import labelled_rows_read
-    from kb import services
     from kb.embedders import get_embedder
     from kb.models import Entry
     from kb.selectors import current_index
 
-    call_command("migrate", verbosity=0)
-    kb_file = workdir / "banking77-oos-train.csv"
-    with kb_file.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "category"])
-        writer.writerows((row["question"], row["category"]) for row in labelled_rows_read(OOS / "train"))
-    call_command("kb_import", str(kb_file), verbosity=0)
-    with Timer() as embedding:
-        while services.variants_embed_batch(limit=256).remaining:
-            pass
-        version = services.index_publish()
-    print(
-        f"knowledge base: {version.entry_count} entries, {version.vector_count} phrasings, embedded in "
-        f"{embedding.seconds:.0f} s ({version.embedder})"
-    )
+    with Timer() as embedding:  # import, embedding and publishing
+        version = banking77_oos_kb_load(workdir)
 
     expected_of: dict[str, frozenset[int]] = {}
     for entry_id, category in Entry.objects.values_list("id", "category"):

@@ -80,3 +80,34 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.started
+
+
+def banking77_oos_kb_load(workdir: Path):
+    """BANKING77-OOS's 50 in-scope intents' training questions as the knowledge base (one entry per
+    intent), imported, embedded by the real services and published, in the database Django is set
+    up on; returns the published IndexVersion (after printing its size)."""
+    import csv
+
+    from django.core.management import call_command
+
+    from chatbot.evaluation.labelled import labelled_rows_read
+    from kb import services
+
+    call_command("migrate", verbosity=0)
+    kb_file = workdir / "banking77-oos-train.csv"
+    with kb_file.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "category"])
+        writer.writerows(
+            (row["question"], row["category"]) for row in labelled_rows_read(DATA / "banking77-oos" / "train")
+        )
+    call_command("kb_import", str(kb_file), verbosity=0)
+    with Timer() as embedding:
+        while services.variants_embed_batch(limit=256).remaining:
+            pass
+        version = services.index_publish()
+    print(
+        f"knowledge base: {version.entry_count} entries, {version.vector_count} phrasings, embedded in "
+        f"{embedding.seconds:.0f} s ({version.embedder})"
+    )
+    return version
