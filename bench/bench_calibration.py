@@ -3,8 +3,9 @@
 The 50 in-scope intents' training questions (`banking77-oos/train`) are imported as the
 knowledge base (one entry per intent) and embedded by the real services. `manage.py kb_calibrate`
 then picks the thresholds on the validation questions (in scope + in-domain out-of-scope +
-general out-of-scope), and the test questions are decided with them. Everything runs through
-chatbot.pipeline.answer_question, once with dense retrieval and once with the hybrid.
+general out-of-scope), and fits the answer confidence (chatbot.confidence) beside them; the test
+questions are decided with both (the score thresholds and, where kb_calibrate kept it, the
+confidence). Everything runs through chatbot.pipeline.answer_question.
 
 Run: .venv/bin/python bench/bench_calibration.py [--both]   (part of `make bench`)
 With --both, the retrieval mode that is not the default (dense or hybrid) is measured too.
@@ -38,6 +39,7 @@ def main() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
+    from chatbot.decisions import Thresholds
     from chatbot.evaluation.calibration import thresholds_evaluate
     from chatbot.evaluation.hit_testing import hit_test_rows
     from chatbot.evaluation.labelled import labelled_rows_read
@@ -55,7 +57,9 @@ def main() -> None:
         hybrid = mode == "hybrid"
         settings.KB_HYBRID_SEARCH = hybrid
         settings.KB_HYBRID_LANGUAGES = ["en", "zh"] if hybrid else settings.KB_HYBRID_LANGUAGES
-        DecisionThresholds.objects.filter(language="en").update(calibration={})
+        DecisionThresholds.objects.filter(language="en").update(
+            calibration={}, answer_confidence=None, confidence_model={}
+        )
         output = io.StringIO()
         with Timer() as calibrating, redirect_stdout(output):
             call_command(
@@ -69,42 +73,54 @@ def main() -> None:
         print(f"\n[{mode}] kb_calibrate on validation ({calibrating.seconds:.0f} s):")
         print("\n".join("  " + line for line in output.getvalue().strip().splitlines()))
         thresholds = thresholds_for(language="en")
+        calibration = DecisionThresholds.objects.get(language="en").calibration
         with Timer() as testing:
             cases = {name: hit_test_rows(rows_, llm_available=False).cases for name, rows_ in test_rows.items()}
-        everything = [case.scored() for group in cases.values() for case in group]
-        overall = thresholds_evaluate(everything, thresholds)
-        by_group = {name: thresholds_evaluate([c.scored() for c in group], thresholds) for name, group in cases.items()}
         in_scope_cases = cases["in scope"]
         top1 = sum(case.retrieved_right for case in in_scope_cases) / len(in_scope_cases)
-        results[mode] = {
-            "default": mode == default,
-            "thresholds": thresholds.as_dict(),
-            "test": overall.as_dict(),
-            "test_by_group": {name: metrics.as_dict() for name, metrics in by_group.items()},
-            "in_scope_top1": round(top1, 4),
-            "seconds": {"calibrate": round(calibrating.seconds, 1), "test": round(testing.seconds, 1)},
-            "test_questions_per_second": round(len(everything) / testing.seconds, 1),
-        }
-        rows.append(
-            (
-                mode,
-                f"{thresholds.answer:.3f} / {thresholds.clarify:.3f} / {thresholds.margin:g}",
-                f"{top1:.1%}",
-                f"{overall.precision:.3f}",
-                f"{overall.recall:.3f}",
-                f"{overall.f1:.3f}",
-                f"{overall.wrong_rate:.2%}",
-                f"{overall.clarify_rate:.1%}",
-                f"{by_group['in-domain OOS'].out_of_scope_handled:.1%}",
-                f"{by_group['general OOS'].out_of_scope_handled:.1%}",
-            )
+        # The same test answers decided both ways: by what kb_calibrate chose (the answer confidence
+        # when it beat the score out of fold) and by the score thresholds it chose beside it.
+        by_score = Thresholds(
+            language="en", **calibration["score_thresholds"], max_suggestions=thresholds.max_suggestions
         )
+        deciders = {"by score": by_score}
+        if thresholds.uses_confidence:
+            deciders["by confidence"] = thresholds
+        for decider, rule in deciders.items():
+            everything = [case.scored() for group in cases.values() for case in group]
+            overall = thresholds_evaluate(everything, rule)
+            by_group = {name: thresholds_evaluate([c.scored() for c in group], rule) for name, group in cases.items()}
+            results[f"{mode}, {decider}"] = {
+                "default": mode == default and rule is thresholds,
+                "thresholds": rule.as_dict(),
+                "test": overall.as_dict(),
+                "test_by_group": {name: metrics.as_dict() for name, metrics in by_group.items()},
+                "in_scope_top1": round(top1, 4),
+                "confidence": calibration.get("confidence"),
+                "seconds": {"calibrate": round(calibrating.seconds, 1), "test": round(testing.seconds, 1)},
+                "test_questions_per_second": round(len(everything) / testing.seconds, 1),
+            }
+            rows.append(
+                (
+                    f"{mode}, {decider}" + (" (live)" if rule is thresholds else ""),
+                    (f"P >= {rule.confidence:.3f}" if rule.uses_confidence else f"{rule.answer:.3f}")
+                    + f" / {rule.clarify:.3f} / {rule.margin:g}",
+                    f"{top1:.1%}",
+                    f"{overall.precision:.3f}",
+                    f"{overall.recall:.3f}",
+                    f"{overall.f1:.3f}",
+                    f"{overall.wrong_rate:.2%}",
+                    f"{overall.clarify_rate:.1%}",
+                    f"{by_group['in-domain OOS'].out_of_scope_handled:.1%}",
+                    f"{by_group['general OOS'].out_of_scope_handled:.1%}",
+                )
+            )
     print()
     print(
         table(
             rows,
             (
-                "retrieval",
+                "retrieval, decided",
                 "answer / clarify / margin",
                 "in-scope top-1",
                 "precision",

@@ -200,6 +200,7 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
         "clarify_threshold",
         "clarify_margin",
         "max_suggestions",
+        "decides_by",
         "calibrated",
     )
     fields = (
@@ -208,11 +209,40 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
         "clarify_threshold",
         "clarify_margin",
         "max_suggestions",
+        "answer_confidence",
+        "confidence_summary",
         "calibration_summary",
         "updated_at",
     )
-    readonly_fields = ("calibration_summary", "updated_at")
-    history_list_display = ["answer_threshold", "clarify_threshold", "clarify_margin"]
+    readonly_fields = ("confidence_summary", "calibration_summary", "updated_at")
+    history_list_display = ["answer_threshold", "clarify_threshold", "clarify_margin", "answer_confidence"]
+
+    @admin.display(description="answers by")
+    def decides_by(self, obj):
+        if obj.answer_confidence is not None and obj.confidence_model:
+            return f"confidence >= {obj.answer_confidence:.3f}"
+        return f"score >= {obj.answer_threshold:.3f}"
+
+    @admin.display(description="confidence model")
+    def confidence_summary(self, obj):
+        model, note = obj.confidence_model, (obj.calibration or {}).get("confidence", {})
+        if not model:
+            reason = note.get("reason") or "kb_calibrate has not fitted one"
+            return f"None: the bot answers when the best score reaches the answer threshold ({reason})."
+        features = ", ".join(model.get("features", []))
+        summary = (
+            f"Logistic model over {len(model.get('features', []))} retrieval features ({features}), fitted for "
+            f"{model.get('embedder', '?')}"
+        )
+        if note.get("auc") is not None:
+            metrics = note.get("metrics", {})
+            summary += (
+                f"; ROC AUC {note['auc']:.3f} (best score alone {note.get('score_auc', 0):.3f}); out of fold: "
+                f"F1 {metrics.get('f1', 0):.3f}, wrong answers {metrics.get('wrong_rate', 0):.2%}"
+            )
+        if obj.answer_confidence is None:
+            summary += ". Not in use: set an answer confidence to use it."
+        return summary + "."
 
     @admin.display(description="calibrated")
     def calibrated(self, obj):
@@ -224,8 +254,9 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
         if not data:
             return "Not calibrated: run `python manage.py kb_calibrate LABELLED_FILE`."
         metrics, files = data.get("metrics", {}), ", ".join(data.get("files", []))
+        by = "the answer confidence" if (data.get("confidence") or {}).get("adopted") else "the score"
         return (
-            f"{data.get('at', '')[:19]} on {data.get('questions', '?')} questions ({files}): "
+            f"{data.get('at', '')[:19]} on {data.get('questions', '?')} questions ({files}), answering by {by}: "
             f"precision {metrics.get('precision', 0):.3f}, recall {metrics.get('recall', 0):.3f}, "
             f"F1 {metrics.get('f1', 0):.3f}, wrong answers {metrics.get('wrong_rate', 0):.2%} "
             f"(cap {data.get('max_wrong_rate', 0):.2%})"

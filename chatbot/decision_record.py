@@ -60,6 +60,9 @@ class DecisionRecord:
     retrieval: tuple[dict, ...] = ()  # each hit's trace (kb.selectors.EntryHit.trace)
     options: tuple[dict, ...] = ()  # "did you mean": [{"entry_id", "question"}]
     memory: dict | None = None  # how a follow-up was read: previous entry, or an LLM rewrite
+    # The answer confidence, when the thresholds use one: value, threshold, the features it read,
+    # and why it was not used ("unused") when the score decided instead.
+    confidence: dict | None = None
     pii: dict = field(default_factory=dict)  # kinds of personal data redacted, with counts
     handoff: str | None = None  # "offered" | "requested" for a hand-off reply
     llm: LlmOutcome | None = None
@@ -80,6 +83,7 @@ class DecisionRecord:
         optional = {
             "options": list(self.options),
             "memory": self.memory,
+            "confidence": self.confidence,
             "pii": self.pii,
             "handoff": self.handoff,
             "suggestion_message_id": self.suggestion_message_id,
@@ -113,6 +117,7 @@ def record_of_search(
     options: list[dict],
     memory: dict | None,
     timings_ms: dict[str, float],
+    confidence: dict | None = None,
 ) -> DecisionRecord:
     """The record of a retrieve-and-decide step (chatbot.pipeline.answer_question)."""
     handoff = None
@@ -128,6 +133,7 @@ def record_of_search(
         retrieval=tuple(retrieval),
         options=tuple(options),
         memory=memory,
+        confidence=confidence,
         handoff=handoff,
         timings_ms=timings_ms,
     )

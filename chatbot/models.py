@@ -8,6 +8,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from simple_history.models import HistoricalRecords
 
+from chatbot.confidence import ConfidenceModel
 from chatbot.decisions import Thresholds
 from chatbot.origins import origins_normalise
 from chatbot.protocol import (
@@ -223,6 +224,20 @@ class DecisionThresholds(models.Model):
     calibration = models.JSONField(
         default=dict, blank=True, help_text="What kb_calibrate measured when it chose these values."
     )
+    answer_confidence = models.FloatField(
+        null=True,
+        blank=True,
+        validators=_unit,
+        help_text=(
+            "Answer when the confidence model's P(the best entry is right) reaches this (instead of the answer "
+            "threshold on the score). Empty: answer by the score. kb_calibrate sets both."
+        ),
+    )
+    confidence_model = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The answer-confidence model kb_calibrate fitted (chatbot.confidence); empty if none.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
     history = HistoricalRecords()
 
@@ -243,11 +258,19 @@ class DecisionThresholds(models.Model):
             clarify=self.clarify_threshold,
             margin=self.clarify_margin,
             max_suggestions=self.max_suggestions,
+            confidence=self.answer_confidence,
+            confidence_model=ConfidenceModel.from_json(self.confidence_model),
         )
 
     def clean(self):
-        if self.clarify_threshold > self.answer_threshold:
+        # With an answer confidence the two rules read different numbers (a probability, a score):
+        # a "did you mean" threshold above the score's answer threshold is then legitimate.
+        if self.clarify_threshold > self.answer_threshold and self.answer_confidence is None:
             raise ValidationError({"clarify_threshold": "must not be higher than the answer threshold"})
+        if self.answer_confidence is not None and ConfidenceModel.from_json(self.confidence_model) is None:
+            raise ValidationError(
+                {"answer_confidence": "there is no confidence model to apply it to: run kb_calibrate, or leave empty"}
+            )
 
 
 class PromptText(models.Model):

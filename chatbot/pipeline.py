@@ -10,10 +10,12 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from chatbot import cues
+from chatbot.confidence import ConfidenceModel
 from chatbot.decision_record import DecisionRecord, record_of_search
 from chatbot.decisions import ASKED_FOR_PERSON, Decision, Kind, Thresholds, decide
 from chatbot.models import Source
 from chatbot.selectors import thresholds_for
+from kb.embedders import get_embedder
 from kb.language import detect_language
 from kb.selectors import EntryHit, SearchResult, entry_search
 
@@ -39,6 +41,9 @@ class Answer:
     options: list[dict]  # [{"entry_id", "question"}] when clarifying
     language: str
     decision: DecisionRecord
+    # The best hit's retrieval features and the answer confidence read from them, when computed.
+    features: dict[str, float] | None = None
+    confidence: float | None = None
 
     @property
     def retrieval(self) -> list[dict]:
@@ -63,13 +68,18 @@ def answer_question(
     context_question: str = "",
     previous_entry_id: int | None = None,
     llm_available: bool | None = None,
+    features: bool | None = None,
 ) -> Answer:
     """Retrieve FAQ entries for ``text`` and decide what to do with it.
 
     ``context_question`` (the previous answer's entry question) marks ``text`` as a follow-up to
     resolve without an LLM: each entry is scored by the mean of its score for the message alone and
     for the message read after the previous question, and the previous entry itself is left out (a
-    follow-up asks for something its answer did not say)."""
+    follow-up asks for something its answer did not say).
+
+    When the language's thresholds have an answer-confidence model (chatbot.confidence), the best
+    hit's retrieval features are computed and the model decides whether to answer; ``features``
+    True computes them anyway (kb_calibrate fits the model on them)."""
     started = time.perf_counter()
     language = detect_language(text)
     thresholds = thresholds_for(language=language)
@@ -77,14 +87,24 @@ def answer_question(
         from chatbot.llm import get_llm
 
         llm_available = get_llm() is not None
-    result = entry_search(query=text)
+    model, unused = _confidence_model(thresholds)
+    result = entry_search(query=text, features=bool(features) or model is not None)
     memory = None
     if context_question and result.readable:
         result, memory = _search_with_context(result, text, context_question, previous_entry_id)
     hits = result.hits
+    confidence = None
+    if model is not None:
+        if memory is not None:
+            unused = "a follow-up is ranked with the previous question: the score decides"
+        elif result.features is None:
+            unused = "no retrieval features (no hit, or an approximate index): the score decides"
+        else:
+            confidence = model.probability(result.features)
     decision = decide(
         [hit.score for hit in hits],
         thresholds,
+        confidence=confidence,
         asks_for_person=cues.asks_for_person(text),
         llm_available=llm_available,
     )
@@ -92,7 +112,27 @@ def answer_question(
         decision = Decision(Kind.HANDOFF, "the embedder cannot read this text")
     elif result.index_version is None and decision.kind != Kind.HANDOFF:
         decision = Decision(Kind.HANDOFF, "no index has been published yet")
-    return _answer(decision, hits, result, thresholds, language, memory, started)
+    trace = None
+    if thresholds.uses_confidence:
+        trace = {"value": None if confidence is None else round(confidence, 4), "threshold": thresholds.confidence}
+        if unused:
+            trace["unused"] = unused
+        if result.features is not None:
+            trace["features"] = {name: round(value, 4) for name, value in result.features.items()}
+    return _answer(decision, hits, result, thresholds, language, memory, started, confidence, trace)
+
+
+def _confidence_model(thresholds: Thresholds) -> tuple[ConfidenceModel | None, str]:
+    """The thresholds' confidence model if this process can use it, else None and why not."""
+    if not thresholds.uses_confidence:
+        return None, ""
+    embedder = get_embedder().name
+    if thresholds.confidence_model.embedder != embedder:
+        return None, (
+            f"the model was fitted for {thresholds.confidence_model.embedder}, this process embeds with "
+            f"{embedder}: the score decides until kb_calibrate runs again"
+        )
+    return thresholds.confidence_model, ""
 
 
 def _search_with_context(
@@ -130,6 +170,8 @@ def _answer(
     language: str,
     memory: dict | None,
     started: float,
+    confidence: float | None = None,
+    confidence_trace: dict | None = None,
 ) -> Answer:
     best = hits[0] if hits else None
     options = [{"entry_id": hits[i].entry_id, "question": hits[i].question} for i in decision.options]
@@ -151,6 +193,7 @@ def _answer(
         retrieval=[hit.trace() for hit in hits],
         options=options,
         memory=memory,
+        confidence=confidence_trace,
         timings_ms={k: round(v, 2) for k, v in timings.items()},
     )
     return Answer(
@@ -163,4 +206,6 @@ def _answer(
         options=options,
         language=language,
         decision=record,
+        features=result.features,
+        confidence=confidence,
     )

@@ -38,15 +38,32 @@ FEATURES = (
 _WORD = re.compile(r"\w+")
 
 
-def retrieval_features(scan: EntryScan, query: np.ndarray, text: str) -> dict[str, float]:
+def retrieval_features(
+    scan: EntryScan,
+    query: np.ndarray,
+    text: str,
+    *,
+    scores: np.ndarray | None = None,
+    entry_id: int | None = None,
+) -> dict[str, float]:
     """The features of one question (its unit query vector and its text) against ``scan``'s
-    phrasings, named as in FEATURES. An index with one entry has no second entry: its margins
-    are taken against a score of 0."""
-    by_entry = scan.phrasing_scores(query)
+    phrasings, named as in FEATURES, for the entry ``entry_id`` (the one the bot would answer with;
+    by default the best by cosine). ``scores``: the query's ``scan.phrasing_scores`` when the search
+    computed them already. An index with one entry has no second entry: its margins are taken
+    against a score of 0."""
+    by_entry = scan.phrasing_scores(query) if scores is None else scores
     best_of_entry = np.maximum.reduceat(by_entry, scan.entry_starts)
     ranked = np.argsort(-best_of_entry, kind="stable")[:TOP_ENTRIES]
-    top = np.pad(best_of_entry[ranked], (0, TOP_ENTRIES - len(ranked)))
     best = int(ranked[0])
+    if entry_id is not None:
+        group = int(np.searchsorted(scan.entry_ids, entry_id))
+        if group >= len(scan.entry_ids) or scan.entry_ids[group] != entry_id:
+            raise KeyError(f"entry {entry_id} is not in this index")
+        if group != best:
+            # Hybrid ranking put another entry first: the features describe that one against the rest.
+            ranked = np.concatenate(([group], ranked[ranked != group]))[:TOP_ENTRIES]
+            best = group
+    top = np.pad(best_of_entry[ranked], (0, TOP_ENTRIES - len(ranked)))
     start = scan.entry_starts[best]
     end = scan.entry_starts[best + 1] if best + 1 < len(scan.entry_starts) else len(by_entry)
     own = np.sort(by_entry[start:end])

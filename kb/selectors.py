@@ -18,6 +18,7 @@ from kb.keyword import keyword_warm_up, text_tokenize
 from kb.language import detect_language
 from kb.models import Entry, IndexVersion
 from kb.query_batching import query_encode
+from kb.retrieval_features import retrieval_features
 from kb.vector_index import CurrentIndex, LoadedIndex, PhrasingHit
 
 
@@ -71,6 +72,8 @@ class SearchResult:
     readable: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
     mode: str = "dense"
+    # The best hit's retrieval features (kb.retrieval_features), when asked for and the index is flat.
+    features: dict[str, float] | None = None
 
 
 FUSION_METHODS = ("rrf", "score")
@@ -218,19 +221,21 @@ def index_entries_rank(
     fusion: Fusion | None = None,
     keep: Callable[[set[int]], Collection[int]] | None = None,
     timings_ms: dict[str, float] | None = None,
+    scan_scores: np.ndarray | None = None,
 ) -> list[FusedEntry]:
     """The search step shared by live search and the benchmarks: dense and (if ``hybrid`` and the
     index has keyword data) keyword candidates, ``keep`` (which of their entries may answer),
     :func:`entries_fuse`, and the dense score of every entry that only keyword search found
     (computed from its phrasings' stored vectors: before fusion for score fusion, which needs it,
     after it for the returned entries otherwise). ``vector`` None = the embedder cannot read the
-    question: keyword results only (if hybrid), with no dense score."""
+    question: keyword results only (if hybrid), with no dense score. ``scan_scores``: the query's
+    EntryScan.phrasing_scores when the caller computed them (to reuse them for retrieval features)."""
     fusion = fusion or Fusion()
     hybrid = hybrid and index.keyword is not None
     depth = max(k, fusion.depth) if hybrid else k
     timings = timings_ms if timings_ms is not None else {}
     started = time.perf_counter()
-    dense = index.dense_candidates(vector, entries=depth) if vector is not None else []
+    dense = index.dense_candidates(vector, entries=depth, scan_scores=scan_scores) if vector is not None else []
     searched = time.perf_counter()
     keyword = index.keyword_candidates(tokens, entries=depth) if hybrid else []
     keyword_done = time.perf_counter()
@@ -272,14 +277,18 @@ def query_hybrid(query: str) -> bool:
     return settings.KB_HYBRID_SEARCH and detect_language(query) in settings.KB_HYBRID_LANGUAGES
 
 
-def entry_search(*, query: str, k: int | None = None) -> SearchResult:
+def entry_search(*, query: str, k: int | None = None, features: bool = False) -> SearchResult:
     """Top-k published entries for ``query``: every phrasing is searched, scores aggregate per
     entry by their best phrasing; when :func:`query_hybrid` says so, BM25 keyword results are
     fused in.
 
     A question the embedder cannot read still gets keyword results in hybrid mode (``readable`` is
     False and their ``score`` 0.0, so they never pass an answer threshold, but hit testing and the
-    transcript show what the keywords found)."""
+    transcript show what the keywords found).
+
+    With ``features``, the result carries the best hit's retrieval features (for the answer
+    confidence), computed from the same scan of the phrasings as the search; only a flat index
+    has that scan, so an approximate (HNSW) index gives none."""
     k = k or settings.KB_SEARCH_TOP_K
     hybrid = query_hybrid(query)
     embedder = get_embedder()
@@ -311,6 +320,9 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
         entries.update((entry_id, rest) for entry_id, *rest in rows)
         return entries.keys()
 
+    scan_scores = None
+    if features and index.scan is not None and vector is not None:
+        scan_scores = index.scan.phrasing_scores(vector)
     ranked = index_entries_rank(
         index=index,
         vector=vector,
@@ -320,6 +332,7 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
         fusion=Fusion.from_settings(),
         keep=published,
         timings_ms=timings,
+        scan_scores=scan_scores,
     )
     hits = [
         EntryHit(
@@ -334,12 +347,18 @@ def entry_search(*, query: str, k: int | None = None) -> SearchResult:
         )
         for entry in ranked
     ]
+    values = None
+    if scan_scores is not None and hits:
+        features_started = time.perf_counter()
+        values = retrieval_features(index.scan, vector, query, scores=scan_scores, entry_id=hits[0].entry_id)
+        timings["features"] = (time.perf_counter() - features_started) * 1000
     return SearchResult(
         hits=hits,
         index_version=index.version,
         readable=readable,
         timings_ms=timings,
         mode="hybrid" if hybrid else "dense",
+        features=values,
     )
 
 

@@ -74,9 +74,10 @@ class EntryScan:
         )
         return scores[self.row_order]
 
-    def entries_best(self, query: np.ndarray, *, entries: int) -> list[PhrasingHit]:
-        """The best phrasing of the ``entries`` best entries (all if fewer), best first."""
-        by_entry = self.phrasing_scores(query)
+    def entries_best(self, query: np.ndarray, *, entries: int, scores: np.ndarray | None = None) -> list[PhrasingHit]:
+        """The best phrasing of the ``entries`` best entries (all if fewer), best first.
+        ``scores``: the query's :meth:`phrasing_scores` when the caller has them already."""
+        by_entry = self.phrasing_scores(query) if scores is None else scores
         best = np.maximum.reduceat(by_entry, self.entry_starts)
         count = min(entries, len(best))
         top = np.argpartition(-best, count - 1)[:count] if count < len(best) else np.arange(len(best))
@@ -166,11 +167,14 @@ class LoadedIndex:
             if variant_id != -1
         ]
 
-    def dense_candidates(self, query: np.ndarray, *, entries: int) -> list[PhrasingHit]:
-        """The best phrasing by cosine of at least ``entries`` entries (all if fewer), best first."""
+    def dense_candidates(
+        self, query: np.ndarray, *, entries: int, scan_scores: np.ndarray | None = None
+    ) -> list[PhrasingHit]:
+        """The best phrasing by cosine of at least ``entries`` entries (all if fewer), best first.
+        ``scan_scores``: the query's EntryScan.phrasing_scores, if computed already (flat index)."""
         if self.scan is not None:
             # A few more than asked: callers drop entries unpublished since the index was built.
-            return self.scan.entries_best(query, entries=max(entries * 2, entries + 8))
+            return self.scan.entries_best(query, entries=max(entries * 2, entries + 8), scores=scan_scores)
         return _entries_covering(lambda limit: self.search(query, limit), entries=entries, total=self.index.ntotal)
 
     def keyword_candidates(self, tokens: Sequence[str], *, entries: int) -> list[PhrasingHit]:

@@ -37,6 +37,10 @@ class ScoredQuestion:
     scores: tuple[float, ...]  # retrieved entries' scores, in ranking order
     correct: tuple[bool, ...]  # whether each retrieved entry is a right one
     in_scope: bool
+    # The best hit's retrieval features (kb.retrieval_features) and the answer confidence the live
+    # pipeline read from them, when computed.
+    features: dict[str, float] | None = None
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,9 +77,10 @@ class Calibration:
 
 
 class _Arrays:
-    """Questions as padded arrays: scores (-inf padding), correct flags, in-scope flags."""
+    """Questions as padded arrays: scores (-inf padding), correct flags, in-scope flags, and the
+    answer confidence (NaN where there is none: the best score decides those)."""
 
-    def __init__(self, questions: list[ScoredQuestion], depth: int):
+    def __init__(self, questions: list[ScoredQuestion], depth: int, confidence: np.ndarray | None = None):
         n = len(questions)
         self.scores = np.full((n, depth), -np.inf)
         self.correct = np.zeros((n, depth), dtype=bool)
@@ -85,6 +90,9 @@ class _Arrays:
             self.correct[row, :width] = question.correct[:width]
         self.in_scope = np.array([question.in_scope for question in questions], dtype=bool)
         self.best = self.scores[:, 0]
+        if confidence is None:
+            confidence = np.array([np.nan if q.confidence is None else q.confidence for q in questions], dtype=float)
+        self.confidence = np.asarray(confidence, dtype=float).reshape(n)
 
 
 def _evaluate(data: _Arrays, thresholds: Thresholds) -> Metrics:
@@ -94,7 +102,11 @@ def _evaluate(data: _Arrays, thresholds: Thresholds) -> Metrics:
     # Only the first max_suggestions close entries are offered, as in decide().
     offered = close & (np.cumsum(close, axis=1) <= thresholds.max_suggestions)
     clarify = (best >= thresholds.clarify) & (offered.sum(axis=1) >= 2)
-    answer = ~clarify & (best >= thresholds.answer)
+    confident = best >= thresholds.answer
+    if thresholds.confidence is not None:
+        known = ~np.isnan(data.confidence)
+        confident = np.where(known, np.nan_to_num(data.confidence, nan=-1.0) >= thresholds.confidence, confident)
+    answer = ~clarify & confident
     right = answer & data.correct[:, 0]
     wrong = answer & ~data.correct[:, 0]
     helpful = clarify & (offered & data.correct).any(axis=1)
@@ -123,9 +135,23 @@ def _evaluate(data: _Arrays, thresholds: Thresholds) -> Metrics:
 
 
 def thresholds_evaluate(questions: list[ScoredQuestion], thresholds: Thresholds) -> Metrics:
-    """How these thresholds decide these questions (e.g. a test set after calibrating on another)."""
+    """How these thresholds decide these questions (e.g. a test set after calibrating on another).
+    With a confidence model, each question's confidence is the model's reading of its features
+    (the stored ``confidence`` where it has none)."""
     depth = max((len(q.scores) for q in questions), default=1) or 1
-    return _evaluate(_Arrays(questions, depth), thresholds)
+    confidence = None
+    if thresholds.uses_confidence:
+        model = thresholds.confidence_model
+        confidence = np.array(
+            [
+                model.probability(q.features)
+                if q.features is not None
+                else (np.nan if q.confidence is None else q.confidence)
+                for q in questions
+            ],
+            dtype=float,
+        )
+    return _evaluate(_Arrays(questions, depth, confidence), thresholds)
 
 
 def thresholds_calibrate(

@@ -42,6 +42,8 @@ class HitTestCase:
             scores=tuple(hit.score for hit in self.answer.hits),
             correct=tuple(hit.entry_id in self.expected_entry_ids for hit in self.answer.hits),
             in_scope=self.in_scope,
+            features=self.answer.features,
+            confidence=self.answer.confidence,
         )
 
     @property
@@ -105,10 +107,13 @@ def _expected_lookup() -> tuple[dict[str, frozenset[int]], dict[str, int], set[i
     return {key: frozenset(value) for key, value in by_category.items()}, by_question, ids
 
 
-def hit_test_rows(rows: list[dict], progress=None, llm_available: bool | None = None) -> HitTestReport:
+def hit_test_rows(
+    rows: list[dict], progress=None, llm_available: bool | None = None, features: bool = False
+) -> HitTestReport:
     """Run labelled rows: a ``question`` (or ``text``) and the expected entry, given as
     ``expected`` (an entry id or the entry's question) or as ``category`` (any entry of it); the
-    label ``oos`` (or ``out_of_scope``, ``none``) marks a question no entry should answer."""
+    label ``oos`` (or ``out_of_scope``, ``none``) marks a question no entry should answer.
+    ``features``: compute every question's retrieval features (to fit the answer confidence)."""
     by_category, by_question, ids = _expected_lookup()
     report = HitTestReport()
     for number, row in enumerate(rows, start=1):
@@ -136,7 +141,7 @@ def hit_test_rows(rows: list[dict], progress=None, llm_available: bool | None = 
         else:
             report.errors.append(f"row {number}: no expected entry (column expected or category)")
             continue
-        answer = answer_question(question, llm_available=llm_available)
+        answer = answer_question(question, llm_available=llm_available, features=features or None)
         report.cases.append(HitTestCase(question, expected, expected_ids, answer))
         if progress is not None:
             progress(1)

@@ -76,3 +76,33 @@ def test_a_question_near_a_one_phrasing_entry_and_an_index_of_one_entry(index):
     alone = retrieval_features(single.scan, unit(1, 0, 0, 0), "hi")
     assert alone["margin"] == pytest.approx(1.0) and alone["centroid_margin"] == pytest.approx(1.0)
     assert alone["knn10"] == 1.0
+
+
+def test_features_of_the_entry_the_bot_answers_with_when_it_is_not_the_densest(index):
+    loaded, rows = index
+    query = unit(1, 0.9, 0, 0)  # entry 1 best by cosine, entry 2 close behind
+    scores = loaded.scan.phrasing_scores(query)
+    own = retrieval_features(loaded.scan, query, "a question", scores=scores)
+    assert own == retrieval_features(loaded.scan, query, "a question")  # the same scan, reused
+    second = retrieval_features(loaded.scan, query, "a question", scores=scores, entry_id=2)
+    entry_2 = max(float(rows[v][1] @ query) for v in (201, 202))
+    entry_1 = max(float(rows[v][1] @ query) for v in (101, 102, 103))
+    assert second["top1"] == pytest.approx(entry_2)
+    assert second["margin"] == pytest.approx(entry_2 - entry_1)  # negative: a better entry exists
+    assert retrieval_features(loaded.scan, query, "a question", entry_id=1) == own
+    with pytest.raises(KeyError):
+        retrieval_features(loaded.scan, query, "a question", entry_id=99)
+
+
+def test_entry_search_returns_the_features_only_when_asked(db):
+    from kb.selectors import entry_search
+    from tests.factories import entries_create, kb_embed_and_publish
+
+    entries_create()
+    kb_embed_and_publish()
+    plain = entry_search(query="where is my parcel")
+    assert plain.features is None and "features" not in plain.timings_ms
+    with_features = entry_search(query="where is my parcel", features=True)
+    assert set(with_features.features) == set(FEATURES)
+    assert with_features.features["top1"] == pytest.approx(with_features.hits[0].score, abs=1e-5)
+    assert [hit.entry_id for hit in with_features.hits] == [hit.entry_id for hit in plain.hits]

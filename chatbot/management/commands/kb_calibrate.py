@@ -1,4 +1,5 @@
-"""manage.py kb_calibrate FILE [FILE ...]: choose the decision thresholds from labelled questions."""
+"""manage.py kb_calibrate FILE [FILE ...]: choose the decision thresholds, and fit the answer
+confidence, from labelled questions."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from django.utils import timezone
 from tqdm import tqdm
 
 from chatbot.evaluation.calibration import thresholds_calibrate, thresholds_evaluate
+from chatbot.evaluation.confidence_fit import NotEnoughQuestions, confidence_calibrate
 from chatbot.evaluation.hit_testing import hit_test_rows
 from chatbot.evaluation.labelled import labelled_rows_read
 from chatbot.models import DecisionThresholds
+from kb.embedders import get_embedder
 from kb.importing import ImportFileError
 
 
@@ -20,7 +23,8 @@ class Command(BaseCommand):
     help = (
         "Ask every labelled question (in-scope ones with their expected entry or category, out-of-scope ones "
         "labelled oos), pick the answer/clarify thresholds that maximise answer-vs-fallback F1 under a cap on "
-        "wrong answers, print precision, recall and F1 there, and save them per question language."
+        "wrong answers, fit the answer-confidence model over retrieval features and keep it when it does "
+        "better out of fold, print precision, recall and F1, and save them per question language."
     )
 
     def add_arguments(self, parser):
@@ -30,9 +34,12 @@ class Command(BaseCommand):
         parser.add_argument("--max-wrong-rate", type=float, default=0.05, help="cap on wrong answers / questions")
         parser.add_argument("--max-clarify-rate", type=float, default=0.10, help="cap on 'did you mean' replies")
         parser.add_argument("--min-questions", type=int, default=30, help="fewer in a language: left unchanged")
+        parser.add_argument(
+            "--score-only", action="store_true", help="no confidence model: answer by the best score (removes one)"
+        )
         parser.add_argument("--dry-run", action="store_true", help="print the result, change nothing")
 
-    def handle(self, *args, files, max_wrong_rate, max_clarify_rate, min_questions, dry_run, **options):
+    def handle(self, *args, files, max_wrong_rate, max_clarify_rate, min_questions, score_only, dry_run, **options):
         rows = []
         for path in files:
             try:
@@ -40,7 +47,7 @@ class Command(BaseCommand):
             except (OSError, ValueError, ImportFileError) as exc:
                 raise CommandError(f"{path}: {exc}") from exc
         with tqdm(total=len(rows), desc="asking", unit="q", disable=options["verbosity"] < 1) as bar:
-            report = hit_test_rows(rows, progress=bar.update, llm_available=False)
+            report = hit_test_rows(rows, progress=bar.update, llm_available=False, features=not score_only)
         for error in report.errors[:20]:
             self.stderr.write(error)
         if len(report.errors) > 20:
@@ -50,10 +57,19 @@ class Command(BaseCommand):
             by_language[case.answer.language].append(case.scored())
         if not by_language:
             raise CommandError("no labelled question could be asked")
+        settings = {
+            "files": files,
+            "max_wrong_rate": max_wrong_rate,
+            "max_clarify_rate": max_clarify_rate,
+            "score_only": score_only,
+            "dry_run": dry_run,
+        }
         for language, questions in sorted(by_language.items()):
-            self._calibrate(language, questions, files, max_wrong_rate, max_clarify_rate, min_questions, dry_run)
+            self._calibrate(language, questions, min_questions=min_questions, **settings)
 
-    def _calibrate(self, language, questions, files, max_wrong_rate, max_clarify_rate, min_questions, dry_run):
+    def _calibrate(
+        self, language, questions, *, files, max_wrong_rate, max_clarify_rate, min_questions, score_only, dry_run
+    ):
         in_scope = sum(q.in_scope for q in questions)
         self.stdout.write(
             f"\n[{language}] {len(questions)} questions ({in_scope} in scope, {len(questions) - in_scope} out)"
@@ -74,32 +90,90 @@ class Command(BaseCommand):
         before = thresholds_evaluate(questions, current)
         chosen, metrics = result.thresholds, result.metrics
         self.stdout.write(
-            f"  chosen: answer >= {chosen.answer:.3f}, clarify >= {chosen.clarify:.3f} within {chosen.margin:g} "
+            f"  by score: answer >= {chosen.answer:.3f}, clarify >= {chosen.clarify:.3f} within {chosen.margin:g} "
             f"({result.candidates} candidates tried)"
         )
         if not result.feasible:
             self.stdout.write(
                 self.style.WARNING(f"  no thresholds keep wrong answers under {max_wrong_rate:.1%}: the safest shown")
             )
-        for name, m in (("chosen", metrics), ("current", before)):
+        lines = [("by score", metrics)]
+        confidence, confidence_note = None, {"adopted": False, "reason": "--score-only"}
+        if not score_only:
+            confidence, confidence_note = self._confidence(
+                questions, result, max_wrong_rate=max_wrong_rate, max_clarify_rate=max_clarify_rate
+            )
+            if confidence is not None:
+                lines.append(("confidence", confidence.metrics))
+        lines.append(("current", before))
+        for name, m in lines:
             self.stdout.write(
-                f"  {name:8} precision {m.precision:.3f}  recall {m.recall:.3f}  F1 {m.f1:.3f}  "
+                f"  {name:10} precision {m.precision:.3f}  recall {m.recall:.3f}  F1 {m.f1:.3f}  "
                 f"wrong answers {m.wrong_rate:.2%} ({m.wrong_answers})  did-you-mean {m.clarify_rate:.1%} "
                 f"({m.helpful_clarifications} helpful)  out-of-scope not answered {m.out_of_scope_handled:.1%}"
             )
+        adopted = confidence is not None and confidence_note["adopted"]
+        self.stdout.write(
+            f"  uses: {'the answer confidence' if adopted else 'the best score'} ({confidence_note['reason']})"
+        )
         if dry_run:
             self.stdout.write("  dry run: nothing saved")
             return
-        row.answer_threshold, row.clarify_threshold, row.clarify_margin = chosen.answer, chosen.clarify, chosen.margin
+        final, final_metrics, feasible = (
+            (confidence.thresholds, confidence.metrics, confidence.feasible)
+            if adopted
+            else (chosen, metrics, result.feasible)
+        )
+        row.answer_threshold, row.clarify_threshold, row.clarify_margin = final.answer, final.clarify, final.margin
+        row.answer_confidence = final.confidence if adopted else None
+        row.confidence_model = final.confidence_model.as_json() if adopted else {}
         row.calibration = {
             "at": timezone.now().isoformat(),
             "files": [str(path) for path in files],
             "questions": len(questions),
             "max_wrong_rate": max_wrong_rate,
             "max_clarify_rate": max_clarify_rate,
-            "feasible": result.feasible,
-            "metrics": metrics.as_dict(),
+            "feasible": feasible,
+            "metrics": final_metrics.as_dict(),
+            "score_thresholds": {"answer": chosen.answer, "clarify": chosen.clarify, "margin": chosen.margin},
+            "score_metrics": metrics.as_dict(),
+            "confidence": confidence_note,
         }
         row.full_clean()
         row.save()
         self.stdout.write(self.style.SUCCESS(f"  saved the {language} thresholds"))
+
+    def _confidence(self, questions, by_score, *, max_wrong_rate, max_clarify_rate):
+        """The fitted confidence (None if it could not be fitted) and a note on whether it is used."""
+        try:
+            fitted = confidence_calibrate(
+                questions,
+                score_thresholds=by_score.thresholds,
+                embedder=get_embedder().name,
+                max_wrong_rate=max_wrong_rate,
+                max_clarify_rate=max_clarify_rate,
+            )
+        except NotEnoughQuestions as exc:
+            return None, {"adopted": False, "reason": f"no confidence model: {exc}"}
+        t = fitted.thresholds
+        self.stdout.write(
+            f"  confidence: answer when P(right) >= {t.confidence:.3f}, clarify >= {t.clarify:.3f} within "
+            f"{t.margin:g}; fitted on {fitted.questions} questions, ROC AUC {fitted.auc:.3f} "
+            f"(best score alone {fitted.cosine_auc:.3f}); metrics out of fold"
+        )
+        better = fitted.metrics.f1 > by_score.metrics.f1
+        if not fitted.feasible:
+            reason = f"the confidence cannot keep wrong answers under {max_wrong_rate:.1%}"
+        elif not better and by_score.feasible:
+            reason = f"its F1 {fitted.metrics.f1:.3f} out of fold is not above the score's {by_score.metrics.f1:.3f}"
+        else:
+            reason = f"F1 {fitted.metrics.f1:.3f} out of fold against the score's {by_score.metrics.f1:.3f}"
+        note = {
+            "adopted": fitted.feasible and (better or not by_score.feasible),
+            "reason": reason,
+            "questions": fitted.questions,
+            "auc": round(fitted.auc, 4),
+            "score_auc": round(fitted.cosine_auc, 4),
+            "metrics": fitted.metrics.as_dict(),
+        }
+        return fitted, note

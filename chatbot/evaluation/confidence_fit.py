@@ -1,0 +1,145 @@
+"""Fitting the answer-confidence model (chatbot.confidence) and its threshold on labelled questions.
+
+The model learns P(the best retrieved entry is right) from each question's retrieval features: a
+right answer is an in-scope question whose best entry is an expected one; an out-of-scope question
+or a wrong best entry is not. Its threshold, with the "did you mean" threshold and margin, is chosen
+as chatbot.evaluation.calibration chooses the cosine thresholds (maximum F1 under the caps on wrong
+answers and suggestion lists), but on **out-of-fold** predictions: each question's confidence comes
+from a model that did not see it, so the reported metrics are what the fitted model should do on
+new questions, not what it does on the questions it learned from. The model used live is then
+refitted on all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from chatbot.confidence import ConfidenceModel
+from chatbot.decisions import Thresholds
+from chatbot.evaluation.calibration import MARGINS, Metrics, ScoredQuestion, _Arrays, _evaluate
+
+MIN_EACH_CLASS = 20  # right answers, and wrong-or-out-of-scope ones, needed to fit
+FOLDS = 5
+CONFIDENCE_STEPS = 200  # candidate confidence thresholds (quantiles of the predictions)
+CLARIFY_STEPS = 12  # candidate "did you mean" thresholds (quantiles of the best score)
+
+
+class NotEnoughQuestions(ValueError):
+    """Too few labelled questions of one kind to fit a confidence model."""
+
+
+@dataclass(frozen=True)
+class ConfidenceCalibration:
+    """The fitted model with its thresholds, and what it achieved out of fold."""
+
+    thresholds: Thresholds  # confidence threshold + model; answer (the score rule) as given
+    metrics: Metrics  # out-of-fold
+    feasible: bool
+    candidates: int
+    auc: float  # ROC AUC of the out-of-fold confidence for "the best entry is right"
+    cosine_auc: float  # ... of the best cosine, on the same questions
+    questions: int  # with features (the ones it learned from)
+
+
+def _labels(questions: list[ScoredQuestion]) -> np.ndarray:
+    return np.array([q.in_scope and bool(q.correct) and q.correct[0] for q in questions], dtype=int)
+
+
+def confidence_calibrate(
+    questions: list[ScoredQuestion],
+    *,
+    score_thresholds: Thresholds,
+    embedder: str,
+    max_wrong_rate: float = 0.05,
+    max_clarify_rate: float = 0.10,
+    seed: int = 0,
+) -> ConfidenceCalibration:
+    """Fit the model on ``questions`` (those with features), choose its threshold and the clarify
+    threshold and margin under the caps; ``score_thresholds`` (the calibrated score rule) keeps its
+    answer threshold for questions the model cannot read. Raises NotEnoughQuestions when either
+    class has fewer than MIN_EACH_CLASS questions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    usable = [q for q in questions if q.features is not None and q.scores]
+    labels = _labels(usable)
+    right, other = int(labels.sum()), int(len(labels) - labels.sum())
+    if min(right, other) < MIN_EACH_CLASS:
+        raise NotEnoughQuestions(
+            f"{right} questions with a right best entry and {other} out of scope or wrong: "
+            f"need {MIN_EACH_CLASS} of each to fit a confidence model"
+        )
+    names = tuple(usable[0].features)
+    x = np.array([[q.features[name] for name in names] for q in usable], dtype=float)
+
+    def pipeline():
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+
+    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
+    out_of_fold = cross_val_predict(pipeline(), x, labels, cv=folds, method="predict_proba")[:, 1]
+    by_question = {id(q): p for q, p in zip(usable, out_of_fold, strict=True)}
+    confidence = np.array([by_question.get(id(q), np.nan) for q in questions], dtype=float)
+
+    depth = max(len(q.scores) for q in questions)
+    data = _Arrays(questions, depth, confidence)
+    levels = np.unique(np.round(np.quantile(out_of_fold, np.linspace(0, 1, CONFIDENCE_STEPS + 1)), 4))
+    levels = np.append(levels, 1.001)  # answering nothing by confidence is a candidate too
+    best_scores = data.best[np.isfinite(data.best)]
+    clarify_levels = np.unique(np.round(np.quantile(best_scores, np.linspace(0.5, 1, CLARIFY_STEPS)), 3))
+    # (clarify, margin) pairs; margin 0 never clarifies, so one such pair is enough.
+    clarify_rules = [(1.0, 0.0)] + [(c, m) for c in clarify_levels for m in MARGINS if m > 0]
+    best_key, best, safest_key, safest, count = None, None, None, None, 0
+    for clarify, margin in clarify_rules:
+        for level in levels:
+            thresholds = Thresholds(
+                language=score_thresholds.language,
+                answer=score_thresholds.answer,
+                clarify=float(clarify),
+                margin=margin,
+                max_suggestions=score_thresholds.max_suggestions,
+                confidence=float(level),
+            )
+            metrics = _evaluate(data, thresholds)
+            count += 1
+            if metrics.wrong_rate <= max_wrong_rate and metrics.clarify_rate <= max_clarify_rate:
+                key = (metrics.f1, metrics.precision, level)
+                if best_key is None or key > best_key:
+                    best_key, best = key, (thresholds, metrics)
+            safe_key = (-metrics.wrong_rate, metrics.f1)
+            if safest_key is None or safe_key > safest_key:
+                safest_key, safest = safe_key, (thresholds, metrics)
+    (chosen, metrics), feasible = (best, True) if best is not None else (safest, False)
+
+    fitted = pipeline().fit(x, labels)
+    scaler, logistic = fitted[0], fitted[-1]
+    model = ConfidenceModel(
+        features=names,
+        mean=tuple(float(v) for v in scaler.mean_),
+        # A constant feature has scale 0 in sklearn's StandardScaler (it divides by 1 instead).
+        scale=tuple(float(v) if v > 0 else 1.0 for v in scaler.scale_),
+        coef=tuple(float(v) for v in logistic.coef_[0]),
+        intercept=float(logistic.intercept_[0]),
+        embedder=embedder,
+    )
+    return ConfidenceCalibration(
+        thresholds=Thresholds(
+            language=chosen.language,
+            answer=chosen.answer,
+            clarify=chosen.clarify,
+            margin=chosen.margin,
+            max_suggestions=chosen.max_suggestions,
+            confidence=chosen.confidence,
+            confidence_model=model,
+        ),
+        metrics=metrics,
+        feasible=feasible,
+        candidates=count,
+        auc=float(roc_auc_score(labels, out_of_fold)),
+        cosine_auc=float(roc_auc_score(labels, [q.scores[0] for q in usable])),
+        questions=len(usable),
+    )

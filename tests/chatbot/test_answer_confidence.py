@@ -1,0 +1,143 @@
+"""The answer confidence end to end, on a slice of BANKING77-OOS with the real embedder: kb_calibrate
+fits it, live answers are decided by it and show it in their trace, it separates right answers from
+out-of-scope and wrong ones better than the best score on questions it never saw, and a process
+with another embedder falls back to the score."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from chatbot.decisions import Kind
+from chatbot.evaluation.hit_testing import hit_test_rows
+from chatbot.evaluation.labelled import labelled_rows_read
+from chatbot.models import DecisionThresholds
+from chatbot.pipeline import answer_question
+from chatbot.selectors import _thresholds_cache
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77-oos"
+INTENTS = 12  # the knowledge base: the first intents (alphabetically) of BANKING77-OOS's 50
+PHRASINGS = 40  # training questions per intent kept as its phrasings
+OTHER_INTENTS = 8  # intents left out of the knowledge base: their questions are out of its scope
+ID_OOS = 150  # in-domain out-of-scope questions per split
+
+
+def _rows(folder: Path) -> list[dict]:
+    return labelled_rows_read(folder)
+
+
+def _split(split: str, kept: set[str], others: set[str]) -> list[dict]:
+    """Labelled rows of one split: the kept intents' questions, the other intents' questions and a
+    share of the in-domain out-of-scope ones, both labelled oos."""
+    rows = []
+    for row in _rows(DATA / split):
+        category = row["category"]
+        if category in kept:
+            rows.append({"question": row["question"], "category": category})
+        elif category in others:
+            rows.append({"question": row["question"], "category": "oos"})
+    rows += [{"question": row["question"], "category": "oos"} for row in _rows(DATA / "id-oos" / split)[:ID_OOS]]
+    return rows
+
+
+@pytest.fixture
+def banking_slice(db, tmp_path):
+    """The KB slice embedded and published, with labelled validation and test files."""
+    import csv
+
+    from tests.factories import entries_create, kb_embed_and_publish
+
+    training = _rows(DATA / "train")
+    intents = sorted({row["category"] for row in training})
+    kept, others = set(intents[:INTENTS]), set(intents[INTENTS : INTENTS + OTHER_INTENTS])
+    phrasings: dict[str, list[str]] = {}
+    for row in training:
+        if row["category"] in kept and len(phrasings.setdefault(row["category"], [])) < PHRASINGS:
+            phrasings[row["category"]].append(row["question"])
+    entries_create(
+        [
+            {"question": texts[0], "answer": f"About {name}.", "category": name, "variants": texts[1:]}
+            for name, texts in sorted(phrasings.items())
+        ]
+    )
+    kb_embed_and_publish()
+    files = {}
+    for split in ("valid", "test"):
+        files[split] = tmp_path / f"{split}.csv"
+        with files[split].open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["question", "category"])
+            writer.writeheader()
+            writer.writerows(_split(split, kept, others))
+    _thresholds_cache.clear()
+    yield files
+    _thresholds_cache.clear()
+
+
+def _auc(labels: list[bool], values: list[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, values))
+
+
+def test_kb_calibrate_fits_the_confidence_and_live_answers_follow_it(banking_slice, settings):
+    settings.CHATBOT_THRESHOLDS_CACHE_SECONDS = 0
+    out = io.StringIO()
+    call_command("kb_calibrate", str(banking_slice["valid"]), stdout=out, verbosity=0)
+    text = out.getvalue()
+    row = DecisionThresholds.objects.get(language="en")
+    note = row.calibration["confidence"]
+    assert "confidence: answer when P(right) >=" in text, text
+    assert note["auc"] > note["score_auc"], note
+    # Kept only when it beats the score out of fold (and the saved thresholds say which one decides).
+    assert note["adopted"] == (note["metrics"]["f1"] > row.calibration["score_metrics"]["f1"]), note
+    assert note["adopted"], f"the confidence did not beat the score on this slice: {text}"
+    assert row.answer_confidence is not None and row.confidence_model["embedder"]
+    assert row.calibration["metrics"] == note["metrics"]
+
+    # Live answers on questions kb_calibrate never saw: decided by the confidence, traced.
+    cases = hit_test_rows(labelled_rows_read(banking_slice["test"]), llm_available=False).cases
+    decided = [case for case in cases if case.answer.kind != Kind.CLARIFY and case.answer.hits]
+    assert decided
+    for case in decided:
+        trace = case.answer.decision.decision_json()["confidence"]
+        assert trace["value"] == pytest.approx(case.answer.confidence, abs=1e-4)
+        assert set(trace["features"]) == set(row.confidence_model["features"])
+        if case.answer.kind == Kind.FAQ:
+            assert case.answer.confidence >= row.answer_confidence
+        else:
+            assert case.answer.confidence < row.answer_confidence
+    # It separates right answers from wrong and out-of-scope ones better than the best score.
+    right = [case.in_scope and case.retrieved_right for case in decided]
+    confidence_auc = _auc(right, [case.answer.confidence for case in decided])
+    score_auc = _auc(right, [case.answer.score for case in decided])
+    assert confidence_auc > score_auc, (confidence_auc, score_auc)
+
+
+def test_another_embedder_falls_back_to_the_score_and_score_only_removes_the_model(banking_slice, settings):
+    settings.CHATBOT_THRESHOLDS_CACHE_SECONDS = 0
+    call_command("kb_calibrate", str(banking_slice["valid"]), stdout=io.StringIO(), verbosity=0)
+    row = DecisionThresholds.objects.get(language="en")
+    fitted = dict(row.confidence_model)
+    row.confidence_model = {**fitted, "embedder": "some-other-model"}
+    row.save()
+    question = "I still have not received my new card"
+    answer = answer_question(question, llm_available=False)
+    trace = answer.decision.decision_json()["confidence"]
+    assert trace["value"] is None and "some-other-model" in trace["unused"]
+    assert answer.confidence is None and answer.features is None
+    if answer.kind != Kind.CLARIFY:
+        assert (answer.kind == Kind.FAQ) == (answer.score >= row.answer_threshold)
+
+    row.confidence_model = fitted
+    row.save()
+    assert answer_question(question, llm_available=False).confidence is not None
+    out = io.StringIO()
+    call_command("kb_calibrate", str(banking_slice["valid"]), score_only=True, stdout=out, verbosity=0)
+    row = DecisionThresholds.objects.get(language="en")
+    assert (row.answer_confidence, row.confidence_model) == (None, {})
+    assert "uses: the best score (--score-only)" in out.getvalue()
+    answer = answer_question(question, llm_available=False)
+    assert "confidence" not in answer.decision.decision_json() and answer.features is None
