@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/bench_retrieval.py
 	$(PY) bench/bench_calibration.py --both
 	$(PY) bench/bench_oos_signal.py
+	$(PY) bench/bench_tune.py
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_flood.py
 	$(PY) bench/bench_import_memory.py

@@ -12,16 +12,18 @@ from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
 from simple_history.admin import SimpleHistoryAdmin
 
 from kb import services
+from kb.embedding_models import embedding_model_active
 from kb.embedding_state import embedding_state, entries_in_embedding_state, entries_with_embedding_counts
 from kb.exporting import FORMATS, export_rows, render
 from kb.import_files import ImportLimits, size_check
 from kb.import_jobs import import_job_confirm, import_job_confirmable, import_job_create
 from kb.importing import ImportFileError, entries_import, read_rows_from_bytes, upload_rows_if_small
-from kb.models import EmbeddingState, Entry, ImportJob, IndexVersion, Variant, text_hash
+from kb.models import EmbeddingModel, EmbeddingState, Entry, ImportJob, IndexVersion, Variant, text_hash
 from kb.text import text_clean, text_sanitise
 
 # The entry's own fields, edited on its page, in the changelist (published) and by a history revert.
@@ -334,3 +336,131 @@ class IndexVersionAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+def _scores_line(scores: dict, key: str, fmt: str) -> str:
+    if not scores:
+        return "-"
+    return f"{format(scores['active'][key], fmt)} → {format(scores['tuned'][key], fmt)}"
+
+
+@admin.register(EmbeddingModel)
+class EmbeddingModelAdmin(admin.ModelAdmin):
+    """Model versions: the base model and what kb_tune trained, with their held-out scores against
+    the version that was active then; "Tune now" starts a run, and any kept version can be switched
+    to (back) in one step, atomically, with its vectors still stored."""
+
+    change_list_template = "kb/embeddingmodel_change_list.html"
+    list_display = (
+        "label",
+        "state",
+        "top1",
+        "f1",
+        "paired_tests",
+        "training_time",
+        "trained_on",
+        "created_at",
+        "activated_at",
+        "switch",
+    )
+    fields = ("label", "state", "reason", "parent", "scores", "data", "training_seconds", "created_at", "activated_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="held-out top-1 (was → tuned)")
+    def top1(self, obj):
+        return _scores_line(obj.scores, "top1", ".1%")
+
+    @admin.display(description="answer F1 (was → tuned)")
+    def f1(self, obj):
+        return _scores_line(obj.scores, "f1", ".3f")
+
+    @admin.display(description="p (top-1, F1)")
+    def paired_tests(self, obj):
+        return f"{obj.scores['p_top1']:.3g}, {obj.scores['p_f1']:.3g}" if obj.scores else "-"
+
+    @admin.display(description="training")
+    def training_time(self, obj):
+        if obj.state == EmbeddingModel.State.TRAINING:
+            return obj.reason or "starting"
+        return f"{obj.training_seconds / 60:.1f} min" if obj.training_seconds else "-"
+
+    @admin.display(description="phrasings (held out)")
+    def trained_on(self, obj):
+        data = obj.data or {}
+        if "train_phrasings" not in data:
+            return "-"
+        return f"{data['train_phrasings']} of {data['entries']} entries ({data['held_out']} + {data['out_of_scope']})"
+
+    @admin.display(description="")
+    def switch(self, obj):
+        if obj.state != EmbeddingModel.State.AVAILABLE:
+            return ""
+        url = reverse("admin:kb_embeddingmodel_switch", args=[obj.pk])
+        return format_html('<a class="button" href="{}">Switch to {}</a>', url, obj.label)
+
+    def get_urls(self):
+        extra = [
+            path("tune/", self.admin_site.admin_view(self.tune_view), name="kb_embeddingmodel_tune"),
+            path("<int:pk>/switch/", self.admin_site.admin_view(self.switch_view), name="kb_embeddingmodel_switch"),
+        ]
+        return extra + super().get_urls()
+
+    def changelist_view(self, request, extra_context=None):
+        embedding_model_active()  # the base model's row, on first visit
+        running = EmbeddingModel.objects.filter(state=EmbeddingModel.State.TRAINING).exists()
+        return super().changelist_view(request, {**(extra_context or {}), "tuning_running": running})
+
+    def _can_switch(self, request) -> bool:
+        return self.has_view_permission(request) and request.user.has_perm("kb.change_embeddingmodel")
+
+    def tune_view(self, request):
+        """POST: queue a kb_tune run (the page lists it as "training" once a worker picks it up)."""
+        if request.method != "POST":
+            return redirect("admin:kb_embeddingmodel_changelist")
+        if not self._can_switch(request):
+            return HttpResponse(status=403)
+        try:
+            services.kb_tune_enqueue()
+        except Exception as exc:  # noqa: BLE001 - the broker is down: say so, nothing was started
+            messages.error(request, f"Could not queue the tuning run ({type(exc).__name__}); try again.")
+        else:
+            messages.success(request, "Tuning queued: it trains for several minutes; this list shows its progress.")
+        return redirect("admin:kb_embeddingmodel_changelist")
+
+    def switch_view(self, request, pk):
+        """GET: what switching to this version means; POST: switch (the rollback too)."""
+        model = EmbeddingModel.objects.filter(pk=pk).first()
+        if model is None:
+            raise Http404("No such model version.")
+        if not self._can_switch(request):
+            return HttpResponse(status=403)
+        active = embedding_model_active()
+        if request.method == "POST":
+            try:
+                version = services.embedding_model_activate(model=model, reason=f"switched by {request.user}")
+            except ValueError as exc:
+                messages.error(request, str(exc))
+            else:
+                messages.success(
+                    request,
+                    f"{model.label} is active: index v{version.pk} of its vectors is live ({active.label} kept).",
+                )
+            return redirect("admin:kb_embeddingmodel_changelist")
+        stored = model.vectors.count()
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": f"Switch to {model.label}",
+            "model": model,
+            "active": active,
+            "stored_vectors": stored,
+            "phrasings": Variant.objects.count(),
+            "can_switch": model.state == EmbeddingModel.State.AVAILABLE,
+        }
+        return TemplateResponse(request, "kb/embeddingmodel_switch.html", context)

@@ -44,7 +44,7 @@ class Embedder(Protocol):
         """False when the model sees too little of the text to embed it meaningfully."""
 
 
-def _resolve_model_path(model: str) -> Path:
+def model_path_resolve(model: str) -> Path:
     """Find a model on disk: an existing directory, or a package that ships one (get_model_path)."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -69,9 +69,13 @@ class SentenceTransformerEmbedder:
     # (all-MiniLM-L6-v2 reads almost no Chinese, for example).
     max_unknown_ratio = 0.5
 
-    def __init__(self, model: str | None = None, device: str = "cpu", runtime: str | None = None):
+    def __init__(
+        self, model: str | None = None, device: str = "cpu", runtime: str | None = None, label: str | None = None
+    ):
+        """``model``: a directory or model package (default settings.KB_EMBEDDER_MODEL); ``label``
+        names a tuned version in the embedder's name instead of the path it is stored at."""
         model = model or settings.KB_EMBEDDER_MODEL
-        model_path = _resolve_model_path(model)
+        model_path = model_path_resolve(model)
         # Belt and braces: even a path-based load must never reach for the hub and hang.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -80,7 +84,7 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(str(model_path), device=device, local_files_only=True)
         # The runtime does not change the vectors (ONNX Runtime matches PyTorch to 2e-7), so the
         # name, which stored vectors are checked against, stays the same.
-        self.name = f"sentence-transformers:{model}"
+        self.name = f"sentence-transformers:{label or model}"
         dimension = (
             getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         )
@@ -188,8 +192,9 @@ class LanguageRoutedEmbedder:
     CJK script, use w = 0 (USE, which also matches across languages). Measured in issue #4's notes.
     """
 
-    def __init__(self, english_weight: float = 1.0):
-        self._english = SentenceTransformerEmbedder()
+    def __init__(self, english_weight: float = 1.0, english_model: str | None = None, english_label: str | None = None):
+        """``english_model`` / ``english_label``: a tuned version of the English model (kb_tune)."""
+        self._english = SentenceTransformerEmbedder(model=english_model, label=english_label)
         self._multilingual = UniversalSentenceEncoderEmbedder()
         self._english_weight = english_weight
         self.name = f"routed[{self._english.name}+{self._multilingual.name}]"
@@ -260,12 +265,44 @@ def math_threads_set(threads: int) -> None:
             embedder.threads_set(max(1, threads))
 
 
-def get_embedder() -> Embedder:
-    """The process-wide embedder named by settings.KB_EMBEDDER, loaded once and kept warm."""
-    path = settings.KB_EMBEDDER
-    if path not in _embedders:
+# The model version (kb.models.EmbeddingModel.directory, "" for the base model) that get_embedder()
+# gives in this process: the one of the index it serves (web), or the active one (worker).
+_process_model_directory = ""
+
+
+def embedder_for(directory: str = "") -> Embedder:
+    """The embedder named by settings.KB_EMBEDDER with the English model version stored under
+    ``directory`` (relative to settings.KB_MODEL_DIR; "" for the base model), loaded once per
+    process and kept warm."""
+    # By path: a label names a version in one data directory only (tests give each run its own).
+    location = Path(settings.KB_MODEL_DIR) / directory if directory else ""
+    key = f"{settings.KB_EMBEDDER}|{settings.KB_EMBEDDER_RUNTIME}|{location}"
+    if key not in _embedders:
         with _embedder_lock:
-            if path not in _embedders:
-                _embedders[path] = import_string(path)()
+            if key not in _embedders:
+                cls = import_string(settings.KB_EMBEDDER)
+                if not directory:
+                    _embedders[key] = cls()
+                else:
+                    path = Path(settings.KB_MODEL_DIR) / directory
+                    if not path.is_dir():
+                        raise EmbedderUnavailable(f"model version {directory!r} is missing: {path} does not exist")
+                    if cls is LanguageRoutedEmbedder:
+                        _embedders[key] = cls(english_model=str(path), english_label=directory)
+                    elif cls is SentenceTransformerEmbedder:
+                        _embedders[key] = cls(model=str(path), label=directory)
+                    else:
+                        raise EmbedderUnavailable(f"{settings.KB_EMBEDDER} cannot load a tuned model version")
                 math_threads_set(settings.KB_QUERY_THREADS)
-    return _embedders[path]
+    return _embedders[key]
+
+
+def process_model_set(directory: str) -> None:
+    """Make get_embedder() give the model version stored under ``directory`` in this process."""
+    global _process_model_directory
+    _process_model_directory = directory
+
+
+def get_embedder() -> Embedder:
+    """This process's embedder (:func:`embedder_for` its current model version)."""
+    return embedder_for(_process_model_directory)

@@ -19,6 +19,7 @@ PIPELINE_FIELDS = [
     "embedding_state",
     "embedding_error",
     "embedded_at",
+    "embedding_model",
 ]
 EDITORS_GROUP = "KB editors"
 
@@ -59,6 +60,44 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text_normalise(text).encode("utf-8")).hexdigest()
 
 
+class EmbeddingModel(models.Model):
+    """A version of the English embedding model: the one shipped (``base``) or one that ``kb_tune``
+    trained on the knowledge base's phrasings. Exactly one is active: the worker embeds phrasings
+    with it and every published index is built from its vectors; the vectors of other versions are
+    kept (PhrasingVector) so that switching back is a copy, not a re-embedding."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        AVAILABLE = "available", "Available (can be switched to)"
+        REFUSED = "refused", "Refused (not better than the active model)"
+        TRAINING = "training", "Training"
+        FAILED = "failed", "Failed"
+
+    label = models.CharField(max_length=40, unique=True)
+    # Under settings.KB_MODEL_DIR; empty for the base model (settings.KB_EMBEDDER_MODEL).
+    directory = models.CharField(max_length=200, blank=True)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.AVAILABLE)
+    reason = models.TextField(blank=True)  # why kb_tune switched to it, or refused it
+    scores = models.JSONField(default=dict, blank=True)  # held-out base vs tuned, paired tests
+    data = models.JSONField(default=dict, blank=True)  # what it was trained on: entries, phrasings, split
+    training_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "embedding model version"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state="active"), name="kb_embeddingmodel_one_active"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.state})"
+
+
 class Variant(models.Model):
     """One phrasing of an entry's question (the main question is the primary variant)."""
 
@@ -76,6 +115,10 @@ class Variant(models.Model):
     )
     embedding_error = models.TextField(blank=True, editable=False)
     embedded_at = models.DateTimeField(null=True, editable=False)
+    # The model version ``embedding`` is a vector of (null: never embedded).
+    embedding_model = models.ForeignKey(
+        EmbeddingModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
     history = HistoricalRecords(excluded_fields=PIPELINE_FIELDS)
 
     class Meta:
@@ -98,6 +141,22 @@ class Variant(models.Model):
         super().save(*args, **kwargs)
 
 
+class PhrasingVector(models.Model):
+    """A phrasing's vector from a model version that is not the active one: a tuned version's
+    vectors before the switch, and the previous version's after it (what a rollback copies back)."""
+
+    variant = models.ForeignKey(Variant, on_delete=models.CASCADE, related_name="+")
+    model = models.ForeignKey(EmbeddingModel, on_delete=models.CASCADE, related_name="vectors")
+    content_hash = models.CharField(max_length=64)  # the text the vector was computed from
+    embedding = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["variant", "model"], name="kb_phrasingvector_one_per_model")]
+
+    def __str__(self) -> str:
+        return f"phrasing {self.variant_id} under {self.model_id}"
+
+
 class IndexVersion(models.Model):
     """A published FAISS index file; the highest id is the one every web process serves."""
 
@@ -108,6 +167,11 @@ class IndexVersion(models.Model):
     entry_count = models.PositiveIntegerField()
     kb_revision = models.PositiveBigIntegerField(default=0)
     kind = models.CharField(max_length=10, default="flat")  # flat (exact) or hnsw (approximate)
+    # The model version whose vectors it holds (web processes embed questions with it); null in
+    # versions published before model versions existed (the base model).
+    embedding_model = models.ForeignKey(
+        EmbeddingModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

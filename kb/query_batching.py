@@ -11,6 +11,7 @@ optionally holds a lone question a few milliseconds for company.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -73,16 +74,19 @@ class QueryBatcher:
         for thread in self._threads:
             thread.start()
 
-    def encode_query(self, text: str, timeout: float | None = 30.0) -> np.ndarray:
-        """The question's vector, as ``encode_many([text])[0]`` would give it."""
-        return self.submit(text).result(timeout=timeout)
+    def encode_query(
+        self, text: str, timeout: float | None = 30.0, encode_many: Callable[[Sequence[str]], np.ndarray] | None = None
+    ) -> np.ndarray:
+        """The question's vector, as ``encode_many([text])[0]`` would give it (the batcher's own
+        ``encode_many`` unless one is given: questions for different models share no call)."""
+        return self.submit(text, encode_many).result(timeout=timeout)
 
-    def submit(self, text: str) -> Future:
+    def submit(self, text: str, encode_many: Callable[[Sequence[str]], np.ndarray] | None = None) -> Future:
         """Queue a question; the future resolves to its vector (or the model's exception)."""
         if self._closed:
             raise RuntimeError("the query batcher is closed")
         future: Future = Future()
-        self._queue.put((text, future))
+        self._queue.put((text, future, encode_many or self._encode_many))
         return future
 
     def close(self) -> None:
@@ -93,7 +97,7 @@ class QueryBatcher:
         for thread in self._threads:
             thread.join(timeout=10)
 
-    def _take_batch(self, first: tuple[str, Future]) -> tuple[list[tuple[str, Future]], bool]:
+    def _take_batch(self, first: tuple) -> tuple[list[tuple], bool]:
         """``first`` and whatever else is queued (waiting up to max_wait for more); and whether a
         stop marker was taken."""
         batch = [first]
@@ -115,15 +119,16 @@ class QueryBatcher:
             if first is None:
                 return
             batch, stop = self._take_batch(first)
-            live = [(text, future) for text, future in batch if future.set_running_or_notify_cancel()]
-            if live:
-                self._run(live)
+            live = [item for item in batch if item[1].set_running_or_notify_cancel()]
+            # Nearly always one model; during a switch of model versions, one call per model.
+            for encode_many in dict.fromkeys(item[2] for item in live):
+                self._run([(text, future) for text, future, encoder in live if encoder is encode_many], encode_many)
             if stop:
                 return
 
-    def _run(self, batch: list[tuple[str, Future]]) -> None:
+    def _run(self, batch: list[tuple[str, Future]], encode_many: Callable[[Sequence[str]], np.ndarray]) -> None:
         try:
-            vectors = self._encode_many([text for text, _ in batch])
+            vectors = encode_many([text for text, _ in batch])
         except BaseException as error:  # noqa: BLE001 - every waiting caller gets the error, the thread lives on
             logger.exception("embedding a batch of %d questions failed", len(batch))
             for _, future in batch:
@@ -138,10 +143,10 @@ class QueryBatcher:
 _batcher: QueryBatcher | None = None
 
 
-def _encode_many(texts: Sequence[str]) -> np.ndarray:
+def _encode_many(texts: Sequence[str], embedder=None) -> np.ndarray:
     from kb.embedders import get_embedder
 
-    embedder = get_embedder()
+    embedder = embedder or get_embedder()
     encode_queries = getattr(embedder, "encode_queries", None)
     if encode_queries is not None:
         return encode_queries(list(texts))
@@ -162,11 +167,26 @@ def query_batching_stats() -> dict | None:
     return None if _batcher is None else _batcher.stats.as_dict()
 
 
-def query_encode(text: str) -> np.ndarray:
-    """One question's vector: through the batcher in a web process, else directly (commands,
-    hit testing in tests, benchmarks that call the pipeline in a loop)."""
+def query_encode(text: str, embedder=None) -> np.ndarray:
+    """One question's vector, by ``embedder`` (default: this process's): through the batcher in a
+    web process, else directly (commands, hit testing in tests, benchmarks that call the pipeline in
+    a loop)."""
     if _batcher is not None:
-        return _batcher.encode_query(text)
+        if embedder is None:
+            return _batcher.encode_query(text)
+        return _batcher.encode_query(text, encode_many=_embedder_encode_many(embedder))
     from kb.embedders import get_embedder
 
-    return get_embedder().encode_query(text)
+    return (embedder or get_embedder()).encode_query(text)
+
+
+_encoders: dict[int, tuple[object, Callable[[Sequence[str]], np.ndarray]]] = {}
+
+
+def _embedder_encode_many(embedder) -> Callable[[Sequence[str]], np.ndarray]:
+    """One function per embedder, the same each time, so the batcher puts its questions together."""
+    known = _encoders.get(id(embedder))
+    if known is None or known[0] is not embedder:
+        known = (embedder, functools.partial(_encode_many, embedder=embedder))
+        _encoders[id(embedder)] = known
+    return known[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from kb.embedders import get_embedder
+from kb.embedders import embedder_for, get_embedder, process_model_set
 from kb.keyword import keyword_warm_up, text_tokenize
 from kb.language import detect_language
 from kb.models import Entry, IndexVersion
@@ -22,14 +22,22 @@ from kb.retrieval_features import retrieval_features
 from kb.vector_index import CurrentIndex, LoadedIndex, PhrasingHit
 
 
-def _latest_published_version() -> tuple[int, Path] | None:
-    row = IndexVersion.objects.order_by("-id").values_list("id", "filename").first()
-    return None if row is None else (row[0], settings.KB_INDEX_DIR / row[1])
+def _latest_published_version() -> tuple[int, Path, str] | None:
+    row = IndexVersion.objects.order_by("-id").values_list("id", "filename", "embedding_model__directory").first()
+    return None if row is None else (row[0], settings.KB_INDEX_DIR / row[1], row[2] or "")
+
+
+def _model_prepare(directory: str) -> None:
+    """Load and warm the model version an index is of, then make it this process's (a web process
+    serves one index, so its get_embedder() follows the index)."""
+    embedder_for(directory).encode(["warm up"])
+    process_model_set(directory)
 
 
 current_index = CurrentIndex(
     latest_version=_latest_published_version,
     poll_seconds=lambda: settings.KB_INDEX_POLL_SECONDS,
+    model_prepare=_model_prepare,
 )
 
 
@@ -291,17 +299,18 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
     has that scan, so an approximate (HNSW) index gives none."""
     k = k or settings.KB_SEARCH_TOP_K
     hybrid = query_hybrid(query)
-    embedder = get_embedder()
+    # The index first: the question is embedded by the model version its vectors are of.
+    index = current_index.get()
+    embedder = embedder_for(index.model_directory) if index is not None else get_embedder()
     readable = embedder.can_read(query)
     if not readable and not hybrid:
         return SearchResult(hits=[], index_version=None, readable=False)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    vector = query_encode(query) if readable else None
-    timings["embed"] = (time.perf_counter() - started) * 1000
-    index = current_index.get()
     if index is None:
         return SearchResult(hits=[], index_version=None, readable=readable)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    vector = query_encode(query, embedder) if readable else None
+    timings["embed"] = (time.perf_counter() - started) * 1000
     hybrid = hybrid and index.keyword is not None
     tokens: list[str] = []
     if hybrid:

@@ -21,9 +21,26 @@ from django.db.models.functions import Length
 from django.utils import timezone
 from simple_history.utils import bulk_create_with_history
 
-from kb.embedders import get_embedder
+from kb.embedders import embedder_for
+from kb.embedding_models import (
+    BASE_LABEL,
+    active_embedder,
+    embedding_model_active,
+    model_vectors_copy_in,
+    model_vectors_copy_out,
+    model_vectors_store,
+)
 from kb.keyword import keyword_index_from_texts
-from kb.models import EmbeddingState, Entry, IndexVersion, IndexWriterLock, KbRevision, Variant, text_hash
+from kb.models import (
+    EmbeddingModel,
+    EmbeddingState,
+    Entry,
+    IndexVersion,
+    IndexWriterLock,
+    KbRevision,
+    Variant,
+    text_hash,
+)
 from kb.text import text_clean
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
@@ -75,6 +92,11 @@ def kb_refresh_enqueue() -> None:
     worker's own business: the one that takes it starts a chain per pool process (kb.tasks)."""
     # ignore_result as the task itself declares (CELERY_TASK_IGNORE_RESULT): nothing waits on it.
     current_app.send_task(KB_REFRESH_TASK, ignore_result=True)
+
+
+def kb_tune_enqueue() -> None:
+    """Queue a kb_tune run (kb.tasks.kb_tune_run) on the default queue; raises if the broker is down."""
+    current_app.send_task("kb.tasks.kb_tune_run", ignore_result=True)
 
 
 def _enqueue_refresh() -> None:
@@ -287,30 +309,47 @@ def variants_embed_batch(*, limit: int | None = None) -> EmbedBatchResult:
         if not batch:
             return EmbedBatchResult(selected=0, embedded=0, stale=0, remaining=todo.count())
         try:
-            vectors = get_embedder().encode([text for _, text, _ in batch])
+            model, embedder = active_embedder()
+            vectors = embedder.encode([text for _, text, _ in batch])
         except Exception as exc:  # noqa: BLE001 - any model error is recorded on the rows, not lost
             logger.exception("embedding a batch of %d phrasings failed", len(batch))
             variants_mark_failed(variant_ids=[row[0] for row in batch], reason=f"{type(exc).__name__}: {exc}")
             return EmbedBatchResult(selected=len(batch), embedded=0, stale=0, remaining=todo.count())
-        embedded = _store_vectors(batch, vectors)
+        embedded = _store_vectors(batch, vectors, model)
     return EmbedBatchResult(selected=len(batch), embedded=embedded, stale=len(batch) - embedded, remaining=todo.count())
 
 
-def _store_vectors(batch: list[tuple[int, str, str]], vectors: np.ndarray) -> int:
-    """Store each vector whose phrasing still has the text that was embedded; return how many.
+def _store_vectors(batch: list[tuple[int, str, str]], vectors: np.ndarray, model: EmbeddingModel) -> int:
+    """Store each vector (of ``model``) whose phrasing still has the text that was embedded, while
+    ``model`` is still the active version; return how many.
 
     One statement per row, sent together (executemany): the hash check sits in the UPDATE's
     WHERE, which the database re-evaluates under the row lock, so an editor's save lands either
     before (the stale vector is dropped) or after (and marks the row dirty again). Django's
     bulk_update builds CASE expressions that cost more than the model call for 64 rows."""
     table = connection.ops.quote_name(Variant._meta.db_table)
+    models_table = connection.ops.quote_name(EmbeddingModel._meta.db_table)
     sql = (
         f"UPDATE {table} SET embedding = %s, embedded_hash = content_hash, is_dirty = %s, embedding_state = %s, "
-        "embedding_error = '', embedded_at = %s WHERE id = %s AND content_hash = %s"
+        "embedding_error = '', embedded_at = %s, embedding_model_id = %s WHERE id = %s AND content_hash = %s "
+        # A switch to another version committed while this batch was embedded: its vectors are of
+        # the wrong model; the rows stay dirty and the next batch embeds them with the new one.
+        f"AND EXISTS (SELECT 1 FROM {models_table} WHERE id = %s AND state = %s)"
     )
     now = timezone.now()
+    active = EmbeddingModel.State.ACTIVE.value
     params = [
-        (vector.astype(np.float32).tobytes(), False, EmbeddingState.EMBEDDED.value, now, variant_id, content_hash)
+        (
+            vector.astype(np.float32).tobytes(),
+            False,
+            EmbeddingState.EMBEDDED.value,
+            now,
+            model.pk,
+            variant_id,
+            content_hash,
+            model.pk,
+            active,
+        )
         for (variant_id, _, content_hash), vector in zip(batch, vectors, strict=True)
     ]
     with connection.cursor() as cursor:
@@ -324,7 +363,7 @@ def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int
     Rows are never marked dirty on the way, so an index published meanwhile (by an editor's
     change) still holds every phrasing and chat keeps answering. Returns how many were stored."""
     batch_size = batch_size or settings.KB_EMBED_BATCH_SIZE
-    embedder = get_embedder()
+    model, embedder = active_embedder()
     stored, last_id = 0, 0
     while True:
         batch = list(
@@ -334,7 +373,7 @@ def variants_reembed_all(*, batch_size: int | None = None, progress=None) -> int
             return stored
         vectors = embedder.encode([text for _, text, _ in batch])
         with transaction.atomic():
-            stored += _store_vectors(batch, vectors)
+            stored += _store_vectors(batch, vectors, model)
         last_id = batch[-1][0]
         if progress is not None:
             progress(len(batch))
@@ -355,16 +394,19 @@ def index_publish(*, revision: int | None = None) -> IndexVersion:
 
     ``revision`` is the KB revision the caller knows to be fully embedded; it defaults to the
     current one, which is right only when nothing is dirty (a command run by hand)."""
-    embedder = get_embedder()
     with transaction.atomic():
         IndexWriterLock.objects.get_or_create(id=1)
         IndexWriterLock.objects.select_for_update().get(id=1)
+        # Read under the lock: a switch of model versions (which holds it) is either all before or all after.
+        model = embedding_model_active()
+        embedder = embedder_for(model.directory)
         if revision is None:
             revision = kb_revision()
         rows = list(
             # A phrasing being re-embedded keeps its previous vector until the new one is stored,
-            # so re-embedding never takes an entry out of the answers.
-            Variant.objects.filter(entry__is_published=True, embedding__isnull=False)
+            # so re-embedding never takes an entry out of the answers. Only the active version's
+            # vectors: the index is searched with questions embedded by that version.
+            Variant.objects.filter(entry__is_published=True, embedding__isnull=False, embedding_model=model)
             .order_by("id")
             .values_list("id", "entry_id", "embedding", "text")
         )
@@ -387,6 +429,7 @@ def index_publish(*, revision: int | None = None) -> IndexVersion:
             vector_count=len(rows),
             entry_count=len(set(entry_ids.tolist())),
             kb_revision=revision,
+            embedding_model=model,
         )
         version.filename = f"index-v{version.pk:06d}.npz"
         kind = choose_index_kind(
@@ -508,3 +551,57 @@ def import_uploads_prune() -> int:
     for name in expired:
         _import_storage().delete(name)
     return len(expired)
+
+
+def embedding_model_activate(*, model: EmbeddingModel, reason: str):
+    """Make ``model`` the active version and publish an index of its vectors, atomically: until the
+    transaction commits, every process keeps the previous version and its index. Phrasings without
+    a vector of ``model`` keep their old one out of the index and are queued for embedding.
+    Returns the published IndexVersion."""
+
+    def check(model: EmbeddingModel) -> None:
+        if model.state == EmbeddingModel.State.ACTIVE:
+            raise ValueError(f"{model.label} is already the active model")
+        if model.state in {EmbeddingModel.State.REFUSED, EmbeddingModel.State.FAILED, EmbeddingModel.State.TRAINING}:
+            raise ValueError(f"{model.label} is {model.get_state_display().lower()}: there is nothing to switch to")
+        if model.label != BASE_LABEL and not model.directory:
+            raise ValueError(f"{model.label}'s files were not kept")
+
+    check(EmbeddingModel.objects.get(pk=model.pk))
+    # Before taking any lock: load the model (a version whose files are missing fails here, changing
+    # nothing) and embed what has no vector of it yet (phrasings added or edited since its vectors
+    # were stored), so that its index holds every phrasing.
+    embedded = model_vectors_store(model=model, embedder=embedder_for(model.directory), only_missing=True)
+    with transaction.atomic():
+        IndexWriterLock.objects.get_or_create(id=1)
+        IndexWriterLock.objects.select_for_update().get(id=1)
+        model = EmbeddingModel.objects.get(pk=model.pk)
+        check(model)  # again, under the lock: another switch may have run meanwhile
+        previous = embedding_model_active()
+        archived = model_vectors_copy_out(previous)
+        current, outdated = model_vectors_copy_in(model)
+        # Phrasings still holding the previous version's vectors (none stored for the new one).
+        missing = Variant.objects.filter(embedding_model=previous).update(
+            is_dirty=True, embedding_state=EmbeddingState.PENDING
+        )
+        EmbeddingModel.objects.filter(pk=previous.pk).update(state=EmbeddingModel.State.AVAILABLE)
+        now = timezone.now()
+        switches = [*model.data.get("switches", []), {"at": now.isoformat(), "from": previous.label, "why": reason}]
+        EmbeddingModel.objects.filter(pk=model.pk).update(
+            state=EmbeddingModel.State.ACTIVE, activated_at=now, data={**model.data, "switches": switches[-20:]}
+        )
+        version = index_publish()
+    logger.info(
+        "switched the embedding model %s -> %s (%d embedded first, %d copied in, %d outdated, %d missing, "
+        "%d archived); index v%s",
+        previous.label,
+        model.label,
+        embedded,
+        current,
+        outdated,
+        missing,
+        archived,
+        version.pk,
+    )
+    kb_changed_notify()
+    return version

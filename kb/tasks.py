@@ -111,8 +111,13 @@ def _load_embedder(**_kwargs):
     if _worker_role is None or not _worker_role.embeds:
         return
     from kb.embedders import get_embedder, math_threads_set
+    from kb.embedding_models import active_embedder
 
-    embedder = get_embedder()
+    try:
+        _, embedder = active_embedder()
+    except Exception:  # noqa: BLE001 - no database yet: the base model, and batches look again
+        logger.warning("could not read the active embedding model at start-up", exc_info=True)
+        embedder = get_embedder()
     # Share the cores between the pool processes instead of each claiming all of them.
     math_threads_set((os.cpu_count() or 1) // _pool_size())
     embedder.encode(["warm up"])
@@ -123,3 +128,18 @@ def _sweep_on_start(**_kwargs):
     """An embedding worker catches up on whatever changed while none ran (entries are saved even then)."""
     if _worker_role is not None and _worker_role.embeds:
         kb_refresh.delay()
+
+
+@shared_task(name="kb.tasks.kb_tune_run")
+def kb_tune_run() -> dict:
+    """kb_tune as a job (the admin's "Tune now"): minutes of CPU on the default queue, never on the
+    embedding queue, whose worker must keep embedding editors' changes meanwhile. Not retried and
+    not acknowledged late: a run that died is not started again behind anyone's back."""
+    from kb.tuning_runs import kb_tune
+
+    outcome = kb_tune()
+    return {
+        "model": outcome.model.label if outcome.model else None,
+        "switched": outcome.switched,
+        "reason": outcome.reason,
+    }

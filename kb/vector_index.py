@@ -8,6 +8,7 @@ the keyword index existed still load, for dense search only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -124,6 +125,9 @@ class LoadedIndex:
     keyword: KeywordIndex | None = None
     variants_by_entry: dict[int, np.ndarray] = field(default_factory=dict)
     scan: EntryScan | None = None
+    # The model version its vectors are of (kb.models.EmbeddingModel.directory; "" = the base model):
+    # questions searched in it must be embedded by that version.
+    model_directory: str = ""
 
     @classmethod
     def create(
@@ -318,9 +322,12 @@ class CurrentIndex:
     # A poll interval of 0 (tests) must not spin a core.
     MIN_BACKGROUND_POLL_SECONDS = 0.05
 
-    def __init__(self, *, latest_version, poll_seconds):
-        self._latest_version = latest_version  # () -> (version, path) | None
+    def __init__(self, *, latest_version, poll_seconds, model_prepare: Callable[[str], None] | None = None):
+        self._latest_version = latest_version  # () -> (version, path[, model directory]) | None
         self._poll_seconds = poll_seconds  # () -> float
+        # Loads (and warms) a version's embedding model before its index goes live, so the swap
+        # never leaves a question embedded by a model that is not loaded yet.
+        self._model_prepare = model_prepare
         self._loaded: LoadedIndex | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
@@ -348,11 +355,16 @@ class CurrentIndex:
             if latest is None:
                 self._loaded = None
                 return
-            version, path = latest
+            version, path, *rest = latest
+            directory = rest[0] if rest else ""
             if self._loaded is None or self._loaded.version != version:
                 try:
                     started = time.perf_counter()
                     loaded = read_index_file(path, version)
+                    if directory:
+                        loaded = dataclasses.replace(loaded, model_directory=directory)
+                    if self._model_prepare is not None:
+                        self._model_prepare(directory)
                 except (OSError, ValueError, KeyError, RuntimeError):
                     # Keep answering from the version we have; the next poll tries again. The
                     # background loader polls every second: one traceback per version, not per poll.

@@ -97,8 +97,13 @@ def pytest_collection_modifyitems(config, items):
 def _index_dir(settings, tmp_path):
     """Each test publishes index files into its own folder and re-checks the version every call."""
     settings.KB_INDEX_DIR = tmp_path / "index"
+    settings.KB_MODEL_DIR = tmp_path / "embedding-models"
     settings.KB_INDEX_POLL_SECONDS = 0
     yield
+    # A test that switched model versions leaves this process on the base model again.
+    from kb.embedders import process_model_set
+
+    process_model_set("")
 
 
 @pytest.fixture(autouse=True)

@@ -259,6 +259,8 @@ KB_EMBEDDER_RUNTIME = env.str("KB_EMBEDDER_RUNTIME", default="onnx")
 # see kb.embedders.math_threads_set for the measurement behind 1.
 KB_QUERY_THREADS = env.int("KB_QUERY_THREADS", default=1)
 KB_INDEX_DIR = Path(env.str("KB_INDEX_DIR", default=str(VAR_DIR / "index")))
+# Model versions kb_tune trains (one directory each, kb.models.EmbeddingModel.directory).
+KB_MODEL_DIR = Path(env.str("KB_MODEL_DIR", default=str(VAR_DIR / "embedding-models")))
 KB_INDEX_POLL_SECONDS = env.float("KB_INDEX_POLL_SECONDS", default=1.0)
 KB_INDEX_KEEP_VERSIONS = env.int("KB_INDEX_KEEP_VERSIONS", default=3)
 KB_SEARCH_TOP_K = env.int("KB_SEARCH_TOP_K", default=5)

@@ -73,7 +73,8 @@ def test_only_workers_of_the_embedding_queue_load_the_model_and_sweep(settings, 
         def encode(self, texts):
             loaded.append(texts)
 
-    monkeypatch.setattr("kb.embedders.get_embedder", lambda: Embedder())
+    # The worker loads the active model version (kb.embedding_models), not a fixed one.
+    monkeypatch.setattr("kb.embedding_models.active_embedder", lambda: (None, Embedder()))
     monkeypatch.setattr("kb.embedders.math_threads_set", threads.append)
     monkeypatch.setattr("os.cpu_count", lambda: 4)
 

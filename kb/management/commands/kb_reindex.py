@@ -16,9 +16,10 @@ class Command(BaseCommand):
     def handle(self, *args, batch_size, **options):
         import os
 
-        from kb.embedders import get_embedder, math_threads_set
+        from kb.embedders import math_threads_set
+        from kb.embedding_models import active_embedder
 
-        get_embedder()
+        active_embedder()  # the active model version, loaded before the progress bar starts
         math_threads_set(os.cpu_count() or 1)  # batches, not single questions: every core helps
         total = Variant.objects.count()
         with tqdm(total=total, desc="embed", unit="phrasing", disable=options["verbosity"] < 1) as bar:
