@@ -82,7 +82,7 @@ def main() -> None:
     print(f"base: top-1 {base['top1']:.2%}")
 
     defaults = TrainingSettings()
-    training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=not args.no_hard_negatives)
+    training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=args.hard_negatives)
     ids = {name: i for i, name in enumerate(sorted(set(kb_labels)))}
     phrasings = [Phrasing(text, ids[label]) for text, label in train]
     tuned_model = SentenceTransformer(path, device="cpu", local_files_only=True)
