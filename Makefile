@@ -41,7 +41,7 @@ SOAK_MINUTES ?= 30
 bench: install
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_retrieval.py
-	$(PY) bench/bench_calibration.py --both
+	$(PY) bench/bench_calibration.py --both --tuned
 	$(PY) bench/bench_oos_signal.py
 	$(PY) bench/bench_tune.py
 	$(PY) bench/bench_load.py

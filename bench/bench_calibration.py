@@ -7,8 +7,10 @@ general out-of-scope), and fits the answer confidence (chatbot.confidence) besid
 questions are decided with both (the score thresholds and, where kb_calibrate kept it, the
 confidence). Everything runs through chatbot.pipeline.answer_question.
 
-Run: .venv/bin/python bench/bench_calibration.py [--both]   (part of `make bench`)
-With --both, the retrieval mode that is not the default (dense or hybrid) is measured too.
+Run: .venv/bin/python bench/bench_calibration.py [--both] [--tuned]   (part of `make bench`)
+With --both, the retrieval mode that is not the default (dense or hybrid) is measured too; with
+--tuned, kb_tune runs on the knowledge base last and, if it switched to a tuned model, kb_calibrate
+and the test questions run again with it (dense).
 """
 
 from __future__ import annotations
@@ -53,7 +55,27 @@ def main() -> None:
     # BANKING77-OOS is English: "hybrid" here means keyword fusion for English questions too.
     default = "hybrid" if settings.KB_HYBRID_SEARCH and "en" in settings.KB_HYBRID_LANGUAGES else "dense"
     modes = [default] + ([{"dense": "hybrid", "hybrid": "dense"}[default]] if "--both" in sys.argv else [])
+    modes += ["tuned"] if "--tuned" in sys.argv else []
     for mode in modes:
+        if mode == "tuned":
+            # kb_tune as a customer runs it (held-out split, paired tests, switch only if better);
+            # then kb_calibrate again, in the tuned model's space, and the same test questions.
+            from kb.tuning_runs import kb_tune
+
+            with Timer() as tuning:
+                outcome = kb_tune()
+            print(f"\n[tuned] kb_tune ({tuning.seconds / 60:.1f} min): {outcome.reason}")
+            tuned_scores = outcome.model.scores if outcome.model else {}
+            print(f"  held-out scores: {tuned_scores}")
+            results["kb_tune"] = {
+                "switched": outcome.switched,
+                "reason": outcome.reason,
+                "scores": tuned_scores,
+                "data": outcome.model.data if outcome.model else {},
+                "minutes": round(tuning.seconds / 60, 1),
+            }
+            if not outcome.switched:
+                continue
         hybrid = mode == "hybrid"
         settings.KB_HYBRID_SEARCH = hybrid
         settings.KB_HYBRID_LANGUAGES = ["en", "zh"] if hybrid else settings.KB_HYBRID_LANGUAGES
