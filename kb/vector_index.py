@@ -363,7 +363,9 @@ class CurrentIndex:
                     loaded = read_index_file(path, version)
                     if directory:
                         loaded = dataclasses.replace(loaded, model_directory=directory)
-                    if self._model_prepare is not None:
+                    # Only a change of model version needs one (not every new index of the same model).
+                    new_model = self._loaded is None or self._loaded.model_directory != directory
+                    if self._model_prepare is not None and new_model:
                         self._model_prepare(directory)
                 except (OSError, ValueError, KeyError, RuntimeError):
                     # Keep answering from the version we have; the next poll tries again. The

@@ -174,28 +174,42 @@ def thresholds_calibrate(
     candidates = np.unique(np.round(finite, 3)) if len(finite) else np.array([1.0])
     # ... and one above them all: answering nothing is a candidate too.
     candidates = np.append(candidates, min(candidates.max() + 0.001, 1.0))
-    best_key, best, safest_key, safest = None, None, None, None
-    count = 0
-    for answer in candidates:
-        for below in CLARIFY_BELOW_ANSWER:
-            for margin in MARGINS:
-                if margin == 0.0 and below > 0.0:
-                    continue  # without a margin nothing is ever clarified: one candidate is enough
-                thresholds = Thresholds(
-                    language=language,
-                    answer=float(answer),
-                    clarify=float(max(0.0, answer - below)),
-                    margin=margin,
-                    max_suggestions=max_suggestions,
-                )
-                metrics = _evaluate(data, thresholds)
-                count += 1
-                key = (metrics.f1, metrics.precision, answer)
-                if metrics.wrong_rate <= max_wrong_rate and metrics.clarify_rate <= max_clarify_rate:
-                    if best_key is None or key > best_key:
-                        best_key, best = key, (thresholds, metrics)
-                safe_key = (-metrics.wrong_rate, metrics.f1)
-                if safest_key is None or safe_key > safest_key:
-                    safest_key, safest = safe_key, (thresholds, metrics)
-    chosen, feasible = (best, True) if best is not None else (safest, False)
-    return Calibration(thresholds=chosen[0], metrics=chosen[1], feasible=feasible, candidates=count)
+    grid = (
+        Thresholds(
+            language=language,
+            answer=float(answer),
+            clarify=float(max(0.0, answer - below)),
+            margin=margin,
+            max_suggestions=max_suggestions,
+        )
+        for answer in candidates
+        for below in CLARIFY_BELOW_ANSWER
+        for margin in MARGINS
+        # Without a margin nothing is ever clarified: one candidate is enough.
+        if not (margin == 0.0 and below > 0.0)
+    )
+    chosen, metrics, feasible, count = thresholds_search(
+        data, grid, max_wrong_rate=max_wrong_rate, max_clarify_rate=max_clarify_rate, tie=lambda t: t.answer
+    )
+    return Calibration(thresholds=chosen, metrics=metrics, feasible=feasible, candidates=count)
+
+
+def thresholds_search(
+    data: _Arrays, grid, *, max_wrong_rate: float, max_clarify_rate: float, tie
+) -> tuple[Thresholds, Metrics, bool, int]:
+    """The candidate thresholds of ``grid`` with the best F1 under the caps (ties: higher precision,
+    then higher ``tie(thresholds)``), its metrics, whether it met the caps (if none did, the one with
+    the fewest wrong answers), and how many candidates were tried."""
+    best_key, best, safest_key, safest, count = None, None, None, None, 0
+    for thresholds in grid:
+        metrics = _evaluate(data, thresholds)
+        count += 1
+        if metrics.wrong_rate <= max_wrong_rate and metrics.clarify_rate <= max_clarify_rate:
+            key = (metrics.f1, metrics.precision, tie(thresholds))
+            if best_key is None or key > best_key:
+                best_key, best = key, (thresholds, metrics)
+        safe_key = (-metrics.wrong_rate, metrics.f1)
+        if safest_key is None or safe_key > safest_key:
+            safest_key, safest = safe_key, (thresholds, metrics)
+    (chosen, metrics), feasible = (best, True) if best is not None else (safest, False)
+    return chosen, metrics, feasible, count

@@ -18,7 +18,7 @@ import numpy as np
 
 from chatbot.confidence import ConfidenceModel
 from chatbot.decisions import Thresholds
-from chatbot.evaluation.calibration import MARGINS, Metrics, ScoredQuestion, _Arrays, _evaluate
+from chatbot.evaluation.calibration import MARGINS, Metrics, ScoredQuestion, _Arrays, thresholds_search
 
 MIN_EACH_CLASS = 20  # right answers, and wrong-or-out-of-scope ones, needed to fit
 FOLDS = 5
@@ -93,27 +93,21 @@ def confidence_calibrate(
     clarify_levels = np.unique(np.round(np.quantile(best_scores, np.linspace(0.5, 1, CLARIFY_STEPS)), 3))
     # (clarify, margin) pairs; margin 0 never clarifies, so one such pair is enough.
     clarify_rules = [(1.0, 0.0)] + [(c, m) for c in clarify_levels for m in MARGINS if m > 0]
-    best_key, best, safest_key, safest, count = None, None, None, None, 0
-    for clarify, margin in clarify_rules:
-        for level in levels:
-            thresholds = Thresholds(
-                language=score_thresholds.language,
-                answer=score_thresholds.answer,
-                clarify=float(clarify),
-                margin=margin,
-                max_suggestions=score_thresholds.max_suggestions,
-                confidence=float(level),
-            )
-            metrics = _evaluate(data, thresholds)
-            count += 1
-            if metrics.wrong_rate <= max_wrong_rate and metrics.clarify_rate <= max_clarify_rate:
-                key = (metrics.f1, metrics.precision, level)
-                if best_key is None or key > best_key:
-                    best_key, best = key, (thresholds, metrics)
-            safe_key = (-metrics.wrong_rate, metrics.f1)
-            if safest_key is None or safe_key > safest_key:
-                safest_key, safest = safe_key, (thresholds, metrics)
-    (chosen, metrics), feasible = (best, True) if best is not None else (safest, False)
+    grid = (
+        Thresholds(
+            language=score_thresholds.language,
+            answer=score_thresholds.answer,
+            clarify=float(clarify),
+            margin=margin,
+            max_suggestions=score_thresholds.max_suggestions,
+            confidence=float(level),
+        )
+        for clarify, margin in clarify_rules
+        for level in levels
+    )
+    chosen, metrics, feasible, count = thresholds_search(
+        data, grid, max_wrong_rate=max_wrong_rate, max_clarify_rate=max_clarify_rate, tie=lambda t: t.confidence
+    )
 
     fitted = pipeline().fit(x, labels)
     scaler, logistic = fitted[0], fitted[-1]
