@@ -133,7 +133,8 @@ def batching_delta(before: dict[int, dict], after: dict[int, dict]) -> dict | No
 
 
 def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
-    """py-spy sampling the web process for ``seconds`` (raw collapsed stacks), if it can attach.
+    """py-spy sampling the web server ``pid`` and its worker processes for ``seconds`` (raw
+    collapsed stacks, all workers together), if it can attach.
     ``--gil`` asks for the threads holding the GIL only, but in ``--nonblocking`` mode (which does
     not pause the server) py-spy cannot tell reliably: threads blocked in a database read count too,
     so read the profile as where the process's active threads are."""
@@ -155,6 +156,8 @@ def profile_start(pid: int, seconds: float, out: Path) -> subprocess.Popen | Non
             "raw",
             "--output",
             str(out),
+            # With several web processes the pid is uvicorn's supervisor: sample its workers too.
+            "--subprocesses",
             *(["--gil"] if os.environ.get("BENCH_PROFILE_GIL") else ["--nonblocking"]),
         ],
         stdout=subprocess.DEVNULL,
@@ -334,7 +337,7 @@ def run_kb(args) -> dict:
                 if args.profile and customers == args.profile_customers:
                     profile_path.unlink(missing_ok=True)
                     duration = max(5, QUESTIONS_PER_CUSTOMER * think)
-                    profiler = profile_start(stack.serving_pids()[0], duration, profile_path)
+                    profiler = profile_start(stack.web.pid, duration, profile_path)
                 result = asyncio.run(run_customers(ws_url, origin, sets, think, seed=customers))
                 cpu_after = cpu_seconds(stack)
                 if profiler is not None:

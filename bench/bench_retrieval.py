@@ -142,7 +142,7 @@ def main() -> None:
     encoded = {}
     for name, embedder in (("minilm", minilm), ("use", use)):
         phrasing_vectors, phrasing_seconds = texts_encode(embedder, kb.phrasings)
-        query_vectors, query_seconds = texts_encode(embedder, kb.queries)
+        query_vectors, query_seconds = texts_encode(embedder, kb.queries, queries=True)
         encoded[name] = (phrasing_vectors, query_vectors)
         print(f"{embedder.name}: {len(kb.phrasings) / phrasing_seconds:.0f} phrasings/s, {query_seconds:.1f} s queries")
     routed = isinstance(default, LanguageRoutedEmbedder)
@@ -157,7 +157,7 @@ def main() -> None:
         english_share = float(np.mean([default.query_weight(query) == 1.0 for query in kb.queries]))
     else:
         phrasing_vectors, _ = texts_encode(default, kb.phrasings)
-        query_vectors, _ = texts_encode(default, kb.queries)
+        query_vectors, _ = texts_encode(default, kb.queries, queries=True)
         routed_error, english_share = 0.0, None
     encoded["default"] = (phrasing_vectors, query_vectors)
 

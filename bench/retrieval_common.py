@@ -110,10 +110,14 @@ def kb_set_split(kb: KbSet, *, query_share: float = 0.2, seed: int = 0) -> tuple
     return split, kept_rows, held_rows
 
 
-def texts_encode(embedder, texts: Sequence[str], *, batch_size: int = 512) -> tuple[np.ndarray, float]:
-    """Vectors of ``texts`` by ``embedder.encode`` in batches, and the seconds it took."""
+def texts_encode(
+    embedder, texts: Sequence[str], *, batch_size: int = 512, queries: bool = False
+) -> tuple[np.ndarray, float]:
+    """Vectors of ``texts`` by ``embedder.encode`` in batches (``encode_queries`` for questions, as
+    the product embeds them), and the seconds it took."""
     started = time.perf_counter()
-    parts = [embedder.encode(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
+    encode = embedder.encode_queries if queries else embedder.encode
+    parts = [encode(list(texts[start : start + batch_size])) for start in range(0, len(texts), batch_size)]
     vectors = np.vstack(parts) if parts else np.zeros((0, embedder.dimension), np.float32)
     return np.ascontiguousarray(vectors, dtype=np.float32), time.perf_counter() - started
 

@@ -130,7 +130,8 @@ class Stack:
         import psutil
 
         root = psutil.Process(self.web.pid)
-        children = root.children()
+        # multiprocessing's resource tracker is a child too (idle, not a worker).
+        children = [child for child in root.children() if "resource_tracker" not in " ".join(child.cmdline())]
         return [child.pid for child in children] or [root.pid]
 
     def worker_pids(self) -> list[int]:

@@ -100,7 +100,11 @@ class SentenceTransformerEmbedder:
 
             try:
                 self._onnx = OnnxSentenceEncoder(
-                    self._model, model_path, settings.VAR_DIR / "models", threads=settings.KB_QUERY_THREADS
+                    self._model,
+                    model_path,
+                    settings.VAR_DIR / "models",
+                    threads=settings.KB_QUERY_THREADS,
+                    query_precision=settings.KB_QUERY_PRECISION,
                 )
             except OnnxUnsupported as reason:
                 logger.warning("%s runs on PyTorch: ONNX Runtime cannot run it (%s)", model, reason)
@@ -130,11 +134,14 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_query(self, text: str) -> np.ndarray:
-        """A query is embedded like a stored phrasing."""
-        return self.encode([text])[0]
+        """A query is embedded like a stored phrasing (at settings.KB_QUERY_PRECISION on ONNX)."""
+        return self.encode_queries([text])[0]
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """Queries are embedded like stored phrasings, in one call."""
+        """Queries are embedded like stored phrasings, in one call; on ONNX Runtime by the 8-bit copy
+        of the model when settings.KB_QUERY_PRECISION is "int8" (kb.onnx_encoder)."""
+        if texts and self._onnx is not None:
+            return self._onnx.encode_queries(list(texts))
         return self.encode(list(texts))
 
     def can_read(self, text: str) -> bool:
@@ -229,7 +236,7 @@ class LanguageRoutedEmbedder:
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         english = np.flatnonzero(weights > 0)
         if len(english):
-            vectors = self._english.encode([texts[i] for i in english])
+            vectors = self._english.encode_queries([texts[i] for i in english])
             out[english, :english_dim] = vectors * weights[english, None]
         multilingual = np.flatnonzero(weights < 1)
         if len(multilingual):
@@ -276,7 +283,7 @@ def embedder_for(directory: str = "") -> Embedder:
     process and kept warm."""
     # By path: a label names a version in one data directory only (tests give each run its own).
     location = Path(settings.KB_MODEL_DIR) / directory if directory else ""
-    key = f"{settings.KB_EMBEDDER}|{settings.KB_EMBEDDER_RUNTIME}|{location}"
+    key = f"{settings.KB_EMBEDDER}|{settings.KB_EMBEDDER_RUNTIME}|{settings.KB_QUERY_PRECISION}|{location}"
     if key not in _embedders:
         with _embedder_lock:
             if key not in _embedders:

@@ -8,10 +8,18 @@ behind every other thread's Python work (a convoy: 100+ ms per question under lo
 
 The ONNX file is exported from the loaded PyTorch model once and kept under the data directory
 (keyed by the model's own files), so nothing is downloaded and a new model version exports again.
+
+Questions can run on an 8-bit copy of the model (dynamic quantisation of its matrix products, per
+channel), made from that file once: measured here on BANKING77's 3,080 test questions one at a
+time, 2.4 ms against 5.4 ms a question, cosine to the full-precision vector 0.994 on average, top-1
+against full-precision stored phrasings 91.95% against 92.05% (15 questions lost, 12 gained,
+McNemar p = 0.70). Stored phrasings are always embedded at full precision, so switching it does not
+touch the index.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
@@ -28,6 +36,7 @@ logger = logging.getLogger(__name__)
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Texts per session call (sentence-transformers' default batch size).
 BATCH_SIZE = 64
+QUERY_PRECISIONS = ("int8", "float32")
 
 
 class OnnxUnsupported(RuntimeError):
@@ -84,11 +93,61 @@ def _export(model, path: Path) -> None:
         raise
 
 
+def _quantize(source: Path, path: Path) -> None:
+    """Write an 8-bit copy of ``source`` at ``path``, made in a private folder and renamed into
+    place: the quantiser writes a shape-inferred copy beside its input under a fixed name, so two
+    processes quantising one file at once corrupted each other's (seen with two Celery workers)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as private:
+        private_source = Path(private) / source.name
+        private_source.symlink_to(source.resolve())
+        made = Path(private) / path.name
+        # The quantiser reports every tensor it visits on the root logger (hundreds of lines) and
+        # advises a pre-processing pass, which measured no faster here.
+        with _root_logging_quiet():
+            quantize_dynamic(
+                str(private_source),
+                str(made),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                # Matrix products only: quantising the token embeddings too (the default) cost
+                # 0.5 points of BANKING77 top-1 (McNemar p = 0.008); without them, 0.1 (p = 0.7).
+                op_types_to_quantize=["MatMul"],
+            )
+        os.replace(made, path)
+
+
+@contextlib.contextmanager
+def _root_logging_quiet():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _session_open(path: Path, threads: int):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxSentenceEncoder:
     """Encodes like ``SentenceTransformer.encode(..., normalize_embeddings=True)`` for a model made of
     a Transformer, mean Pooling and optionally Normalize."""
 
-    def __init__(self, model, model_path: Path, cache_dir: Path, *, threads: int = 1):
+    def __init__(self, model, model_path: Path, cache_dir: Path, *, threads: int = 1, query_precision: str = "float32"):
+        """``query_precision``: "int8" runs :meth:`encode_queries` on the 8-bit copy, "float32" on
+        the exported model itself."""
+        if query_precision not in QUERY_PRECISIONS:
+            raise ValueError(f"query precision must be one of {QUERY_PRECISIONS}, not {query_precision!r}")
         names = [type(module).__name__ for module in model]
         pooling = model[1] if len(names) > 1 else None
         if names[:2] != ["Transformer", "Pooling"] or set(names[2:]) - {"Normalize"}:
@@ -107,22 +166,40 @@ class OnnxSentenceEncoder:
         if not self.path.exists():
             logger.info("exporting %s to ONNX at %s (once)", model_path.name, self.path)
             _export(model, self.path)
+        self.query_path = self.path
+        if query_precision == "int8":
+            self.query_path = self.path.with_name(f"{self.path.stem}-int8.onnx")
+        self.query_precision = query_precision
         self._lock = threading.Lock()
         self._session = None
+        # Made on the first question (a Celery worker only embeds phrasings and never needs it).
+        self._query_session = None
         self.threads_set(threads)
 
     def threads_set(self, threads: int) -> None:
-        """Use ``threads`` math threads per call (a new session; the model file is shared)."""
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        """Use ``threads`` math threads per call (new sessions; the model files are shared)."""
+        session = _session_open(self.path, threads)
+        query_session = None
+        if self.query_path == self.path:
+            query_session = session
+        elif self._query_session is not None:
+            query_session = _session_open(self.query_path, threads)
         with self._lock:
             self._session = session
+            self._query_session = query_session
             self.threads = threads
+
+    def _query_session_get(self):
+        session = self._query_session
+        if session is not None:
+            return session
+        with self._lock:
+            if self._query_session is None:
+                if not self.query_path.exists():
+                    logger.info("quantising %s to 8 bits at %s (once)", self.path.name, self.query_path)
+                    _quantize(self.path, self.query_path)
+                self._query_session = _session_open(self.query_path, self.threads)
+            return self._query_session
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit-length mean-pooled vectors, one row per text, in session calls of up to
@@ -135,7 +212,23 @@ class OnnxSentenceEncoder:
             [self._encode_batch(texts[at : at + BATCH_SIZE]) for at in range(0, len(texts), BATCH_SIZE)]
         )
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Like :meth:`encode`, on the model of the query precision (questions, not phrasings).
+
+        The 8-bit model quantises its activations with one scale per call, taken over every token
+        of every text in it: batched, a customer's vector would depend on the other customers'
+        questions and their padding. So it embeds each question alone (2.7 ms here; batching saved
+        ~0.2 ms a question), and a question gets the same vector whoever else is asking."""
+        texts = list(texts)
+        if self.query_path != self.path:
+            return np.concatenate([self._encode_batch([text], query=True) for text in texts])
+        if len(texts) <= BATCH_SIZE:
+            return self._encode_batch(texts, query=True)
+        return np.concatenate(
+            [self._encode_batch(texts[at : at + BATCH_SIZE], query=True) for at in range(0, len(texts), BATCH_SIZE)]
+        )
+
+    def _encode_batch(self, texts: list[str], *, query: bool = False) -> np.ndarray:
         with self._tokenizer_lock:
             batch = self._tokenizer(
                 list(texts), padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
@@ -143,7 +236,7 @@ class OnnxSentenceEncoder:
         feeds = {name: batch[name].astype(np.int64) for name in INPUTS if name in batch}
         if "token_type_ids" not in feeds:
             feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-        hidden = self._session.run(None, feeds)[0]
+        hidden = (self._query_session_get() if query else self._session).run(None, feeds)[0]
         mask = feeds["attention_mask"][..., None].astype(np.float32)
         pooled = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -30,7 +30,9 @@ def _latest_published_version() -> tuple[int, Path, str] | None:
 def _model_prepare(directory: str) -> None:
     """Load and warm the model version an index is of, then make it this process's (a web process
     serves one index, so its get_embedder() follows the index)."""
-    embedder_for(directory).encode(["warm up"])
+    embedder = embedder_for(directory)
+    embedder.encode(["warm up"])
+    embedder.encode_queries(["warm up"])  # questions may run on another session (KB_QUERY_PRECISION)
     process_model_set(directory)
 
 
@@ -382,6 +384,7 @@ def search_warm_up() -> None:
     not wait."""
     embedder = get_embedder()
     embedder.encode(["warm up"])
+    embedder.encode_queries(["warm up"])  # questions may run on another session (KB_QUERY_PRECISION)
     keyword_warm_up()
     try:
         current_index.refresh()

@@ -272,6 +272,10 @@ async def test_injection_cannot_reveal_the_instructions_or_change_the_sources(sh
 
 
 async def test_follow_up_without_an_llm_uses_the_previous_entry(demo_kb):
+    # The thresholds the demo ships with (migration 0003; the test database starts without them):
+    # this follow-up scores ~0.60 against 0.6 by default, on either side depending on the query
+    # model's precision (KB_QUERY_PRECISION), and this test is about memory, not thresholds.
+    await database_sync_to_async(set_thresholds)(answer_threshold=0.545, clarify_threshold=0.545, clarify_margin=0.05)
     chat = await open_chat()
     _, first = await ask(chat, "Do you ship internationally?")
     assert first["entry_id"] == demo_kb["Do you ship internationally?"].id

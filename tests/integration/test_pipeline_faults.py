@@ -77,7 +77,9 @@ def test_worker_killed_mid_batch_then_restarted_leaves_every_phrasing_indexed_on
     edited.refresh_from_db()
     assert edited.embedded_hash == edited.content_hash
     result = answer_question("completely new wording of this phrasing")
-    assert result.hits[0].matched_variant_id == edited.id and result.hits[0].score > 0.99
+    # Its own text scores ~0.99 against it (questions run on the 8-bit model, phrasings at full
+    # precision); against the old text's vector it would score far lower.
+    assert result.hits[0].matched_variant_id == edited.id and result.hits[0].score > 0.95
 
 
 def test_reindex_keeps_chat_answering_with_zero_failures():
