@@ -5,6 +5,7 @@ import functools
 import gc
 import hmac
 import ipaddress
+import logging
 import os
 
 from django.conf import settings
@@ -21,6 +22,8 @@ from chatbot.sites import site_cors_origin, site_for_key, site_widget_config
 from kb.models import Entry
 from kb.query_batching import query_batching_stats
 from kb.selectors import current_index
+
+logger = logging.getLogger(__name__)
 
 
 def demo_page(request):
@@ -126,10 +129,16 @@ def readyz(request):
         # Objects kept out of the cycle collector's full collections (chatbot.runtime).
         "frozen_objects": gc.get_freeze_count(),
     }
-    if not ready:
-        body["reason"] = (
-            "this process has not loaded an index yet"
-            if current_index.background
-            else "this process does not serve chat (no background index loader was started)"
-        )
-    return JsonResponse(body, status=200 if ready else 503)
+    if ready:
+        return JsonResponse(body)
+    body["reason"] = (
+        "this process has not loaded an index yet"
+        if current_index.background
+        else "this process does not serve chat (no background index loader was started)"
+    )
+    response = JsonResponse(body, status=503)
+    # "Not ready yet" is the answer every start-up gives its probes, not a server error: Django
+    # would log each one at ERROR (django.request) unless told the response is logged already.
+    response._has_been_logged = True
+    logger.info("not ready: %s", body["reason"])
+    return response

@@ -67,3 +67,16 @@ def test_probes_answer_hosts_outside_allowed_hosts_and_over_plain_http(settings)
     assert Client().get("/readyz", HTTP_HOST="10.0.3.7:8000").status_code == 503  # no index loader here
     assert Client().get("/", HTTP_HOST="127.0.0.1:8000").status_code == 400
     assert Client().get("/", HTTP_HOST="shop.example").status_code == 301
+
+
+def test_not_ready_is_logged_as_information_not_as_a_server_error(caplog):
+    """Every start-up answers its readiness probes 503 until the index is loaded; those lines were
+    logged at ERROR by django.request, which alerting reads as a failure."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        response = Client().get("/readyz")
+    assert response.status_code == 503 and response.json()["ready"] is False
+    records = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert not [r for r in records if r[1] >= logging.WARNING], records
+    assert ("chatbot.views", logging.INFO, f"not ready: {response.json()['reason']}") in records
