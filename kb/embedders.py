@@ -38,7 +38,8 @@ class Embedder(Protocol):
         """One query's vector, comparable by inner product with ``encode``'s rows."""
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
-        """Many queries' vectors in as few model calls as possible; row i equals encode_query(texts[i])."""
+        """Many queries' vectors in one call to the embedder; row i equals encode_query(texts[i]),
+        whatever else ``texts`` holds."""
 
     def can_read(self, text: str) -> bool:
         """False when the model sees too little of the text to embed it meaningfully."""

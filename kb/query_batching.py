@@ -6,7 +6,10 @@ question wastes most of the model's throughput (MiniLM on 2 cores: ~65 sentences
 and block; ``workers`` threads (one per core) each take every question waiting at that moment, up
 to ``max_batch``, and embed them in one call. Under light load a question is embedded at once,
 alone; under heavy load questions that arrive while a call runs share the next one. ``max_wait``
-optionally holds a lone question a few milliseconds for company.
+optionally holds a lone question a few milliseconds for company. With questions on the 8-bit
+MiniLM (settings.KB_QUERY_PRECISION, the default) the model itself takes a batch's English questions
+one at a time (kb.onnx_encoder says why); the batch still shares one trip to a batch thread, and
+the multilingual model's questions still share one call.
 """
 
 from __future__ import annotations
