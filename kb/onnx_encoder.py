@@ -37,6 +37,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # Texts per session call (sentence-transformers' default batch size).
 BATCH_SIZE = 64
 QUERY_PRECISIONS = ("int8", "float32")
+# Names the 8-bit file together with the model's fingerprint: a file made by another recipe (the
+# first try quantised the token embeddings too) is never picked up as this one.
+QUANTIZATION_RECIPE = "int8-matmul"
 
 
 class OnnxUnsupported(RuntimeError):
@@ -168,7 +171,7 @@ class OnnxSentenceEncoder:
             _export(model, self.path)
         self.query_path = self.path
         if query_precision == "int8":
-            self.query_path = self.path.with_name(f"{self.path.stem}-int8.onnx")
+            self.query_path = self.path.with_name(f"{self.path.stem}-{QUANTIZATION_RECIPE}.onnx")
         self.query_precision = query_precision
         self._lock = threading.Lock()
         self._session = None

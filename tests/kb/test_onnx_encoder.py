@@ -49,7 +49,7 @@ def test_questions_run_on_the_8_bit_copy_and_stored_phrasings_stay_at_full_preci
     assert np.array_equal(full.encode_queries(QUESTIONS), full.encode(QUESTIONS))
 
     quantized, exact = eight.encode_queries(QUESTIONS), full.encode_queries(QUESTIONS)
-    assert eight._onnx.query_path.name.endswith("-int8.onnx") and eight._onnx.query_path.exists()
+    assert eight._onnx.query_path.name.endswith("-int8-matmul.onnx") and eight._onnx.query_path.exists()
     # Its matrix weights are a quarter of their size (the token embeddings stay full precision).
     assert eight._onnx.query_path.stat().st_size < eight._onnx.path.stat().st_size * 0.7
     agreement = (quantized * exact).sum(axis=1)
