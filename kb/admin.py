@@ -13,7 +13,8 @@ from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from simple_history.admin import SimpleHistoryAdmin
 
 from kb import services
@@ -339,9 +340,20 @@ class IndexVersionAdmin(admin.ModelAdmin):
 
 
 def _scores_line(scores: dict, key: str, fmt: str) -> str:
-    if not scores:
-        return "-"
-    return f"{format(scores['active'][key], fmt)} → {format(scores['tuned'][key], fmt)}"
+    """Was → tuned for each half a run measured: the English model's, then the USE adapter's."""
+    halves = [("", scores or {}), ("USE adapter ", (scores or {}).get("use_adapter") or {})]
+    lines = [
+        f"{name}{format(half['active'][key], fmt)} → {format(half['tuned'][key], fmt)}"
+        for name, half in halves
+        if "active" in half
+    ]
+    return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
+
+
+def _paired_tests(scores: dict) -> str:
+    halves = [("", scores or {}), ("USE adapter ", (scores or {}).get("use_adapter") or {})]
+    lines = [f"{name}{half['p_top1']:.3g}, {half['p_f1']:.3g}" for name, half in halves if "p_top1" in half]
+    return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
 
 
 @admin.register(EmbeddingModel)
@@ -382,7 +394,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="p (top-1, F1)")
     def paired_tests(self, obj):
-        return f"{obj.scores['p_top1']:.3g}, {obj.scores['p_f1']:.3g}" if obj.scores else "-"
+        return _paired_tests(obj.scores)
 
     @admin.display(description="training")
     def training_time(self, obj):
@@ -392,10 +404,13 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="phrasings (held out)")
     def trained_on(self, obj):
-        data = obj.data or {}
-        if "train_phrasings" not in data:
-            return "-"
-        return f"{data['train_phrasings']} of {data['entries']} entries ({data['held_out']} + {data['out_of_scope']})"
+        halves = [("", obj.data or {}), ("USE adapter ", (obj.data or {}).get("use_adapter") or {})]
+        lines = [
+            f"{name}{d['train_phrasings']} of {d['entries']} entries ({d['held_out']} + {d['out_of_scope']})"
+            for name, d in halves
+            if "train_phrasings" in d
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
 
     @admin.display(description="")
     def switch(self, obj):

@@ -198,19 +198,42 @@ class LanguageRoutedEmbedder:
     weighted mean of the two cosines. English questions use w = 1 (MiniLM alone: 92.1% top-1 on BANKING77,
     where mixing in USE measured 91.9-92.2%, no real gain); questions MiniLM cannot read, or in a
     CJK script, use w = 0 (USE, which also matches across languages). Measured in issue #4's notes.
+    A model version (kb_tune) may bring a tuned MiniLM, a linear adapter over USE's vectors (applied
+    to the USE half of phrasings and questions alike), or both.
     """
 
-    def __init__(self, english_weight: float = 1.0, english_model: str | None = None, english_label: str | None = None):
-        """``english_model`` / ``english_label``: a tuned version of the English model (kb_tune)."""
+    def __init__(
+        self,
+        english_weight: float = 1.0,
+        english_model: str | None = None,
+        english_label: str | None = None,
+        use_adapter: np.ndarray | None = None,
+        adapter_label: str | None = None,
+    ):
+        """``english_model`` / ``english_label``: a tuned version of the English model (kb_tune);
+        ``use_adapter`` / ``adapter_label``: a linear map kb_tune learned over USE's frozen vectors,
+        applied to the USE half of phrasings and questions alike."""
         self._english = SentenceTransformerEmbedder(model=english_model, label=english_label)
         self._multilingual = UniversalSentenceEncoderEmbedder()
+        self._adapter = None if use_adapter is None else np.ascontiguousarray(use_adapter, dtype=np.float32)
         self._english_weight = english_weight
-        self.name = f"routed[{self._english.name}+{self._multilingual.name}]"
+        adapted = f"+adapter:{adapter_label}" if self._adapter is not None else ""
+        self.name = f"routed[{self._english.name}+{self._multilingual.name}{adapted}]"
         self.dimension = self._english.dimension + self._multilingual.dimension
+
+    @property
+    def multilingual_model(self) -> UniversalSentenceEncoderEmbedder:
+        """The frozen multilingual model, without this embedder's adapter (what kb_tune trains over)."""
+        return self._multilingual
+
+    def _multilingual_encode(self, texts: list[str]) -> np.ndarray:
+        from kb.tuning import adapter_apply
+
+        return adapter_apply(self._multilingual.encode(texts), self._adapter)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Both models on every phrasing, side by side, scaled to unit length."""
-        both = np.hstack([self._english.encode(texts), self._multilingual.encode(texts)]) / _SQRT2
+        both = np.hstack([self._english.encode(texts), self._multilingual_encode(texts)]) / _SQRT2
         return np.ascontiguousarray(both, dtype=np.float32)
 
     def threads_set(self, threads: int) -> None:
@@ -241,7 +264,7 @@ class LanguageRoutedEmbedder:
             out[english, :english_dim] = vectors * weights[english, None]
         multilingual = np.flatnonzero(weights < 1)
         if len(multilingual):
-            vectors = self._multilingual.encode([texts[i] for i in multilingual])
+            vectors = self._multilingual_encode([texts[i] for i in multilingual])
             out[multilingual, english_dim:] = vectors * (1 - weights[multilingual, None])
         return np.ascontiguousarray(out * _SQRT2, dtype=np.float32)
 
@@ -252,6 +275,9 @@ class LanguageRoutedEmbedder:
 
 _SQRT2 = float(np.sqrt(2.0))
 
+
+# In a model version's directory: the linear map over USE's vectors, a float32 (512, 512) array.
+USE_ADAPTER_FILE = "use-adapter.npy"
 
 _embedders: dict[str, Embedder] = {}
 _embedder_lock = threading.Lock()
@@ -295,12 +321,21 @@ def embedder_for(directory: str = "") -> Embedder:
                     path = Path(settings.KB_MODEL_DIR) / directory
                     if not path.is_dir():
                         raise EmbedderUnavailable(f"model version {directory!r} is missing: {path} does not exist")
+                    # A version holds a tuned English model, a USE adapter, or both (kb.tuning_runs).
+                    english = str(path) if (path / "modules.json").exists() else None
+                    adapter_file = path / USE_ADAPTER_FILE
+                    adapter = np.load(adapter_file) if adapter_file.exists() else None
                     if cls is LanguageRoutedEmbedder:
-                        _embedders[key] = cls(english_model=str(path), english_label=directory)
-                    elif cls is SentenceTransformerEmbedder:
-                        _embedders[key] = cls(model=str(path), label=directory)
+                        _embedders[key] = cls(
+                            english_model=english,
+                            english_label=directory if english else None,
+                            use_adapter=adapter,
+                            adapter_label=directory,
+                        )
+                    elif cls is SentenceTransformerEmbedder and english is not None:
+                        _embedders[key] = cls(model=english, label=directory)
                     else:
-                        raise EmbedderUnavailable(f"{settings.KB_EMBEDDER} cannot load a tuned model version")
+                        raise EmbedderUnavailable(f"{settings.KB_EMBEDDER} cannot load model version {directory!r}")
                 math_threads_set(settings.KB_QUERY_THREADS)
     return _embedders[key]
 

@@ -103,6 +103,20 @@ def tuning_split(phrasings: Sequence[Phrasing], *, seed: int = 0) -> TuningSplit
     return TuningSplit(train=train, held_out=held_out, out_of_scope=out_of_scope)
 
 
+def split_questions_only(split: TuningSplit, asked: Callable[[str], bool], what: str) -> TuningSplit:
+    """``split`` with only the questions ``asked`` says are of the kind measured (e.g. those the
+    multilingual model answers); the knowledge base (``train``) stays whole, as live search has it.
+    Raises NotEnoughPhrasings when fewer than MIN_HELD_OUT in-scope questions remain."""
+    held_out = [p for p in split.held_out if asked(p.text)]
+    if len(held_out) < MIN_HELD_OUT:
+        raise NotEnoughPhrasings(
+            f"only {len(held_out)} held-out phrasings are {what}: need {MIN_HELD_OUT} to measure "
+            f"(about {math.ceil(MIN_HELD_OUT / HOLD_OUT_SHARE)} such phrasings over entries with {MIN_PHRASINGS}+ each)"
+        )
+    out_of_scope = [p for p in split.out_of_scope if asked(p.text)]
+    return TuningSplit(train=split.train, held_out=held_out, out_of_scope=out_of_scope)
+
+
 # --- measuring -------------------------------------------------------------------------------
 
 
@@ -365,6 +379,92 @@ def contrastive_train(
     return {
         "steps": steps,
         "anchors": len(anchors),
+        "epochs": settings.epochs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "first_loss": round(float(np.mean(losses[: max(1, len(losses) // 10)])), 4),
+        "last_loss": round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 4),
+    }
+
+
+# --- an adapter over a frozen model ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """The recipe for a linear map over frozen vectors (the multilingual USE, which cannot be
+    trained here; measured in bench/bench_zh_models.py)."""
+
+    epochs: int = 8
+    batch_size: int = 128  # at most one phrasing per entry in a batch, so fewer with few entries
+    learning_rate: float = 1e-3
+    temperature: float = 0.05
+    # Pulls the map back toward the identity: a few hundred phrasings cannot pin down 512 x 512
+    # numbers, and what the frozen model already knows should stay unless the data says otherwise.
+    identity_weight: float = 1e-2
+    seed: int = 0
+
+
+def adapter_apply(vectors: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
+    """``vectors`` through the linear map ``weight`` (None: unchanged), back to unit length."""
+    if weight is None:
+        return vectors
+    mapped = vectors @ weight.T
+    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+    return np.ascontiguousarray(mapped, dtype=np.float32)
+
+
+def adapter_train(
+    vectors: np.ndarray,
+    train: Sequence[Phrasing],
+    *,
+    settings: AdapterSettings | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[np.ndarray, dict]:
+    """A d x d map from the identity over the frozen unit ``vectors`` of ``train`` (row i is
+    train[i]'s): in-batch contrastive, as :func:`contrastive_train` (anchor against a random other
+    phrasing of its entry, the batch's other entries' positives the negatives), both directions.
+    Returns the map and what the run did."""
+    import torch
+
+    settings = settings or AdapterSettings()
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    by_entry: dict[int, list[int]] = defaultdict(list)
+    for i, phrasing in enumerate(train):
+        by_entry[phrasing.entry_id].append(i)
+    anchor_rows = [i for i, p in enumerate(train) if len(by_entry[p.entry_id]) >= 2]
+    anchors = [train[i] for i in anchor_rows]
+    epochs = [_batches(anchors, settings.batch_size, rng, 2) for _ in range(settings.epochs)]
+    steps = sum(len(batches) for batches in epochs)
+    if steps == 0:
+        raise NotEnoughPhrasings("no entry has two phrasings to train on")
+    frozen = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    dim = frozen.shape[1]
+    identity = torch.eye(dim)
+    weight = torch.nn.Parameter(identity.clone())
+    cross_entropy = torch.nn.functional.cross_entropy
+    optimizer = torch.optim.Adam([weight], lr=settings.learning_rate)
+    started, step, losses = time.perf_counter(), 0, []
+    for batches in epochs:
+        for batch in batches:
+            rows = [anchor_rows[i] for i in batch]
+            positives = [rng.choice([j for j in by_entry[train[r].entry_id] if j != r]) for r in rows]
+            a = torch.nn.functional.normalize(frozen[rows] @ weight.T, dim=1)
+            b = torch.nn.functional.normalize(frozen[positives] @ weight.T, dim=1)
+            logits = a @ b.T / settings.temperature
+            targets = torch.arange(len(rows))
+            both_ways = (cross_entropy(logits, targets) + cross_entropy(logits.T, targets)) / 2
+            loss = both_ways + settings.identity_weight * ((weight - identity) ** 2).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step, steps, losses[-1])
+    return weight.detach().numpy().astype(np.float32), {
+        "steps": steps,
+        "anchors": len(anchor_rows),
         "epochs": settings.epochs,
         "seconds": round(time.perf_counter() - started, 1),
         "first_loss": round(float(np.mean(losses[: max(1, len(losses) // 10)])), 4),

@@ -94,7 +94,9 @@ def test_a_worse_model_is_refused_and_changes_nothing(banking_kb, settings):
     call_command("kb_tune", "--epochs", "1", "--batch-size", "11", "--learning-rate", "3e-3", stdout=out, verbosity=0)
     text = out.getvalue()
     assert "top-1" in text and "recall@5" in text and "MRR" in text and "paired tests" in text
-    assert "kept the active model: not better than base beyond noise" in text
+    assert "kept the active model: English model not better than base beyond noise" in text
+    # English phrasings only: nothing for an adapter over the multilingual model to be measured on.
+    assert "USE adapter: declined: only 0 held-out phrasings are questions the multilingual model answers" in text
     version = EmbeddingModel.objects.exclude(label="base").get()
     assert version.state == EmbeddingModel.State.REFUSED
     assert version.scores["tuned"]["top1"] < version.scores["active"]["top1"]

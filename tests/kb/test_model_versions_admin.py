@@ -51,6 +51,22 @@ def test_the_list_shows_each_version_with_its_scores_and_a_switch_for_kept_ones(
     assert 'id="tune-now"' in page
 
 
+def test_an_adapter_only_version_shows_the_adapter_scores(db, editor_client):
+    EmbeddingModel.objects.create(
+        label="tuned-7",
+        directory="tuned-7",
+        parent=embedding_model_active(),
+        state=EmbeddingModel.State.REFUSED,
+        reason="English model: declined: ...; USE adapter not better than base beyond noise: ...",
+        scores={"use_adapter": SCORES},
+        data={"use_adapter": {"entries": 16, "train_phrasings": 168, "held_out": 42, "out_of_scope": 32}},
+        training_seconds=3,
+    )
+    page = editor_client.get(reverse("admin:kb_embeddingmodel_changelist")).content.decode()
+    assert "USE adapter 90.0% → 93.0%" in page and "USE adapter 0.700 → 0.750" in page
+    assert "USE adapter 0.001, 0.01" in page and "USE adapter 168 of 16 entries (42 + 32)" in page
+
+
 def test_switching_from_the_admin_and_back(copied_version, editor_client):
     base = embedding_model_active()
     url = reverse("admin:kb_embeddingmodel_switch", args=[copied_version.pk])
