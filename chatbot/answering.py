@@ -137,7 +137,30 @@ def _is_follow_up(prepared: _Prepared, history: list[Turn]) -> bool:
 
 def _decide(prepared: _Prepared, history: list[Turn], query: str, memory: dict | None, llm_available: bool) -> Answer:
     """Retrieve and decide for ``query``; a follow-up that no LLM rewrote leans on the previous
-    answer's entry. The answer's record includes what was redacted and how memory was used."""
+    answer's entry. An LLM's rewrite is kept only if it retrieves better (a higher best score) than
+    that reading of the customer's own words. The answer's record includes what was redacted and how
+    memory was used."""
+    answer = _decide_for(prepared, history, query, memory, llm_available)
+    if memory is None or memory.get("method") != "llm_rewrite":
+        return answer
+    plain = _decide_for(prepared, history, prepared.redacted, None, llm_available)
+    rewritten_best, plain_best = _best_score(answer), _best_score(plain)
+    if rewritten_best > plain_best:
+        return answer
+    rejected = {
+        "rewrite_rejected": memory["query"],
+        "why": f"the rewrite retrieved no better ({rewritten_best:.3f}) than the message itself ({plain_best:.3f})",
+    }
+    return replace(plain, decision=replace(plain.decision, memory={**(plain.decision.memory or {}), **rejected}))
+
+
+def _best_score(answer: Answer) -> float:
+    return answer.hits[0].score if answer.hits else float("-inf")
+
+
+def _decide_for(
+    prepared: _Prepared, history: list[Turn], query: str, memory: dict | None, llm_available: bool
+) -> Answer:
     context = prepared.context
     use_previous_entry = memory is None and context.previous_entry_id is not None and _is_follow_up(prepared, history)
     answer = answer_question(
@@ -145,6 +168,7 @@ def _decide(prepared: _Prepared, history: list[Turn], query: str, memory: dict |
         context_question=context.previous_question if use_previous_entry else "",
         previous_entry_id=context.previous_entry_id if use_previous_entry else None,
         llm_available=llm_available,
+        customer_text=prepared.redacted,
     )
     record = record_for_customer(answer.decision, pii=prepared.pii_found, memory=memory)
     return replace(answer, decision=record)
@@ -188,6 +212,8 @@ async def _llm_reply(llm, answer: Answer, question: str, history: list[Turn], bu
         messages=result.messages,
         budget_seconds=budget,
         timings_ms=timings,
+        raw_reply=getattr(result, "raw", ""),
+        system_role=getattr(result, "system_role", ""),
     )
     if result.status == "answered":
         return _reply(answer, source=Source.LLM, text=result.text, citations=result.citations, record=record)

@@ -39,12 +39,14 @@ def prompt_parts(messages: list[dict]) -> tuple[tuple[PromptPart, ...], dict[str
 class LlmOutcome:
     """What the LLM fallback did on one turn."""
 
-    status: str  # "answered" | "no_answer" | "failed" | "blocked"
+    status: str  # "answered" | "no_answer" | "ungrounded" | "failed" | "blocked"
     attempts: int
     error: str
     model: str
     prompt: tuple[PromptPart, ...] = ()
     budget_seconds: float | None = None  # what was left of LLM_TIMEOUT when the answer started
+    raw_reply: str = ""  # the model's reply as it came (kept also when it was not shown)
+    system_role: str = ""  # "system", or "user" when the instructions were folded into the first user turn
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ class DecisionRecord:
             }
             if self.llm.budget_seconds is not None:
                 data["llm"]["budget_seconds"] = self.llm.budget_seconds
+            if self.llm.raw_reply:
+                data["llm"]["raw_reply"] = self.llm.raw_reply
+            if self.llm.system_role:
+                data["llm"]["system_role"] = self.llm.system_role
         return data
 
     def as_json(self) -> dict[str, Any]:
@@ -155,11 +161,20 @@ def record_with_llm(
     messages: list[dict],
     budget_seconds: float,
     timings_ms: dict[str, float],
+    raw_reply: str = "",
+    system_role: str = "",
 ) -> DecisionRecord:
     """The record after the LLM fallback ran; a reply that is not an answer offers a person."""
     parts, texts = prompt_parts(messages)
     outcome = LlmOutcome(
-        status=status, attempts=attempts, error=error, model=model, prompt=parts, budget_seconds=budget_seconds
+        status=status,
+        attempts=attempts,
+        error=error,
+        model=model,
+        prompt=parts,
+        budget_seconds=budget_seconds,
+        raw_reply=raw_reply,
+        system_role=system_role,
     )
     changes: dict[str, Any] = {"llm": outcome, "prompt_texts": texts, "timings_ms": timings_ms}
     if status != "answered":

@@ -5,7 +5,7 @@ Four kinds are detected, in this order, each replaced by a short language-neutra
 
 * ``email`` -> ``[email]``: the usual ``local@domain.tld`` forms (plus-addressing, subdomains, any case,
   a full-width ＠), and ones written to dodge filters with a bracketed at and dot
-  (``jane(at)example.com``, ``jane [at] example [dot] com``).
+  (``jane(at)example.com``, ``jane [at] example [dot] com``, ``jane at example dot com``).
 * ``card``  -> ``[card]``:  13-19 digit payment card numbers, contiguous or grouped by spaces or dashes
   (or dots) the way cards print them (fours with a shorter last group, e.g. 4-4-4-4 or 4-4-4-4-3; Amex 4-6-5;
   Diners 4-6-4), accepted only when the Luhn checksum holds.
@@ -26,8 +26,8 @@ by the 19-digit maximum.
 
 Known limits, chosen to keep answers useful: a bare number that is a valid phone number is redacted
 even when it is an order number ("order 4155552671"); a phone number glued by "-", "_" or "/" to a
-Latin letter ("Tel-13812345678") is taken for a reference code and kept; cards and IDs are read in
-ASCII digits only (the phone matcher also reads full-width digits).
+Latin letter ("Tel-13812345678") is taken for a reference code and kept. Digits (and an ID's check
+letter X) are read alike in ASCII and in full width (``４１１１…``, common in Chinese text).
 """
 
 from __future__ import annotations
@@ -70,6 +70,13 @@ _OBFUSCATED_EMAIL = re.compile(
     + r")[A-Za-z0-9-]+)+",
     re.IGNORECASE,
 )
+# ... and with plain words, "jane at example dot com": only with at least one " dot " after the
+# " at ", so that "meet me at noon" or "look at example.com" are not addresses.
+_WORDED_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+\s+at\s+[A-Za-z0-9-]+(?:\s+dot\s+[A-Za-z0-9-]+)+(?![A-Za-z0-9-])",
+    re.IGNORECASE,
+)
+_WORDED_DOT = re.compile(r"\s+dot\s+", re.IGNORECASE)
 _BRACKETED_DOT = re.compile(_bracketed("dot"), re.IGNORECASE)
 _BRACKETED_AT = re.compile(_bracketed("at"), re.IGNORECASE)
 _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
@@ -131,11 +138,16 @@ def pii_redact(text: str) -> Redaction:
     return Redaction(text=current, found=found)
 
 
+# Full-width digits (common in Chinese text, "１３８１２３４５６７８") read as ASCII ones. One character for
+# one, so spans found in the translated text are spans of the original.
+_FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９Ｘｘ", "0123456789Xx")
+
+
 def _redact_pass(text: str) -> tuple[str, dict[str, int]]:
     """Run every detector once, in priority order, each on the output of the one before."""
     found: dict[str, int] = {}
     for kind, detect in _DETECTORS:
-        spans = detect(text)
+        spans = detect(text.translate(_FULL_WIDTH_DIGITS))
         if spans:
             text = _replace_spans(text, spans, PLACEHOLDERS[kind])
             found[kind] = found.get(kind, 0) + len(spans)
@@ -157,6 +169,11 @@ def _replace_spans(text: str, spans: list[Span], placeholder: str) -> str:
 # --- emails -----------------------------------------------------------------------------------------
 
 
+def email_spans(text: str) -> list[Span]:
+    """Where the email addresses in ``text`` are, plain or bracket-obfuscated (as redaction reads them)."""
+    return _email_spans(text)
+
+
 def _email_spans(text: str) -> list[Span]:
     spans = []
     for match in _EMAIL_CANDIDATE.finditer(text):
@@ -170,6 +187,10 @@ def _email_spans(text: str) -> list[Span]:
     for match in _OBFUSCATED_EMAIL.finditer(text):
         local, domain = _BRACKETED_AT.split(match.group(0), maxsplit=1)
         if local.strip(".") and _is_email_domain(_BRACKETED_DOT.sub(".", domain)):
+            spans.append(match.span())
+    for match in _WORDED_EMAIL.finditer(text):
+        local, domain = re.split(r"\s+at\s+", match.group(0), maxsplit=1, flags=re.IGNORECASE)
+        if local.strip(".") and _is_email_domain(_WORDED_DOT.sub(".", domain)):
             spans.append(match.span())
     kept: list[Span] = []
     for span in sorted(spans):  # the two forms may overlap in a contrived address: keep the first

@@ -69,6 +69,7 @@ def answer_question(
     previous_entry_id: int | None = None,
     llm_available: bool | None = None,
     features: bool | None = None,
+    customer_text: str | None = None,
 ) -> Answer:
     """Retrieve FAQ entries for ``text`` and decide what to do with it.
 
@@ -79,7 +80,10 @@ def answer_question(
 
     When the language's thresholds have an answer-confidence model (chatbot.confidence), the best
     hit's retrieval features are computed and the model decides whether to answer; ``features``
-    True computes them anyway (kb_calibrate fits the model on them)."""
+    True computes them anyway (kb_calibrate fits the model on them).
+
+    ``customer_text``: what the customer wrote, when ``text`` is a rewrite of it (an LLM's
+    standalone question): whether they asked for a person is read from their own words only."""
     started = time.perf_counter()
     language = detect_language(text)
     thresholds = thresholds_for(language=language)
@@ -105,7 +109,7 @@ def answer_question(
         [hit.score for hit in hits],
         thresholds,
         confidence=confidence,
-        asks_for_person=cues.asks_for_person(text),
+        asks_for_person=cues.asks_for_person(text if customer_text is None else customer_text),
         llm_available=llm_available,
     )
     if not result.readable and decision.kind != Kind.HANDOFF:

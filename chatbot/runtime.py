@@ -92,7 +92,22 @@ def web_process_start() -> None:
     current_index.start_background(after_poll=close_old_connections, after_load=long_lived_objects_freeze)
     gc.collect()
     long_lived_objects_freeze()
+    threading.Thread(target=llm_probe, name="llm-probe", daemon=True).start()
     logger.info("web process %s ready to serve (%d embedding workers)", os.getpid(), workers)
+
+
+def llm_probe() -> None:
+    """Find out at start-up whether the LLM server keeps system messages, and log which way the
+    instructions will be sent (a server that cannot be reached is probed again on the first answer)."""
+    from chatbot.llm import get_llm
+
+    llm = get_llm()
+    if llm is None or not hasattr(llm, "system_role_resolve"):
+        return
+    try:
+        asyncio.run(llm.system_role_resolve())  # logs what it found
+    except Exception as exc:  # noqa: BLE001 - the server may come up later; answers probe again
+        logger.warning("LLM server %s did not answer the start-up probe: %s", llm.config.base_url, exc)
 
 
 def long_lived_objects_freeze() -> None:

@@ -147,8 +147,10 @@ def redis_client():
 def llm_server(settings):
     """A local OpenAI-compatible server (tests/llm_server.py) with the LLM settings pointing at it: a short
     LLM_TIMEOUT (3 s) and LLM_REWRITE_TIMEOUT (1 s) keep failure tests quick. Script it with push()/default."""
+    from chatbot.llm import system_roles_forget
     from tests.llm_server import LlmTestServer
 
+    system_roles_forget()  # a new server may get an earlier one's port: probe it anew
     server = LlmTestServer(model="test-model").start()
     settings.LLM_BACKEND = "chatbot.llm.OpenAIChatLLM"
     settings.LLM_BASE_URL = server.base_url

@@ -14,6 +14,12 @@ or asks the default responder when the queue is empty::
 
 Handlers that sleep (``slow``, ``stall_after``) wake up when the server stops, and stopping closes every open
 connection, so a hanging request never keeps a test (or the process) alive.
+
+Like a real server it reports ``usage.prompt_tokens`` (words of the messages the model sees), and with
+``drop_system`` it does what chat templates without a system role do (llama.cpp's ``--chat_format gemma``):
+system messages never reach the model, so they add no prompt tokens and responders never see them. A
+one-token, non-streaming request (the client's start-up probe of that) is answered directly, without
+taking a scripted behaviour, and is listed in ``probe_requests``, not ``completion_requests``.
 """
 
 from __future__ import annotations
@@ -105,6 +111,20 @@ def disconnect() -> Disconnect:
     return Disconnect()
 
 
+def cited(text: str, **options) -> Responder:
+    """A responder that answers ``text`` citing the first FAQ entry the prompt gave (a well-behaved
+    model's reply, with the SOURCES line first as the prompt asks); NO_ANSWER when none was given."""
+
+    def respond(body: dict) -> Behaviour:
+        prompt = json.dumps(body.get("messages") or [])
+        given = re.search(r"<<<FAQ ENTRY id=(\d+)>>>", prompt)
+        if given is None:
+            return reply("NO_ANSWER")
+        return reply(f"SOURCES: {given.group(1)}\n{text}", **options)
+
+    return respond
+
+
 def default_responder(body: dict) -> Behaviour:
     """The reply when nothing was scripted: a short, uncited answer."""
     return reply("Hello from the test LLM server.")
@@ -177,7 +197,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, _error_body(400, "the body is not a JSON object"))
             return
         try:
-            self._behave(owner._next_behaviour(body), body)
+            seen = owner.seen(body)
+            if _is_probe(body):
+                self._send_json(200, _completion(seen, Reply(text="OK", chunks=("OK",), finish_reason="length")))
+                return
+            self._behave(owner._next_behaviour(seen), seen)
         except OSError:
             # The client went away (timeout, cancellation); nothing left to answer.
             self.close_connection = True
@@ -250,8 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
 class LlmTestServer:
     """An OpenAI-compatible HTTP server on 127.0.0.1 with scripted behaviours and recorded requests."""
 
-    def __init__(self, *, model: str = "test-model"):
+    def __init__(self, *, model: str = "test-model", drop_system: bool = False):
         self.model = model
+        self.drop_system = drop_system
         self.default: Responder | Behaviour = default_responder
         self.requests: list[RecordedRequest] = []
         self._queue: deque[Behaviour] = deque()
@@ -271,9 +296,21 @@ class LlmTestServer:
 
     @property
     def completion_requests(self) -> list[RecordedRequest]:
-        """The recorded chat-completions requests, in arrival order."""
+        """The recorded chat-completions requests (probes aside), in arrival order."""
         with self._lock:
-            return [request for request in self.requests if request.path.split("?")[0].endswith("/chat/completions")]
+            return [r for r in self.requests if _is_completion(r) and not _is_probe(r.body)]
+
+    @property
+    def probe_requests(self) -> list[RecordedRequest]:
+        """The recorded one-token requests (the client's system-role probe)."""
+        with self._lock:
+            return [r for r in self.requests if _is_completion(r) and _is_probe(r.body)]
+
+    def seen(self, body: dict) -> dict:
+        """``body`` as the model sees it: without system messages when ``drop_system``."""
+        if not self.drop_system:
+            return body
+        return {**body, "messages": [m for m in body.get("messages") or [] if m.get("role") != "system"]}
 
     def push(self, *behaviours: Behaviour) -> LlmTestServer:
         """Queue behaviours for the next requests, in order."""
@@ -363,11 +400,26 @@ def _completion(body: dict, script: Reply) -> dict:
             }
         ],
         "usage": {
-            "prompt_tokens": 10,
+            "prompt_tokens": _prompt_tokens(body),
             "completion_tokens": len(script.chunks),
-            "total_tokens": 10 + len(script.chunks),
+            "total_tokens": _prompt_tokens(body) + len(script.chunks),
         },
     }
+
+
+def _prompt_tokens(body: dict) -> int:
+    """A token count of the messages the model sees (words and CJK characters, plus 4 per message)."""
+    messages = body.get("messages") or []
+    words = sum(len(re.findall(r"[\u4e00-\u9fff]|[^\W_]+", str(m.get("content") or ""))) for m in messages)
+    return words + 4 * len(messages)
+
+
+def _is_completion(request: RecordedRequest) -> bool:
+    return request.path.split("?")[0].endswith("/chat/completions")
+
+
+def _is_probe(body: dict | None) -> bool:
+    return isinstance(body, dict) and body.get("max_tokens") == 1 and not body.get("stream")
 
 
 def _chunk(body: dict, completion_id: str, delta: dict, finish_reason: str | None = None) -> dict:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Exchange, Queue
 
 from config.structured_logging import logging_config
@@ -399,6 +400,17 @@ LLM_MAX_TOKENS = env.int("LLM_MAX_TOKENS", default=400)
 LLM_TEMPERATURE = env.float("LLM_TEMPERATURE", default=0.2)
 LLM_HISTORY_TURNS = env.int("LLM_HISTORY_TURNS", default=6)
 LLM_REWRITE_TIMEOUT = env.float("LLM_REWRITE_TIMEOUT", default=5.0)
+# An LLM reply counts as an answer only when it cites an entry it was given and finished normally
+# (finish_reason "stop"); otherwise the customer gets the hand-off offer (the raw reply is in the trace).
+LLM_REQUIRE_GROUNDING = env.bool("LLM_REQUIRE_GROUNDING", default=True)
+# How the instructions and entries reach the model: "system" messages, folded into the first "user"
+# turn (for chat templates that drop system messages), or "auto": probe the server once per process.
+LLM_SYSTEM_ROLE = env.str("LLM_SYSTEM_ROLE", default="auto")
+if LLM_SYSTEM_ROLE not in ("auto", "system", "user"):
+    raise ImproperlyConfigured(f"LLM_SYSTEM_ROLE must be auto, system or user, not {LLM_SYSTEM_ROLE!r}")
+# Contact details (emails, web addresses, phone numbers) an LLM reply may give besides those in the
+# entries it was given; comma-separated, e.g. "help@shop.example,https://shop.example,+44 20 7946 0958".
+CHATBOT_CONTACT_ALLOWLIST = env.list("CHATBOT_CONTACT_ALLOWLIST", default=[])
 
 # Structured logs (config/structured_logging.py): one JSON object per line by default, the
 # conversation id on every line of a chat socket; LOG_FORMAT=console for people reading a terminal.

@@ -3,6 +3,7 @@ streamed LLM fallback (against a local OpenAI-compatible server), hand-off, PII 
 conversation memory and prompt injection."""
 
 import json
+import re
 import uuid
 
 import pytest
@@ -19,7 +20,7 @@ from kb import services
 from kb.models import Entry
 from tests.chatbot.conftest import ORIGIN
 from tests.factories import kb_embed_and_publish
-from tests.llm_server import error, reply, slow
+from tests.llm_server import cited, error, reply, slow
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -151,7 +152,7 @@ async def test_asking_for_a_person_hands_off_and_queues_the_conversation(shop, t
 async def test_llm_fallback_streams_deltas_then_a_cited_answer(shop, llm_server):
     payment = shop["Which payment methods do you accept?"]
     llm_server.default = lambda body: reply(
-        chunks=["We accept ", "Visa, Mastercard ", "and PayPal.", f"\nSOURCES: {payment.id}, 99999"]
+        chunks=[f"SOURCES: {payment.id}, 99999\n", "We accept ", "Visa, Mastercard ", "and PayPal."]
     )
     chat = await open_chat()
     deltas, answer = await ask(chat, "Can I settle the bill with something other than cash?")
@@ -175,6 +176,12 @@ async def test_llm_fallback_streams_deltas_then_a_cited_answer(shop, llm_server)
     ("behaviours", "status"),
     [
         ([reply("NO_ANSWER")], "no_answer"),
+        ([reply("Sorry, NO ANSWER")], "no_answer"),
+        # An obliging model inventing an answer: no entry cited, or cut off at max_tokens.
+        ([reply("Yes, we sell garden furniture. We have a wide range of tables.")], "ungrounded"),
+        ([reply("Yes, we sell garden furniture.\nSOURCES: none")], "ungrounded"),
+        ([reply("SOURCES: 1\nYes, we sell garden furniture and", finish_reason="length")], "ungrounded"),
+        ([reply("SOURCES: 1\nCall our furniture team on 0800 123 4567.")], "blocked"),
         ([error(500), error(503)], "failed"),
         ([slow(10, then=reply("too late\nSOURCES: none"))] * 2, "failed"),
     ],
@@ -184,17 +191,21 @@ async def test_llm_that_cannot_answer_degrades_to_a_handoff_offer(shop, llm_serv
     chat = await open_chat()
     deltas, answer = await ask(chat, "Do you sell garden furniture?")
     assert (answer["source"], answer["handoff"]) == ("handoff", "offered")
-    assert "talk to a person" in answer["text"] and deltas == []
+    assert "talk to a person" in answer["text"] and not re.search(r"furniture|0800", "".join(deltas))
     (stored,) = await bot_messages()
     assert stored.decision["llm"]["status"] == status
+    if status in ("ungrounded", "blocked"):
+        # What the model wrote stays in the trace for the people who review it.
+        assert re.search(r"garden furniture|0800", stored.decision["llm"]["raw_reply"])
     await chat.disconnect()
 
 
 async def test_llm_rate_limit_is_retried_once(shop, llm_server):
-    llm_server.push(error(429, retry_after=0.05), reply("Sorry, we only sell clothes.\nSOURCES: none"))
+    llm_server.push(error(429, retry_after=0.05))
+    llm_server.default = cited("Sorry, we only sell clothes.")
     chat = await open_chat()
     _, answer = await ask(chat, "Do you sell garden furniture?")
-    assert answer["source"] == "llm" and answer["text"] == "Sorry, we only sell clothes." and answer["citations"] == []
+    assert answer["source"] == "llm" and answer["text"] == "Sorry, we only sell clothes." and answer["citations"]
     assert len(llm_server.completion_requests) == 2
     await chat.disconnect()
 
@@ -305,6 +316,38 @@ async def test_follow_up_with_an_llm_is_rewritten_first(demo_kb, llm_server):
     await chat.disconnect()
 
 
+async def test_a_rewrite_that_retrieves_worse_than_the_message_is_not_used(demo_kb, llm_server):
+    def respond(body):
+        if not body.get("stream"):
+            return reply("Do you sell gift cards for garden parties?")  # a rewrite that lost the thread
+        return reply("NO_ANSWER")
+
+    llm_server.default = respond
+    chat = await open_chat()
+    await ask(chat, "How do I start a return?")
+    _, follow = await ask(chat, "and how long does the refund take?")
+    assert (follow["source"], follow["entry_id"]) == ("faq", demo_kb["How long does it take to get my refund?"].id)
+    memory = (await bot_messages())[-1].decision["memory"]
+    assert memory["rewrite_rejected"] == "Do you sell gift cards for garden parties?" and "no better" in memory["why"]
+    await chat.disconnect()
+
+
+async def test_a_person_is_asked_for_only_in_the_customers_own_words(demo_kb, llm_server):
+    def respond(body):
+        if not body.get("stream"):
+            return reply("How do I speak with a representative about my refund?")
+        return reply("NO_ANSWER")
+
+    llm_server.default = respond
+    chat = await open_chat()
+    await ask(chat, "How do I start a return?")
+    _, follow = await ask(chat, "and how long does that take?")
+    assert follow.get("handoff") != "requested"
+    conversation = await database_sync_to_async(Conversation.objects.get)(id=chat.conversation_id)
+    assert conversation.state != "waiting"
+    await chat.disconnect()
+
+
 async def test_chinese_english_and_cross_lingual_questions_on_the_demo_kb(demo_kb):
     chat = await open_chat()
     cases = [
@@ -331,7 +374,7 @@ async def test_a_slow_rewrite_leaves_the_answer_less_time_within_one_budget(shop
     def respond(body):
         if not body.get("stream"):
             return slow(10, then=reply("too late"))  # the rewrite: cut off by its share of the budget
-        return reply("We only sell clothes and accessories.\nSOURCES: none")
+        return cited("We only sell clothes and accessories.")(body)
 
     llm_server.default = respond
     chat = await open_chat()
@@ -340,7 +383,7 @@ async def test_a_slow_rewrite_leaves_the_answer_less_time_within_one_budget(shop
     stored = (await bot_messages())[-1]
     # The rewrite timed out (no rewritten query), and the answer got what was left of LLM_TIMEOUT
     # (3 s in tests) after the rewrite's share (1 s).
-    assert "memory" not in stored.decision
+    assert stored.decision.get("memory", {}).get("method") != "llm_rewrite"
     assert stored.decision["kind"] == "llm" and follow["source"] == "llm"
     assert stored.decision["llm"]["budget_seconds"] <= 3.0 - 1.0
     rewrites = [r for r in llm_server.completion_requests if not r.body.get("stream")]

@@ -5,7 +5,9 @@ backend selection and the follow-up rewrite."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -15,6 +17,7 @@ from chatbot.llm import (
     SOURCES_MARKER,
     GroundingEntry,
     LeakGuard,
+    LlmConfig,
     OpenAIChatLLM,
     StreamFilter,
     Turn,
@@ -55,7 +58,8 @@ def word_runs(text: str, size: int = 6) -> set[tuple[str, ...]]:
 
 
 async def test_deltas_add_up_to_the_text_and_never_show_a_split_sources_line(llm_server):
-    llm_server.push(reply(chunks=["Standard shipping ", "takes 3-5 business", " days.", "\nSOU", "RCES: 3"]))
+    # The prompt asks for the SOURCES line first: the reply is known to be grounded before any of it shows.
+    llm_server.push(reply(chunks=["SOU", "RCES: 3", "\nStandard shipping ", "takes 3-5 business", " days."]))
 
     result, deltas = await ask()
 
@@ -65,6 +69,7 @@ async def test_deltas_add_up_to_the_text_and_never_show_a_split_sources_line(llm
     assert len(deltas) > 1, "the reply is streamed, not sent in one piece"
     assert not any("SOU" in delta or "RCES" in delta for delta in deltas)
     assert result.citations == [3]
+    assert result.raw == "SOURCES: 3\nStandard shipping takes 3-5 business days."
     assert result.attempts == 1 and result.error == ""
     assert result.model == "test-model"
     assert result.timings_ms["first_token"] <= result.timings_ms["total"]
@@ -94,19 +99,54 @@ async def test_unknown_and_repeated_citations_are_dropped(llm_server):
     assert result.citations == [7, 3]
 
 
-@pytest.mark.parametrize(
-    ("tail", "citations"),
-    [("\nSOURCES: none", []), ("", []), ("\nSOURCES: [entry 7]", [7])],
-)
-async def test_citations_none_or_missing_still_answer(llm_server, tail, citations):
-    llm_server.push(reply("You can return it within 30 days." + tail))
+async def test_a_sources_line_at_the_end_is_read_and_the_reply_shown_once_complete(llm_server):
+    text = "You can return it within 30 days.\nSOURCES: [entry 7]"
+    llm_server.push(reply(chunks=[text[i : i + 3] for i in range(0, len(text), 3)]))
 
     result, deltas = await ask()
 
-    assert result.status == "answered"
-    assert result.text == "You can return it within 30 days."
-    assert "".join(deltas) == result.text
-    assert result.citations == citations
+    assert (result.status, result.text, result.citations) == ("answered", "You can return it within 30 days.", [7])
+    assert deltas == [result.text], "whether it is grounded is known only at the end: shown in one piece then"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "You can return it within 30 days.\nSOURCES: none",
+        "You can return it within 30 days.",
+        "SOURCES: none\nYou can return it within 30 days.",
+        "SOURCES: 99\nYou can return it within 30 days.",  # an entry it was not given
+        "Yes, we sell garden furniture. We have a wide range of tables and chairs.",
+    ],
+)
+async def test_a_reply_citing_no_given_entry_is_ungrounded_and_never_shown(llm_server, text):
+    llm_server.push(reply(chunks=[text[i : i + 4] for i in range(0, len(text), 4)]))
+
+    result, deltas = await ask()
+
+    assert result.status == "ungrounded" and "cites none" in result.error
+    assert deltas == [] and result.text == ""
+    assert result.raw == text, "the model's reply is kept for the transcript"
+
+
+async def test_without_required_grounding_an_uncited_reply_is_an_answer(llm_server, settings):
+    settings.LLM_REQUIRE_GROUNDING = False
+    llm_server.push(reply(chunks=["You can return ", "it within 30 days.", "\nSOURCES: none"]))
+
+    result, deltas = await ask()
+
+    assert (result.status, result.text, result.citations) == ("answered", "You can return it within 30 days.", [])
+    assert "".join(deltas) == result.text and len(deltas) > 1
+
+
+@pytest.mark.parametrize("finish_reason", ["length", None])
+async def test_a_reply_that_did_not_finish_normally_is_not_an_answer(llm_server, finish_reason):
+    llm_server.push(reply(chunks=["SOURCES: 3\n", "Standard shipping ", "takes 3-5"], finish_reason=finish_reason))
+
+    result, _ = await ask()
+
+    assert result.status == "ungrounded" and f"finish_reason={finish_reason}" in result.error
+    assert result.raw == "SOURCES: 3\nStandard shipping takes 3-5"
 
 
 @pytest.mark.parametrize(
@@ -117,6 +157,10 @@ async def test_citations_none_or_missing_still_answer(llm_server, tail, citation
         ["N", "O", "_", "A", "N", "S", "W", "E", "R", "\n", "SOURCES: none"],
         ["  no_answer", "."],
         ['"NO_ANSWER"'],
+        ["NO ANSWER"],
+        ["No", " answer", "."],
+        ["SOURCES: none\n", "NO_ANSWER"],
+        ["SOURCES: none"],
     ],
 )
 async def test_sentinel_is_no_answer_and_shows_nothing(llm_server, chunks):
@@ -140,16 +184,22 @@ async def test_a_reply_that_merely_starts_like_the_sentinel_is_shown(llm_server)
     assert "".join(deltas) == result.text
 
 
-async def test_sentinel_after_an_apology_is_cut_and_never_shown(llm_server):
-    llm_server.push(reply("I'm sorry, those entries don't cover gift cards. NO_ANSWER\nSOURCES: none"))
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm sorry, those entries don't cover gift cards. NO_ANSWER\nSOURCES: none",
+        "Sorry, NO_ANSWER",
+        "SOURCES: 3\nSorry, NO ANSWER",
+    ],
+)
+async def test_a_sentinel_after_an_apology_is_no_answer_and_never_shown(llm_server, text):
+    llm_server.push(reply(chunks=[text[i : i + 5] for i in range(0, len(text), 5)]))
 
     result, deltas = await ask()
 
-    joined = "".join(deltas)
-    assert NO_ANSWER not in joined and "NO_" not in joined
-    assert result.status == "answered"
-    assert result.text == "I'm sorry, those entries don't cover gift cards."
-    assert result.text.startswith(joined)
+    # The apology before it may have been shown (the hand-off offer then replaces it), the sentinel never.
+    assert result.status == "no_answer" and result.text == ""
+    assert not re.search(r"(?i)\bno\b|answer", "".join(deltas))
 
 
 @pytest.mark.parametrize(
@@ -162,12 +212,19 @@ async def test_sentinel_after_an_apology_is_cut_and_never_shown(llm_server):
         "Sorry. NO_ANSWER",
         "Sources tell us shipping takes 3-5 days.\nSOURCES: 3",
         "The answer is short.",
+        "SOURCES: 3\nStandard shipping takes 3-5 business days.",
+        "**Sources:** 7, 3\n\nYes.\n1. Pack it.",
+        "SOURCES：3\n运费需要3-5天。",
+        "SOURCES: 3 Shipping takes 3-5 days.",
+        "SOURCES: none\nNO_ANSWER",
+        "SOURCES: 3\nCall +1 (555) 123-4567 or write to help@evil.example today.",
     ],
 )
-def test_stream_filter_invariants_hold_for_every_chunking(text):
+@pytest.mark.parametrize("require_citation", [True, False])
+def test_stream_filter_invariants_hold_for_every_chunking(text, require_citation):
     """Fed one character at a time (the worst chunking), the shown text is always a prefix of the final text,
     never contains the SOURCES line or sentinel, and equals the final text once flushed."""
-    stream_filter = StreamFilter(LeakGuard(instructions_for("en"), ENTRIES), [3, 7])
+    stream_filter = StreamFilter(LeakGuard(instructions_for("en"), ENTRIES), [3, 7], require_citation=require_citation)
     shown = ""
     for char in text:
         shown += stream_filter.feed(char)
@@ -176,6 +233,11 @@ def test_stream_filter_invariants_hold_for_every_chunking(text):
     outcome = stream_filter.finish()
     if outcome.status == "answered":
         assert outcome.text.startswith(shown)
+    elif outcome.status == "blocked":
+        # Blocked mid-way: what was shown holds no part of the contact details that blocked it.
+        assert "+1" not in shown and "@" not in shown and "555" not in shown
+    elif outcome.status == "no_answer":
+        assert not re.search(r"(?i)\bno\b|answer", shown)  # an apology before the sentinel at most
     else:
         assert shown == ""
 
@@ -263,7 +325,7 @@ async def test_a_stream_stalling_before_any_text_is_retried(llm_server):
 
 @pytest.mark.parametrize("stall_seconds", [10, 0.1], ids=["hangs", "drops"])
 async def test_a_stream_breaking_after_deltas_fails_without_retry(llm_server, stall_seconds):
-    partial = reply(chunks=["Standard ", "shipping ", "takes ", "three ", "to ", "five ", "days."])
+    partial = reply(chunks=["SOURCES: 3\n", "Standard ", "shipping ", "takes ", "three ", "to ", "five ", "days."])
     llm_server.push(stall_after(4, stall_seconds, then=partial), reply("never requested"))
 
     result, deltas = await ask()
@@ -540,3 +602,145 @@ async def test_rewrite_without_history_needs_no_request(llm_server):
 
     assert rewritten == "How long does shipping take?"
     assert llm_server.completion_requests == []
+
+
+# --- Contact details ---------------------------------------------------------------------------------------
+
+SHIPPING_WITH_CONTACTS = GroundingEntry(
+    5, "How do I reach you?", "Write to help@shop.example or call +44 20 7946 0958; forms at https://shop.example/help."
+)
+
+
+@pytest.mark.parametrize(
+    "invented",
+    [
+        "call us on 1-800-555-0199",
+        "email support@evil.example",
+        "write to support (at) evil [dot] example",
+        "see https://evil.example/refunds",
+        "visit www.evil.example",
+        "拨打１３８１２３４５６７８",  # full-width digits in Chinese text
+    ],
+)
+async def test_a_reply_with_contact_details_the_entries_do_not_hold_is_blocked_unseen(llm_server, invented):
+    text = f"SOURCES: 5\nFor a faster refund, {invented} today."
+    llm_server.push(reply(chunks=[text[i : i + 3] for i in range(0, len(text), 3)]))
+
+    result, deltas = await ask(entries=[*ENTRIES, SHIPPING_WITH_CONTACTS])
+
+    assert result.status == "blocked" and "contact details" in result.error
+    shown = "".join(deltas)
+    assert not re.search(r"\d{3}|@|\(at\)|evil|１３８", shown), shown
+    assert invented in result.raw and text.startswith(result.raw), "kept as far as it was read (then it was cut)"
+
+
+async def test_contact_details_from_the_entries_or_the_allow_list_pass(llm_server, settings):
+    text = "SOURCES: 5\nWrite to HELP@shop.example, call 020 7946 0958 or see shop.example/help/returns."
+    llm_server.push(reply(chunks=[text[i : i + 3] for i in range(0, len(text), 3)]))
+    result, deltas = await ask(entries=[*ENTRIES, SHIPPING_WITH_CONTACTS])
+    assert result.status == "answered" and "".join(deltas) == result.text
+    assert "020 7946 0958" in result.text
+
+    settings.CHATBOT_CONTACT_ALLOWLIST = ["status.shop.example", "+1 800 555 0100"]
+    llm_server.push(reply("SOURCES: 3\nCheck status.shop.example or call 1 (800) 555-0100."))
+    result, _ = await ask()
+    assert result.status == "answered"
+
+
+# --- Servers whose chat template drops system messages ------------------------------------------------------
+
+
+async def test_a_server_that_drops_system_messages_gets_them_in_the_first_user_turn(settings):
+    from chatbot import llm as llm_module
+    from tests.llm_server import LlmTestServer
+
+    llm_module.system_roles_forget()
+    with LlmTestServer(model="gemma-like", drop_system=True) as server:
+        settings.LLM_BASE_URL, settings.LLM_MODEL, settings.LLM_TIMEOUT = server.base_url, "gemma-like", 5.0
+        history = [Turn("customer", "hi"), Turn("bot", "Hello! How can I help?")]
+        server.default = lambda body: reply("SOURCES: 3\nShipping takes 3-5 business days.")
+
+        result, _ = await ask(history=history)
+        again, _ = await ask()
+
+        assert len(server.probe_requests) == 2, "probed once (with and without a system message), then remembered"
+        assert llm_module._system_roles[(server.base_url, "gemma-like")][0] == "user"
+        assert result.status == "answered" and result.system_role == "user"
+        sent = server.completion_requests[0].body["messages"]
+        assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+        first = sent[0]["content"]
+        assert CANARY in first and "<<<FAQ ENTRY id=3>>>" in first and first.endswith("Customer's message:\nhi")
+        assert sent[-1]["content"] == QUESTION
+        # Without history the question itself carries the instructions.
+        alone = server.completion_requests[1].body["messages"]
+        assert [m["role"] for m in alone] == ["user"] and alone[0]["content"].endswith(QUESTION)
+        assert again.system_role == "user"
+
+
+async def test_a_server_that_keeps_system_messages_gets_them_and_the_setting_overrides_the_probe(llm_server, settings):
+    llm_server.default = lambda body: reply("SOURCES: 3\nShipping takes 3-5 business days.")
+    result, _ = await ask()
+    assert result.system_role == "system" and len(llm_server.probe_requests) == 2
+    assert [m["role"] for m in llm_server.completion_requests[0].body["messages"]][:2] == ["system", "system"]
+
+    settings.LLM_SYSTEM_ROLE = "user"
+    result, _ = await ask()
+    assert result.system_role == "user" and len(llm_server.probe_requests) == 2
+    assert llm_server.completion_requests[1].body["messages"][0]["role"] == "user"
+
+
+async def test_the_probe_reports_why(llm_server):
+    from tests.llm_server import LlmTestServer
+
+    role, why = await OpenAIChatLLM().system_role_resolve()
+    assert role == "system" and "adds" in why and "system messages" in why
+    with LlmTestServer(model="test-model", drop_system=True) as server:
+        config = replace(LlmConfig.from_settings(), base_url=server.base_url)
+        role, why = await OpenAIChatLLM(config).system_role_resolve()
+    assert role == "user" and "drops system messages" in why
+
+
+def test_llm_check_reports_the_mode_and_what_customers_would_see(settings):
+    import io
+
+    from django.core.management import call_command
+
+    from chatbot.llm import system_roles_forget
+    from tests.llm_server import LlmTestServer, cited
+
+    system_roles_forget()
+    with LlmTestServer(model="gemma-like", drop_system=True) as server:
+        settings.LLM_BASE_URL, settings.LLM_MODEL, settings.LLM_TIMEOUT = server.base_url, "gemma-like", 5.0
+
+        def respond(body):
+            if "garden" in json.dumps(body["messages"]):
+                return reply("Yes, we sell garden furniture!")  # invented, cites nothing
+            return cited("Standard shipping takes 3-5 business days.")(body)
+
+        server.default = respond
+        out = io.StringIO()
+        call_command("llm_check", stdout=out)
+    text = out.getvalue()
+    assert "instructions: user (a system message adds 0 prompt tokens" in text
+    assert "How long does shipping take?\n  answered: shown to the customer; citations [1]" in text
+    assert "Do you sell garden furniture?\n  ungrounded: replaced by the hand-off offer" in text
+    assert "model wrote: Yes, we sell garden furniture!" in text
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "kept"),
+    [
+        ("How long does a refund take?", "How long does a refund take?"),
+        ('"How long does a refund take?"\nI hope this helps!', "How long does a refund take?"),  # first line
+        ("How long " + "and then " * 40 + "a refund?", None),  # far longer than a question
+        # A copy of the bot's previous answer, not a question.
+        ("Returns are accepted within 30 days of delivery if the item is unused and boxed.", None),
+    ],
+)
+async def test_a_rewrite_is_one_short_line_and_never_a_copy_of_the_bots_turn(llm_server, rewrite, kept):
+    llm_server.push(reply(rewrite))
+    history = [
+        Turn("customer", "Can I return this?"),
+        Turn("bot", "Returns are accepted within 30 days of delivery if the item is unused and boxed."),
+    ]
+    assert await OpenAIChatLLM().rewrite(question="and the refund?", history=history) == kept

@@ -420,3 +420,24 @@ def test_fuzz_never_raises_and_is_consistent():
             for kind, count in result.found.items():
                 assert result.text.count(PLACEHOLDERS[kind]) >= count
         assert pii_redact(result.text).text == result.text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("write to jane.doe at mail dot example dot org today", "write to [email] today"),
+        ("jane at example dot com", "[email]"),
+        ("卡号４１１１１１１１１１１１１１１１，谢谢", "卡号[card]，谢谢"),
+        ("我的手机是１３８１２３４５６７８", "我的手机是[phone]"),
+        ("身份证１１０１０５１９４９１２３１００２Ｘ", "身份证[id]"),
+        ("card 4111.1111.1111.1111 please", "card [card] please"),
+        ("card 4111111111111111", "card [card]"),
+    ],
+)
+def test_worded_emails_and_full_width_digits_are_redacted(text, expected):
+    assert pii_redact(text).text == expected
+
+
+@pytest.mark.parametrize("text", ["meet me at noon", "look at example.com for sizes", "we are at home dot"])
+def test_at_in_ordinary_sentences_is_not_an_email(text):
+    assert "[email]" not in pii_redact(text).text

@@ -16,7 +16,7 @@ from chatbot.origins import origin_normalise
 from chatbot.protocol import PROTOCOL_VERSION
 from chatbot.sites import site_for_key
 from config.asgi import application
-from tests.llm_server import reply
+from tests.llm_server import cited
 
 SHOP = "https://shop.example"
 HOST = [(b"host", b"localhost:8000")]  # the app's own origin is then http://localhost:8000
@@ -297,7 +297,7 @@ async def test_conversations_record_their_site_and_resume_keeps_it(shop):
 
 
 async def test_a_site_with_the_llm_off_answers_as_without_an_llm(shop, llm_server):
-    llm_server.default = lambda body: reply("Sorry, we only sell clothes.\nSOURCES: none")
+    llm_server.default = cited("Sorry, we only sell clothes.")
     site = await database_sync_to_async(site_create)()
     chat, _ = await connect(f"?site={site.key}")
     assert (await ask(chat, "Do you sell garden furniture?"))["source"] == "llm"

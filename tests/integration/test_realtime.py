@@ -136,7 +136,7 @@ def test_another_tab_of_the_conversation_sees_each_exchange_through_redis(shop, 
 def test_an_llm_answer_streaming_for_more_than_ten_seconds_arrives_whole(shop, servers, llm_server):
     payment = shop["Which payment methods do you accept?"]
     chunks = [f"Part {n} of a slow answer. " for n in range(12)]
-    llm_server.default = lambda body: reply(chunks=[*chunks, f"\nSOURCES: {payment.id}"], chunk_delay=1.0)
+    llm_server.default = lambda body: reply(chunks=[f"SOURCES: {payment.id}\n", *chunks], chunk_delay=1.0)
     server = servers(redis_url=settings.TEST_REDIS_URL, llm_url=llm_server.base_url, LLM_TIMEOUT="40")
 
     async def scenario():

@@ -189,7 +189,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
 
     def llm(body):
         if "cash" in json.dumps(body["messages"][-1]):
-            return reply(chunks=[*STREAM_CHUNKS, f"\nSOURCES: {payment.id}"], chunk_delay=0.3)
+            return reply(chunks=[f"SOURCES: {payment.id}\n", *STREAM_CHUNKS], chunk_delay=0.3)
         return reply("NO_ANSWER")
 
     llm_server.default = llm
