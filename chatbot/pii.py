@@ -169,11 +169,6 @@ def _replace_spans(text: str, spans: list[Span], placeholder: str) -> str:
 # --- emails -----------------------------------------------------------------------------------------
 
 
-def email_spans(text: str) -> list[Span]:
-    """Where the email addresses in ``text`` are, plain or bracket-obfuscated (as redaction reads them)."""
-    return _email_spans(text)
-
-
 def _email_spans(text: str) -> list[Span]:
     spans = []
     for match in _EMAIL_CANDIDATE.finditer(text):

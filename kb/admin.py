@@ -124,14 +124,41 @@ class EmbeddingStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class HeldFilter(admin.SimpleListFilter):
+    """Entries held unpublished by screening (kb.screening)."""
+
+    title = "held for review"
+    parameter_name = "held"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Held"), ("no", "Not held")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(held_reason="")
+        if self.value() == "no":
+            return queryset.filter(held_reason="")
+        return queryset
+
+
 @admin.register(Entry)
 class EntryAdmin(SimpleHistoryAdmin):
-    list_display = ("question", "category", "language", "is_published", "phrasings", "embedding", "updated_at")
-    list_filter = ("is_published", "language", EmbeddingStateFilter, "category")
+    list_display = (
+        "question",
+        "category",
+        "language",
+        "is_published",
+        "held",
+        "phrasings",
+        "embedding",
+        "updated_at",
+    )
+    list_filter = ("is_published", HeldFilter, "language", EmbeddingStateFilter, "category")
     search_fields = ("question", "answer", "variants__text")
     list_editable = ("is_published",)
     form = EntryForm
-    fields = ENTRY_FIELDS
+    fields = (*ENTRY_FIELDS, "held_reason")
+    readonly_fields = ("held_reason",)
     inlines = [VariantInline]
     actions = ["publish", "unpublish", "reembed", "export_csv", "export_json", "export_xlsx"]
     change_list_template = "kb/entry_change_list.html"
@@ -143,6 +170,10 @@ class EntryAdmin(SimpleHistoryAdmin):
     @admin.display(description="phrasings", ordering="n_variants")
     def phrasings(self, obj):
         return obj.n_variants
+
+    @admin.display(description="held for review")
+    def held(self, obj):
+        return obj.held_reason or ""
 
     @admin.display(description="embedding")
     def embedding(self, obj):
@@ -157,12 +188,19 @@ class EntryAdmin(SimpleHistoryAdmin):
         fields = {name: getattr(obj, name) for name in ENTRY_FIELDS}
         if change:
             services.entry_update(entry=obj, **fields)
-            return
-        created = services.entry_create(**fields)
-        # The admin goes on with its own instance: the inlines and the response refer to it.
-        obj.pk = created.pk
-        obj.refresh_from_db()
-        obj._state.adding = False
+        else:
+            created = services.entry_create(**fields)
+            # The admin goes on with its own instance: the inlines and the response refer to it.
+            obj.pk = created.pk
+            obj.refresh_from_db()
+            obj._state.adding = False
+        if obj.held_reason:
+            self.message_user(
+                request,
+                f"“{obj.question}” is held unpublished for review: {obj.held_reason}. "
+                "Rewrite the answer (or allow the contact details) and save again to publish it.",
+                messages.WARNING,
+            )
 
     def save_formset(self, request, form, formset, change):
         """Save the phrasings edited inline with kb.services' variant_* functions."""
@@ -190,6 +228,10 @@ class EntryAdmin(SimpleHistoryAdmin):
     def publish(self, request, queryset):
         count = services.entries_set_published(entry_ids=list(queryset.values_list("id", flat=True)), published=True)
         self.message_user(request, f"Published {count} entries.", messages.SUCCESS)
+        held = queryset.exclude(held_reason="").count()
+        if held:
+            warning = f"{held} held for review stay unpublished until their text passes."
+            self.message_user(request, warning, messages.WARNING)
 
     @admin.action(description="Unpublish selected entries", permissions=["change"])
     def unpublish(self, request, queryset):

@@ -37,6 +37,8 @@ class Entry(models.Model):
     category = models.CharField(max_length=100, blank=True, db_index=True)
     language = models.CharField(max_length=8, choices=Language.choices, default=Language.ENGLISH)
     is_published = models.BooleanField("published", default=True, db_index=True)
+    # Why the entry is held unpublished for review (kb.screening), empty when it is not.
+    held_reason = models.TextField("held for review", blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     history = HistoricalRecords()

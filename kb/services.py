@@ -41,6 +41,7 @@ from kb.models import (
     Variant,
     text_hash,
 )
+from kb.screening import entry_screen
 from kb.text import text_clean
 from kb.vector_index import build_index, choose_index_kind, write_index_file
 
@@ -158,12 +159,14 @@ def entry_create(
     question, variants = text_clean(question), [text_clean(v) for v in variants or []]
     answer, category = text_clean(answer, multiline=True), text_clean(category)
     _validate(question=question, answer=answer, language=language, variants=variants, category=category)
+    held = "; ".join(entry_screen(question=question, answer=answer))
     entry = Entry.objects.create(
         question=question,
         answer=answer,
         category=category,
         language=language,
-        is_published=is_published,
+        is_published=is_published and not held,
+        held_reason=held,
     )
     entry_variants_sync(entry=entry, variants=variants, new_entry=True)
     kb_changed_notify()
@@ -191,6 +194,10 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
         variants=clean_variants or [],
         category=entry.category,
     )
+    # Screened on every save: a held entry is published only once its text passes.
+    entry.held_reason = "; ".join(entry_screen(question=entry.question, answer=entry.answer))
+    if entry.held_reason:
+        entry.is_published = False
     entry.save()
     entry_variants_sync(entry=entry, variants=clean_variants)
     kb_changed_notify()
@@ -264,8 +271,12 @@ def entries_delete(*, entry_ids: list[int]) -> int:
 
 @transaction.atomic
 def entries_set_published(*, entry_ids: list[int], published: bool) -> int:
-    """Publish or unpublish many entries; the next index version follows."""
-    entries = list(Entry.objects.filter(id__in=entry_ids).exclude(is_published=published))
+    """Publish or unpublish many entries (entries held for review stay unpublished); the next
+    index version follows. Returns how many changed."""
+    entries = Entry.objects.filter(id__in=entry_ids).exclude(is_published=published)
+    if published:
+        entries = entries.filter(held_reason="")
+    entries = list(entries)
     for entry in entries:
         entry.is_published = published
         entry.save(update_fields=["is_published", "updated_at"])

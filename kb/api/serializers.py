@@ -100,12 +100,13 @@ class EntrySerializer(serializers.ModelSerializer):
             "category",
             "language",
             "is_published",
+            "held_reason",
             "created_at",
             "updated_at",
             "variants",
             "embedding",
         ]
-        read_only_fields = ["id", "created_at", "updated_at"]
+        read_only_fields = ["id", "held_reason", "created_at", "updated_at"]
 
     @extend_schema_field(EmbeddingStatusSerializer)
     def get_embedding(self, entry: Entry) -> dict:

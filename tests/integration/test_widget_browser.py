@@ -53,7 +53,7 @@ EXTRA_ENTRIES = [
     {"question": "How do I redeem a gift card?", "answer": "Enter the code at checkout.", "variants": ["gift card"]},
     {"question": "Is there a discount code?", "answer": XSS_ANSWER, "variants": ["promo code"]},
 ]
-STREAM_CHUNKS = ["Yes! Besides ", "cash we ", "take Visa, ", "Mastercard ", "and **PayPal**."]
+STREAM_CHUNKS = ["Yes! ", "Besides cash ", "we take Visa. ", "Mastercard works too. ", "And **PayPal**."]
 
 # The widget's chat log as the customer sees it: one row per bubble.
 BUBBLES_JS = """() => {
@@ -272,7 +272,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
         "() => !document.querySelector('[data-support-chat]').shadowRoot.querySelector('.msg.streaming')",
         timeout=WAIT_MS,
     )
-    final = "Yes! Besides cash we take Visa, Mastercard and PayPal."
+    final = "Yes! Besides cash we take Visa. Mastercard works too. And PayPal."
     assert bubbles(page)[9] == {"kind": "bot", "text": final, "pending": False}
     answer = last_reply(page)
     assert (answer["source"], answer["citations"]) == ("llm", [payment.id])

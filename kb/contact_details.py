@@ -15,7 +15,20 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from chatbot.pii import email_spans
+# Email addresses: plain, with a full-width at, or written to dodge filters with bracketed at and dot
+# ("jane (at) example [dot] com").
+_AT = r"(?:[@＠]|\s*[\(\[{<]\s*at\s*[\)\]}>]\s*)"
+_DOT = r"(?:\.|\s*[\(\[{<]\s*dot\s*[\)\]}>]\s*)"
+_EMAIL = re.compile(
+    rf"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+{_AT}[A-Za-z0-9-]+(?:{_DOT}[A-Za-z0-9-]+)*{_DOT}[A-Za-z]{{2,63}}\b",
+    re.IGNORECASE,
+)
+
+
+def email_spans(text: str) -> list[tuple[int, int]]:
+    """Where the email addresses in ``text`` are."""
+    return [match.span() for match in _EMAIL.finditer(text)]
+
 
 # Web addresses: with a scheme or "www.", or a bare host name ending in a common or two-letter
 # top-level domain (so "e.g." or "3.5" never match).
