@@ -177,9 +177,11 @@ def wait_for_frame(page, kind, timeout_ms=WAIT_MS):
     raise AssertionError(f"no {kind} frame; got {[frame['type'] for frame in page.frames_in]}")
 
 
-def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_after):
+def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_after, settings):
     """One server for the whole experience, to keep browser runs few: each part uses a fresh browser
     context (a new customer, a new conversation)."""
+    # The XSS entry links to example.com: allowed, or screening would hold it unpublished.
+    settings.CHATBOT_CONTACT_ALLOWLIST = ["https://example.com"]
     host, refused = HostSite(tmp_path / "host"), HostSite(tmp_path / "refused")
     stop_after(host)
     stop_after(refused)
