@@ -8,7 +8,7 @@ from simple_history.admin import SimpleHistoryAdmin
 from chatbot.evaluation.admin import EntryWithHitTestingAdmin
 from chatbot.models import Conversation, DecisionThresholds, Feedback, Message, Site
 from chatbot.sites import site_key_rotate, site_origins
-from kb.models import Entry
+from kb.models import Entry, Language
 
 # kb.admin registered Entry when chatbot.evaluation.admin imported it (whatever the order of
 # INSTALLED_APPS); swap in the subclass that adds hit testing, at the same URLs.
@@ -34,6 +34,9 @@ class MessageInline(admin.TabularInline):
     readonly_fields = fields
     extra = 0
     can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False  # a transcript is what was said: nobody adds to it here
 
 
 class LinesField(forms.CharField):
@@ -147,6 +150,9 @@ class ConversationAdmin(admin.ModelAdmin):
     )
     inlines = [MessageInline]
 
+    def has_add_permission(self, request):
+        return False  # conversations start in the chat, not in the admin
+
 
 @admin.register(Feedback)
 class FeedbackAdmin(admin.ModelAdmin):
@@ -189,6 +195,17 @@ class MessageAdmin(admin.ModelAdmin):
         return False
 
 
+class DecisionThresholdsForm(forms.ModelForm):
+    """Thresholds for a language the bot detects (en, zh): a row for any other would be used by
+    nothing."""
+
+    language = forms.ChoiceField(choices=Language.choices)
+
+    class Meta:
+        model = DecisionThresholds
+        fields = ("language", "answer_threshold", "clarify_threshold", "clarify_margin", "max_suggestions")
+
+
 @admin.register(DecisionThresholds)
 class DecisionThresholdsAdmin(SimpleHistoryAdmin):
     """One row per question language; kb_calibrate fills them from labelled questions, and an
@@ -215,6 +232,7 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
         "updated_at",
     )
     readonly_fields = ("confidence_summary", "calibration_summary", "updated_at")
+    form = DecisionThresholdsForm
     history_list_display = ["answer_threshold", "clarify_threshold", "clarify_margin", "answer_confidence"]
 
     @admin.display(description="answers by")

@@ -49,7 +49,7 @@ def worker_command(queues: Sequence[str]) -> list[str]:
 
 def beat_command() -> list[str]:
     """Celery beat (the periodic KB sweep) exactly as docker-compose's `beat` service runs it."""
-    return [*CELERY, "beat", "--loglevel=INFO", "--schedule", "var/celerybeat-schedule"]
+    return [*CELERY, "beat", "--loglevel=INFO"]  # its schedule file: CELERY_BEAT_SCHEDULE_FILENAME, under VAR_DIR
 
 
 def web_command(host: str, port: int) -> list[str]:

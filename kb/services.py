@@ -180,13 +180,19 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
     unknown = set(fields) - allowed
     if unknown:
         raise EntryInvalid(f"unknown fields: {', '.join(sorted(unknown))}")
+    cleaned = {}
     for name, value in fields.items():
         if name in {"question", "category"}:
             value = text_clean(value)
         elif name == "answer":
             value = text_clean(value, multiline=True)
-        setattr(entry, name, value)
+        cleaned[name] = value
     clean_variants = None if variants is None else [text_clean(v) for v in variants]
+    if _unchanged(entry, cleaned, clean_variants):
+        # Nothing to save: no history record, no new index version.
+        return entry
+    for name, value in cleaned.items():
+        setattr(entry, name, value)
     _validate(
         question=entry.question,
         answer=entry.answer,
@@ -202,6 +208,18 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
     entry_variants_sync(entry=entry, variants=clean_variants)
     kb_changed_notify()
     return entry
+
+
+def _unchanged(entry: Entry, fields: dict, variants: list[str] | None) -> bool:
+    """Whether saving ``fields`` and ``variants`` would store what is stored already. Compared with
+    the database row, not ``entry``: the admin hands over an instance its form has changed."""
+    stored = Entry.objects.filter(pk=entry.pk).values(*fields).first() if entry.pk is not None else None
+    if stored is None or any(stored[name] != value for name, value in fields.items()):
+        return False
+    if variants is None:
+        return True
+    current = Variant.objects.filter(entry=entry, is_primary=False).values_list("text", flat=True)
+    return sorted(current) == sorted(v for v in variants if v)
 
 
 @transaction.atomic

@@ -241,3 +241,10 @@ def test_compose_healthchecks_ask_the_services_themselves():
     assert "celerybeat-schedule" in services["beat"]["healthcheck"]["test"][-1]
     # The web processes add up their metrics in a folder that starts empty with the container.
     assert services["web"]["environment"]["PROMETHEUS_MULTIPROC_DIR"] in services["web"]["tmpfs"]
+
+
+def test_beat_keeps_its_schedule_under_the_data_directory(settings):
+    from pathlib import Path
+
+    assert Path(settings.CELERY_BEAT_SCHEDULE_FILENAME).parent == settings.VAR_DIR
+    assert "--schedule" not in beat_command()  # not a path relative to the checkout

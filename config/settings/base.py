@@ -236,6 +236,9 @@ def celery_queues(default_queue: str, embed_queue: str) -> tuple[tuple[Queue, ..
 
 CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE, CELERY_EMBED_QUEUE)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Beat's record of when each periodic task last ran: in the data directory, like everything else
+# the project writes (not in the checkout when VAR_DIR points elsewhere).
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # A broker that is down must not hang a web request or an import for long.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 3, "socket_timeout": 10}
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
