@@ -59,7 +59,15 @@ class EntryForm(forms.ModelForm):
 
 class VariantForm(forms.ModelForm):
     """A phrasing edited inline, without the characters kb.services drops, so the formset's
-    duplicate checks compare the texts that will be saved."""
+    duplicate checks compare the texts that will be saved. The primary phrasing is the entry's
+    question: shown, not editable here (it is edited in one place, the question field)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.is_primary:
+            self.fields["text"].disabled = True
+            # A tabular inline shows no per-row help text: the hint goes on the field itself.
+            self.fields["text"].widget.attrs["title"] = "The entry's question: edit it in the Question field above."
 
     def clean_text(self):
         text = self.cleaned_data.get("text") or ""
