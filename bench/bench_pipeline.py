@@ -82,7 +82,7 @@ def main() -> None:
         before = IndexVersion.objects.order_by("-id").values_list("id", flat=True).first() or 0
         with Timer() as pipeline:
             with Timer() as importing:
-                call_command("kb_import", str(TRAIN), verbosity=0)
+                call_command("kb_import", str(TRAIN), "--publish", verbosity=0)
             total = Variant.objects.count()
             latest = wait_until_searchable(before)
         assert latest.vector_count == total

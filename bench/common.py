@@ -101,7 +101,7 @@ def banking77_oos_kb_load(workdir: Path):
         writer.writerows(
             (row["question"], row["category"]) for row in labelled_rows_read(DATA / "banking77-oos" / "train")
         )
-    call_command("kb_import", str(kb_file), verbosity=0)
+    call_command("kb_import", str(kb_file), "--publish", verbosity=0)
     with Timer() as embedding:
         while services.variants_embed_batch(limit=256).remaining:
             pass

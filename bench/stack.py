@@ -49,7 +49,7 @@ class Stack:
         from config.runstack import worker_command, worker_queues
         from kb.models import IndexVersion, KbRevision, Variant
 
-        call_command("kb_import", str(path), verbosity=0)
+        call_command("kb_import", str(path), "--publish", verbosity=0)
         if self.worker is None:
             self.worker = subprocess.Popen(
                 worker_command(worker_queues()),

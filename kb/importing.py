@@ -7,8 +7,8 @@ variants (alternate phrasings separated by "|" or new lines; a list in JSON).
 
 Phrasing layout (e.g. BANKING77's train.csv): columns text and category, one customer phrasing a
 row; each category becomes one entry whose question is its first phrasing and whose other
-phrasings become variants. Optional columns answer (first non-empty one wins; default
-"(intent: <category>)") and language.
+phrasings become variants. Optional columns answer (first non-empty one wins) and language; an
+entry without an answer gets the placeholder "(intent: <category>)" and is imported unpublished.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from kb.models import Entry
 from kb.text import text_key, text_normalise
 
 REQUIRED_COLUMNS = ("question", "answer")
+PLACEHOLDER_ANSWER = "(intent: {category})"
+"""The answer of an entry made from a phrasing file without answers; such entries are unpublished."""
 KNOWN_COLUMNS = {"question", "answer", "category", "language", "published", "variants"}
 TRUE_WORDS = {"1", "true", "yes", "y", "published"}
 FALSE_WORDS = {"0", "false", "no", "n", "draft", "unpublished", ""}
@@ -143,7 +145,11 @@ def _rows_in_phrasing_layout(rows: list[dict]) -> list[dict]:
         if not entry["answer"] and answer:
             entry["answer"] = answer
     for category, entry in grouped.items():
-        entry["answer"] = entry["answer"] or f"(intent: {category})"
+        if not entry["answer"]:
+            # A placeholder is no answer for a customer: such entries come in unpublished, for an
+            # editor to write their answers (kb_import --publish overrides it, e.g. for benchmarks).
+            entry["answer"] = PLACEHOLDER_ANSWER.format(category=category)
+            entry["published"] = False
     return list(grouped.values())
 
 

@@ -79,7 +79,31 @@ def test_banking77_phrasing_layout_becomes_one_entry_per_category(banking77_trai
     assert card_arrival["answer"] == "(intent: card_arrival)" and len(card_arrival["variants"]) > 100
     result = entries_import(rows=rows[:5])
     assert result.created == 5
-    assert Entry.objects.get(category="card_arrival").variants.count() == 1 + len(card_arrival["variants"])
+    entry = Entry.objects.get(category="card_arrival")
+    assert entry.variants.count() == 1 + len(card_arrival["variants"])
+    # A placeholder is no answer for a customer: imported unpublished, for an editor to finish.
+    assert not Entry.objects.filter(is_published=True).exists()
+
+
+def test_a_phrasing_file_without_answers_never_reaches_customers_unless_published_on_purpose(tmp_path):
+    from chatbot.pipeline import answer_question
+    from tests.factories import kb_embed_and_publish
+
+    path = tmp_path / "intents.csv"
+    path.write_text(
+        "text,category\nMy card was declined,card_declined\nwhy was my card refused,card_declined\n"
+        "where is my new card,card_arrival\nmy card has not arrived,card_arrival\n"
+    )
+    call_command("kb_import", str(path), verbosity=0)
+    kb_embed_and_publish()
+    assert set(Entry.objects.values_list("is_published", flat=True)) == {False}
+    answer = answer_question("my card was declined", llm_available=False)
+    assert "(intent:" not in answer.text and not answer.hits
+
+    call_command("kb_import", str(path), "--publish", verbosity=0)  # a benchmark's explicit choice
+    kb_embed_and_publish()
+    assert set(Entry.objects.values_list("is_published", flat=True)) == {True}
+    assert answer_question("my card was declined", llm_available=False).hits
 
 
 def test_xlsx_import_with_bad_cells_reports_rows(tmp_path):

@@ -14,12 +14,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
+        parser.add_argument(
+            "--publish",
+            action="store_true",
+            help="publish every entry, also those a phrasing file gives no answer (placeholders, unpublished "
+            "by default): for benchmarks and evaluation, never for customers",
+        )
 
-    def handle(self, *args, file: Path, **options):
+    def handle(self, *args, file: Path, publish: bool, **options):
         try:
             rows = read_rows(file)
         except ImportFileError as exc:
             raise CommandError(str(exc)) from exc
+        if publish:
+            for row in rows:
+                row["published"] = True
         with tqdm(total=len(rows), desc="import", unit="row", disable=options["verbosity"] < 1) as bar:
             result = entries_import(rows=rows, progress=bar.update)
         if not result.ok:
