@@ -446,6 +446,7 @@ class StreamFilter:
         self.allowed_ids = list(allowed_ids)
         self.require_citation = require_citation
         self.contact_sources = list(contact_sources)
+        self._allowed_contacts = None
         # With it, text is shown a whole sentence at a time, each checked first (see RuleEcho).
         self.rule_echo = rule_echo
         self.checked = 0  # how much of the body the rule-echo check has read
@@ -511,9 +512,11 @@ class StreamFilter:
         self.blocked, self.block_reason = True, reason
 
     def _foreign_contacts(self, text: str) -> list[str]:
-        from kb.contact_details import contacts_not_allowed
+        from kb.contact_details import contacts_allowed, contacts_outside
 
-        return [contact.text for contact in contacts_not_allowed(text, self.contact_sources)]
+        if self._allowed_contacts is None:  # the entries are read once per reply, not per chunk
+            self._allowed_contacts = contacts_allowed(self.contact_sources)
+        return [contact.text for contact in contacts_outside(text, self._allowed_contacts)]
 
     def _header(self, *, final: bool = False) -> tuple[list[int], str] | str | None:
         """The leading SOURCES line, if the reply starts with one: (its citations, the text after
@@ -793,27 +796,27 @@ class OpenAIChatLLM:
         cannot reach the server."""
         if self.config.system_role in ("system", "user"):
             return self.config.system_role, f"LLM_SYSTEM_ROLE={self.config.system_role}"
-        key = (self.config.base_url, self.config.model)
-        if key not in _system_roles:
-            async with self._client() as client:
-                _system_roles[key] = await system_role_probe(client, self.config.model)
-            logger.info("LLM server %s (%s): %s", self.config.base_url, self.config.model, _system_roles[key][1])
-        return _system_roles[key]
+        async with self._client() as client:
+            return await self._system_role_probed(client)
 
     async def _system_role(self, client: AsyncOpenAI) -> str:
         if self.config.system_role in ("system", "user"):
             return self.config.system_role
+        try:
+            async with asyncio.timeout(min(PROBE_TIMEOUT_SECONDS, self.config.timeout / 3)):
+                return (await self._system_role_probed(client))[0]
+        except (TimeoutError, OpenAIError, ValueError) as exc:
+            # Not remembered: the next answer probes again. Meanwhile system messages, as most servers want.
+            logger.info("LLM system-role probe failed (%s): sending system messages", exc)
+            return "system"
+
+    async def _system_role_probed(self, client: AsyncOpenAI) -> tuple[str, str]:
+        """The probe's finding for this server and model, probed once per process."""
         key = (self.config.base_url, self.config.model)
         if key not in _system_roles:
-            try:
-                async with asyncio.timeout(min(PROBE_TIMEOUT_SECONDS, self.config.timeout / 3)):
-                    _system_roles[key] = await system_role_probe(client, self.config.model)
-            except (TimeoutError, OpenAIError, ValueError) as exc:
-                # Not remembered: the next answer probes again. Meanwhile system messages, as most servers want.
-                logger.info("LLM system-role probe failed (%s): sending system messages", exc)
-                return "system"
+            _system_roles[key] = await system_role_probe(client, self.config.model)
             logger.info("LLM server %s (%s): %s", self.config.base_url, self.config.model, _system_roles[key][1])
-        return _system_roles[key][0]
+        return _system_roles[key]
 
     async def rewrite(self, *, question: str, history: list[Turn]) -> str | None:
         """The customer's last message rewritten as one standalone question using the recent history, or None

@@ -389,21 +389,19 @@ class IndexVersionAdmin(admin.ModelAdmin):
         return False
 
 
+def _by_half(record: dict | None, key: str, line) -> str:
+    """One line per half of a kb_tune run that has ``key`` in its part of ``record`` (scores or
+    data): the English model's (top level), then the USE adapter's, prefixed with its name."""
+    halves = [("", record or {}), ("USE adapter ", (record or {}).get("use_adapter") or {})]
+    lines = [name + line(half) for name, half in halves if key in half]
+    return format_html_join(mark_safe("<br>"), "{}", ((text,) for text in lines)) if lines else "-"
+
+
 def _scores_line(scores: dict, key: str, fmt: str) -> str:
-    """Was → tuned for each half a run measured: the English model's, then the USE adapter's."""
-    halves = [("", scores or {}), ("USE adapter ", (scores or {}).get("use_adapter") or {})]
-    lines = [
-        f"{name}{format(half['active'][key], fmt)} → {format(half['tuned'][key], fmt)}"
-        for name, half in halves
-        if "active" in half
-    ]
-    return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
-
-
-def _paired_tests(scores: dict) -> str:
-    halves = [("", scores or {}), ("USE adapter ", (scores or {}).get("use_adapter") or {})]
-    lines = [f"{name}{half['p_top1']:.3g}, {half['p_f1']:.3g}" for name, half in halves if "p_top1" in half]
-    return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
+    """Was → tuned for each half a run measured."""
+    return _by_half(
+        scores, "active", lambda half: f"{format(half['active'][key], fmt)} → {format(half['tuned'][key], fmt)}"
+    )
 
 
 @admin.register(EmbeddingModel)
@@ -444,7 +442,7 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="p (top-1, F1)")
     def paired_tests(self, obj):
-        return _paired_tests(obj.scores)
+        return _by_half(obj.scores, "p_top1", lambda half: f"{half['p_top1']:.3g}, {half['p_f1']:.3g}")
 
     @admin.display(description="training")
     def training_time(self, obj):
@@ -454,13 +452,11 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="phrasings (held out)")
     def trained_on(self, obj):
-        halves = [("", obj.data or {}), ("USE adapter ", (obj.data or {}).get("use_adapter") or {})]
-        lines = [
-            f"{name}{d['train_phrasings']} of {d['entries']} entries ({d['held_out']} + {d['out_of_scope']})"
-            for name, d in halves
-            if "train_phrasings" in d
-        ]
-        return format_html_join(mark_safe("<br>"), "{}", ((line,) for line in lines)) if lines else "-"
+        return _by_half(
+            obj.data,
+            "train_phrasings",
+            lambda d: f"{d['train_phrasings']} of {d['entries']} entries ({d['held_out']} + {d['out_of_scope']})",
+        )
 
     @admin.display(description="")
     def switch(self, obj):

@@ -80,7 +80,16 @@ def contacts_not_allowed(text: str, allowed_sources: Iterable[str]) -> list[Cont
     """The contact details in ``text`` that none of ``allowed_sources`` (texts: the FAQ entries, the
     allow-list) contains. Web addresses are allowed by host, phone numbers by their last 7+ digits
     (a country code or trunk prefix may be added or left out)."""
-    allowed = [contact for source in allowed_sources for contact in contacts_find(source)]
+    return contacts_outside(text, contacts_allowed(allowed_sources))
+
+
+def contacts_allowed(sources: Iterable[str]) -> list[Contact]:
+    """The contact details the texts ``sources`` give (read once, checked against many times)."""
+    return [contact for source in sources for contact in contacts_find(source)]
+
+
+def contacts_outside(text: str, allowed: list[Contact]) -> list[Contact]:
+    """The contact details in ``text`` that are none of ``allowed`` (see :func:`contacts_not_allowed`)."""
     return [contact for contact in contacts_find(text) if not any(_same(contact, other) for other in allowed)]
 
 

@@ -18,6 +18,8 @@ import numpy as np
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from kb.tuning import adapter_apply
+
 logger = logging.getLogger(__name__)
 
 
@@ -227,8 +229,6 @@ class LanguageRoutedEmbedder:
         return self._multilingual
 
     def _multilingual_encode(self, texts: list[str]) -> np.ndarray:
-        from kb.tuning import adapter_apply
-
         return adapter_apply(self._multilingual.encode(texts), self._adapter)
 
     def encode(self, texts: list[str]) -> np.ndarray:

@@ -299,6 +299,36 @@ def _batches(train: Sequence[Phrasing], batch_size: int, rng: random.Random, min
     return batches
 
 
+def _epoch_plan(
+    train: Sequence[Phrasing], batch_size: int, epochs: int, min_batch: int, rng: random.Random
+) -> tuple[dict[int, list[int]], list[int], list[list[list[int]]], int]:
+    """What the training loops share: each entry's rows, the anchor rows (phrasings with a sibling
+    to pair with), each epoch's batches of anchor positions (:func:`_batches`) and the step count.
+    Raises NotEnoughPhrasings when there is nothing to train on."""
+    by_entry: dict[int, list[int]] = defaultdict(list)
+    for i, phrasing in enumerate(train):
+        by_entry[phrasing.entry_id].append(i)
+    anchor_rows = [i for i, p in enumerate(train) if len(by_entry[p.entry_id]) >= 2]
+    anchors = [train[i] for i in anchor_rows]
+    plan = [_batches(anchors, batch_size, rng, min_batch) for _ in range(epochs)]
+    steps = sum(len(batches) for batches in plan)
+    if steps == 0:
+        raise NotEnoughPhrasings("no entry has two phrasings to train on")
+    return by_entry, anchor_rows, plan, steps
+
+
+def _run_summary(steps: int, anchors: int, epochs: int, started: float, losses: list[float]) -> dict:
+    """What a training run did, for the version's record."""
+    return {
+        "steps": steps,
+        "anchors": anchors,
+        "epochs": epochs,
+        "seconds": round(time.perf_counter() - started, 1),
+        "first_loss": round(float(np.mean(losses[: max(1, len(losses) // 10)])), 4),
+        "last_loss": round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 4),
+    }
+
+
 def contrastive_train(
     model,
     train: Sequence[Phrasing],
@@ -316,18 +346,12 @@ def contrastive_train(
     settings = settings or TrainingSettings()
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
-    by_entry: dict[int, list[int]] = defaultdict(list)
-    for i, phrasing in enumerate(train):
-        by_entry[phrasing.entry_id].append(i)
-    anchors = [p for p in train if len(by_entry[p.entry_id]) >= 2]
-    anchor_rows = [i for i, p in enumerate(train) if len(by_entry[p.entry_id]) >= 2]
     negatives = None
     if settings.hard_negatives and base_vectors is not None:
         negatives = _hard_negatives(train, base_vectors)
-    epochs = [_batches(anchors, settings.batch_size, rng, settings.min_batch) for _ in range(settings.epochs)]
-    steps = sum(len(batches) for batches in epochs)
-    if steps == 0:
-        raise NotEnoughPhrasings("no entry has two phrasings to train on")
+    by_entry, anchor_rows, epochs, steps = _epoch_plan(
+        train, settings.batch_size, settings.epochs, settings.min_batch, rng
+    )
     model.max_seq_length = settings.max_seq_length
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     warmup = max(1, int(steps * settings.warmup_share))
@@ -376,14 +400,7 @@ def contrastive_train(
             if progress is not None:
                 progress(step, steps, losses[-1])
     model.eval()
-    return {
-        "steps": steps,
-        "anchors": len(anchors),
-        "epochs": settings.epochs,
-        "seconds": round(time.perf_counter() - started, 1),
-        "first_loss": round(float(np.mean(losses[: max(1, len(losses) // 10)])), 4),
-        "last_loss": round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 4),
-    }
+    return _run_summary(steps, len(anchor_rows), settings.epochs, started, losses)
 
 
 # --- an adapter over a frozen model ----------------------------------------------------------
@@ -429,15 +446,7 @@ def adapter_train(
     settings = settings or AdapterSettings()
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
-    by_entry: dict[int, list[int]] = defaultdict(list)
-    for i, phrasing in enumerate(train):
-        by_entry[phrasing.entry_id].append(i)
-    anchor_rows = [i for i, p in enumerate(train) if len(by_entry[p.entry_id]) >= 2]
-    anchors = [train[i] for i in anchor_rows]
-    epochs = [_batches(anchors, settings.batch_size, rng, 2) for _ in range(settings.epochs)]
-    steps = sum(len(batches) for batches in epochs)
-    if steps == 0:
-        raise NotEnoughPhrasings("no entry has two phrasings to train on")
+    by_entry, anchor_rows, epochs, steps = _epoch_plan(train, settings.batch_size, settings.epochs, 2, rng)
     frozen = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     dim = frozen.shape[1]
     identity = torch.eye(dim)
@@ -462,11 +471,6 @@ def adapter_train(
             losses.append(float(loss.detach()))
             if progress is not None:
                 progress(step, steps, losses[-1])
-    return weight.detach().numpy().astype(np.float32), {
-        "steps": steps,
-        "anchors": len(anchor_rows),
-        "epochs": settings.epochs,
-        "seconds": round(time.perf_counter() - started, 1),
-        "first_loss": round(float(np.mean(losses[: max(1, len(losses) // 10)])), 4),
-        "last_loss": round(float(np.mean(losses[-max(1, len(losses) // 10) :])), 4),
-    }
+    return weight.detach().numpy().astype(np.float32), _run_summary(
+        steps, len(anchor_rows), settings.epochs, started, losses
+    )

@@ -217,19 +217,7 @@ def test_the_import_preview_keeps_the_upload_in_the_shared_storage_until_confirm
 def test_saving_an_entry_unchanged_writes_no_history_and_publishes_nothing(editor_client):
     entry = entries_create()[0]
     kb_embed_and_publish()
-    variants = list(entry.variants.order_by("id"))
-    data = {
-        "question": entry.question,
-        "answer": entry.answer,
-        "category": entry.category,
-        "language": entry.language,
-        "is_published": "on",
-        **inline_management(total=len(variants), initial=len(variants)),
-    }
-    for number, variant in enumerate(variants):
-        data[f"variants-{number}-id"] = str(variant.id)
-        data[f"variants-{number}-entry"] = str(entry.id)
-        data[f"variants-{number}-text"] = variant.text
+    data = change_form(entry)
     history, revision = entry.history.count(), kb_revision()
     response = editor_client.post(f"/admin/kb/entry/{entry.id}/change/", data)
     assert response.status_code == 302, response.content.decode()[:2000]
