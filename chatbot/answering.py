@@ -198,7 +198,10 @@ def _reply(answer: Answer, **overrides) -> BotReply:
 
 
 async def _llm_reply(llm, answer: Answer, question: str, history: list[Turn], budget: float, on_delta) -> BotReply:
-    entries = [GroundingEntry(entry_id=hit.entry_id, question=hit.question, answer=hit.answer) for hit in answer.hits]
+    entries = [
+        GroundingEntry(entry_id=hit.entry_id, question=hit.question, answer=hit.answer_for(answer.language))
+        for hit in answer.hits
+    ]
     result = await llm.answer(
         question=question, entries=entries, history=history, language=answer.language, on_delta=on_delta
     )
@@ -228,8 +231,10 @@ def _choose(conversation: Conversation, entry_id: int, client_id: str) -> Stored
     entry = Entry.objects.filter(id=entry_id, is_published=True).first()
     if offer is None or entry is None:
         raise ChoiceInvalid("That entry was not offered in this conversation, or is no longer available.")
-    record = record_of_choice(language=detect_language(entry.question), suggestion_message_id=offer.id)
-    reply = BotReply(source=Source.FAQ, text=entry.answer, record=record, entry_id=entry.id, score=None)
+    # Answered in the language the customer asked in (the offer's), else the entry's.
+    language = (offer.decision or {}).get("language") or detect_language(entry.question)
+    record = record_of_choice(language=language, suggestion_message_id=offer.id)
+    reply = BotReply(source=Source.FAQ, text=entry.answer_for(language), record=record, entry_id=entry.id, score=None)
     return exchange_save(conversation=conversation, client_id=client_id, customer_text=entry.question, reply=reply)
 
 

@@ -306,3 +306,28 @@ class Feedback(models.Model):
 
     def __str__(self) -> str:
         return f"{self.value} on message {self.message_id}"
+
+
+class EntryHits(models.Model):
+    """How often an FAQ entry answered customers, and when it last did. Counted from the stored
+    replies by chatbot.entry_hits.entry_hits_refresh (a periodic task), so answering a customer
+    writes nothing more than its messages."""
+
+    entry = models.OneToOneField("kb.Entry", on_delete=models.CASCADE, primary_key=True, related_name="hits")
+    count = models.PositiveIntegerField(default=0, db_index=True)
+    last_hit_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "entry hits"
+
+    def __str__(self) -> str:
+        return f"entry {self.entry_id}: {self.count} hits"
+
+
+class EntryHitsCounted(models.Model):
+    """One row: the id of the last message EntryHits has counted."""
+
+    last_message_id = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"counted up to message {self.last_message_id}"

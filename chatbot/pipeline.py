@@ -181,7 +181,7 @@ def _answer(
     options = [{"entry_id": hits[i].entry_id, "question": hits[i].question} for i in decision.options]
     entry_id, text = None, ""
     if decision.kind == Kind.FAQ:
-        entry_id, text = best.entry_id, best.answer
+        entry_id, text = best.entry_id, best.answer_for(language)
     elif decision.kind == Kind.CLARIFY:
         text = reply_text("clarify", language)
     elif decision.kind == Kind.HANDOFF:

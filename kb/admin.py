@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Count, Q
 from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import redirect
@@ -19,16 +20,36 @@ from simple_history.admin import SimpleHistoryAdmin
 
 from kb import services
 from kb.embedding_models import embedding_model_active
-from kb.embedding_state import embedding_state, entries_in_embedding_state, entries_with_embedding_counts
+from kb.embedding_state import (
+    embedding_counts,
+    embedding_state,
+    entries_in_embedding_state,
+    entries_with_embedding_counts,
+    waiting_for_index,
+)
 from kb.exporting import FORMATS, export_rows, render
 from kb.import_files import ImportLimits, size_check
-from kb.import_jobs import import_job_confirm, import_job_confirmable, import_job_create
+from kb.import_jobs import import_job_confirm, import_job_confirmable, import_job_create, import_job_record
 from kb.importing import ImportFileError, entries_import, read_rows_from_bytes, upload_rows_if_small
-from kb.models import EmbeddingModel, EmbeddingState, Entry, ImportJob, IndexVersion, Variant, text_hash
+from kb.models import (
+    EmbeddingModel,
+    EmbeddingState,
+    Entry,
+    ImportJob,
+    IndexVersion,
+    Language,
+    Variant,
+    text_hash,
+)
 from kb.text import text_clean, text_sanitise
 
 # The entry's own fields, edited on its page, in the changelist (published) and by a history revert.
 ENTRY_FIELDS = ("question", "answer", "category", "language", "is_published")
+
+
+def _other_language(language: str) -> str:
+    # Entries are in one of two languages (kb.models.Language): the other is the one translated to.
+    return Language.CHINESE if language == Language.ENGLISH else Language.ENGLISH
 
 
 NOTHING_LEFT = "Nothing is left of this text once control, zero-width and bidi characters are removed."
@@ -43,8 +64,56 @@ def _text_kept(text: str | None, *, multiline: bool = False) -> str:
     return kept
 
 
+class CategoryInput(forms.TextInput):
+    """A text input that suggests the categories in use (a datalist): typing picks an existing one
+    rather than a near-duplicate."""
+
+    def render(self, name, value, attrs=None, renderer=None):
+        list_id = f"{(attrs or {}).get('id', name)}-choices"
+        attrs = {**(attrs or {}), "list": list_id, "autocomplete": "off"}
+        options = format_html_join("", '<option value="{}">', ((c,) for c in categories_in_use()))
+        field = super().render(name, value, attrs, renderer)
+        return format_html('{}<datalist id="{}">{}</datalist>', field, list_id, options)
+
+
+def categories_in_use() -> list[str]:
+    """Every category an entry has, in order."""
+    return list(Entry.objects.exclude(category="").order_by("category").values_list("category", flat=True).distinct())
+
+
 class EntryForm(forms.ModelForm):
-    """The entry's own fields, cleaned by the rule every write path shares."""
+    """The entry's own fields, cleaned by the rule every write path shares, its answer for
+    questions in the other language (Entry.translations), and phrasings pasted in bulk."""
+
+    more_phrasings = forms.CharField(
+        label="Add phrasings",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80, "placeholder": "One phrasing a line"}),
+        help_text="Paste any number, one a line: added to the phrasings below (repeats and the question are skipped).",
+    )
+
+    translated_answer = forms.CharField(
+        label="Answer for questions in the other language",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
+        help_text="Chinese for an English entry, English for a Chinese one: a question asked in that language "
+        "gets this answer. Leave empty to answer every language with the answer above.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        translations = getattr(self.instance, "translations", None) or {}
+        other = _other_language(getattr(self.instance, "language", None) or Language.ENGLISH)
+        self.fields["translated_answer"].initial = translations.get(other, "")
+
+    def clean_translated_answer(self):
+        return _text_kept(self.cleaned_data.get("translated_answer"), multiline=True)
+
+    def translations(self) -> dict[str, str]:
+        """The form's answer in the other language, keyed by that language's code."""
+        text = self.cleaned_data.get("translated_answer") or ""
+        language = self.cleaned_data.get("language") or Language.ENGLISH
+        return {_other_language(language): text} if text else {}
 
     def clean_question(self):
         return _text_kept(self.cleaned_data.get("question"))
@@ -55,6 +124,10 @@ class EntryForm(forms.ModelForm):
     def clean_category(self):
         # Optional: nothing left is no category, as kb.services stores it.
         return text_clean(self.cleaned_data.get("category"))
+
+    def clean_more_phrasings(self):
+        lines = (self.cleaned_data.get("more_phrasings") or "").splitlines()
+        return [text for text in (text_clean(line) for line in lines) if text]
 
 
 class VariantForm(forms.ModelForm):
@@ -112,9 +185,14 @@ class VariantInline(admin.TabularInline):
     model = Variant
     form = VariantForm
     formset = VariantInlineFormSet
-    fields = ("text", "is_primary", "embedding_state", "embedding_error")
-    readonly_fields = ("is_primary", "embedding_state", "embedding_error")
+    fields = ("text", "is_primary", "embedding", "embedding_error")
+    readonly_fields = ("is_primary", "embedding", "embedding_error")
     extra = 3
+
+    @admin.display(description="embedding state")
+    def embedding(self, obj):
+        # A row not saved yet has no state (its default, "pending", would say it waits for a vector).
+        return obj.get_embedding_state_display() if obj.pk else ""
 
 
 class EmbeddingStateFilter(admin.SimpleListFilter):
@@ -149,11 +227,25 @@ class HeldFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CategoryFilter(admin.SimpleListFilter):
+    """Entries by category, as a drop-down: a knowledge base may have a hundred categories."""
+
+    title = "category"
+    parameter_name = "category"
+    template = "kb/select_filter.html"
+
+    def lookups(self, request, model_admin):
+        return [(name, name) for name in categories_in_use()]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(category=self.value()) if self.value() is not None else queryset
+
+
 @admin.register(Entry)
 class EntryAdmin(SimpleHistoryAdmin):
     list_display = (
         "question",
-        "category",
+        "category_cell",
         "language",
         "is_published",
         "held",
@@ -161,19 +253,40 @@ class EntryAdmin(SimpleHistoryAdmin):
         "embedding",
         "updated_at",
     )
-    list_filter = ("is_published", HeldFilter, "language", EmbeddingStateFilter, "category")
+    list_filter = ("is_published", HeldFilter, "language", EmbeddingStateFilter, CategoryFilter)
     search_fields = ("question", "answer", "variants__text")
     list_editable = ("is_published",)
     form = EntryForm
-    fields = (*ENTRY_FIELDS, "held_reason")
+    fields = (
+        "question",
+        "answer",
+        "translated_answer",
+        "category",
+        "language",
+        "is_published",
+        "held_reason",
+        "more_phrasings",
+    )
     readonly_fields = ("held_reason",)
     inlines = [VariantInline]
     actions = ["publish", "unpublish", "reembed", "export_csv", "export_json", "export_xlsx"]
     change_list_template = "kb/entry_change_list.html"
+    change_form_template = "kb/entry_change_form.html"
     history_list_display = ["is_published", "category"]
+    object_history_form_template = "kb/entry_history_form.html"
 
     def get_queryset(self, request):
         return entries_with_embedding_counts(super().get_queryset(request))
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "category":
+            kwargs["widget"] = CategoryInput(attrs={"class": "vTextField"})
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
+
+    @admin.display(description="category", ordering="category")
+    def category_cell(self, obj):
+        # Long category names (BANKING77 has 77 of up to 50 characters) must not squeeze the question.
+        return format_html('<span class="category-cell" title="{}">{}</span>', obj.category, obj.category)
 
     @admin.display(description="phrasings", ordering="n_variants")
     def phrasings(self, obj):
@@ -185,23 +298,72 @@ class EntryAdmin(SimpleHistoryAdmin):
 
     @admin.display(description="embedding")
     def embedding(self, obj):
-        state = embedding_state(failed=obj.n_failed, pending=obj.n_pending)
+        state = embedding_state(
+            failed=obj.n_failed, pending=obj.n_pending, unindexed=waiting_for_index(obj.changed_revision, obj.live)
+        )
         count = {EmbeddingState.FAILED: obj.n_failed, EmbeddingState.PENDING: obj.n_pending}.get(state)
         return f"{state.value} ({count})" if count else state.value
 
     # --- saving: through kb.services, as the API and imports do ------------------------------
     def save_model(self, request, obj, form, change):
-        """Create or update the entry with kb.services (its primary phrasing follows the question,
-        and embedding is queued). Also the path of a history revert and of list_editable."""
+        """Nothing is written yet: the entry's fields are saved with its phrasings in save_related,
+        in one kb.services call (one history row with both, one index version). A history revert,
+        which no save_related follows, is saved here with that version's phrasings."""
         fields = {name: getattr(obj, name) for name in ENTRY_FIELDS}
+        if isinstance(form, EntryForm):  # the change form and a revert, not the changelist's column
+            fields["translations"] = form.translations()
+        version_id = getattr(request, "_kb_revert_version", None)
+        if version_id is not None:
+            services.entry_revert(entry=obj, version_id=version_id, **fields)
+            self._warn_if_held(request, obj)
+            return
+        obj._kb_fields = fields
+
+    def save_related(self, request, form, formsets, change):
+        """Create or update the entry with kb.services: its fields, the phrasings edited inline (its
+        primary phrasing follows the question) and embedding queued, as the API and imports do.
+        Also the path of the changelist's "published" column (no formsets)."""
+        obj = form.instance
+        fields = obj.__dict__.pop("_kb_fields", None) or {name: getattr(obj, name) for name in ENTRY_FIELDS}
+        phrasings, renamed = None, None
+        for formset in formsets:
+            if formset.model is Variant:
+                phrasings, renamed = self._phrasings_after(obj, formset)
+            else:
+                formset.save()
+        pasted = form.cleaned_data.get("more_phrasings") if isinstance(form, EntryForm) else None
+        if pasted:
+            # Repeats and the question itself are dropped by kb.services, as for an import.
+            phrasings = [*(phrasings if phrasings is not None else services.entry_phrasings(entry_id=obj.pk)), *pasted]
         if change:
-            services.entry_update(entry=obj, **fields)
+            services.entry_update(entry=obj, variants=phrasings, renamed=renamed, **fields)
         else:
-            created = services.entry_create(**fields)
-            # The admin goes on with its own instance: the inlines and the response refer to it.
+            created = services.entry_create(variants=phrasings or [], **fields)
+            # The admin goes on with its own instance: the change message and the response use it.
             obj.pk = created.pk
             obj.refresh_from_db()
             obj._state.adding = False
+        self._warn_if_held(request, obj)
+
+    @staticmethod
+    def _phrasings_after(entry: Entry, formset) -> tuple[list[str], dict[int, str]]:
+        """The entry's alternate phrasings once the inline's deletions, edits and additions apply,
+        and the edited ones by id. Started from the stored ones, so a phrasing added meanwhile
+        elsewhere (the API, an import) is kept, not dropped for being absent from the page."""
+        formset.save(commit=False)  # sorts the forms into deleted, changed and new; writes nothing
+        stored = {}
+        if entry.pk is not None:
+            rows = Variant.objects.filter(entry_id=entry.pk, is_primary=False).order_by("id")
+            stored = dict(rows.values_list("pk", "text"))
+        for variant in formset.deleted_objects:
+            stored.pop(variant.pk, None)
+        renamed = {}
+        for variant, _fields in formset.changed_objects:
+            if variant.pk in stored:
+                stored[variant.pk] = renamed[variant.pk] = variant.text
+        return [*stored.values(), *(variant.text for variant in formset.new_objects)], renamed
+
+    def _warn_if_held(self, request, obj) -> None:
         if obj.held_reason:
             self.message_user(
                 request,
@@ -210,18 +372,40 @@ class EntryAdmin(SimpleHistoryAdmin):
                 messages.WARNING,
             )
 
-    def save_formset(self, request, form, formset, change):
-        """Save the phrasings edited inline with kb.services' variant_* functions."""
-        if formset.model is not Variant:
-            super().save_formset(request, form, formset, change)
-            return
-        formset.save(commit=False)  # sorts the forms into deleted, changed and new; writes nothing
-        for variant in formset.deleted_objects:
-            services.variant_delete(variant=variant)
-        for variant, _fields in formset.changed_objects:
-            services.variant_update(variant=variant, text=variant.text)
-        for variant in formset.new_objects:
-            services.variant_create(entry=form.instance, text=variant.text)
+    # --- history: phrasings are kept and restored with the entry --------------------------------
+    def history_form_view(self, request, object_id, version_id, extra_context=None):
+        """A version of the entry, with the phrasings a revert restores (kb.services.entry_revert)."""
+        record = Entry.history.filter(id=object_id, history_id=version_id).first()
+        if request.method == "POST":
+            entry = Entry.objects.filter(pk=object_id).first()
+            if record is None or entry is None or not self.has_change_permission(request, entry):
+                raise PermissionDenied
+            request._kb_revert_version = int(version_id)
+        context = {**(extra_context or {})}
+        if record is not None:
+            current = services.entry_phrasings(entry_id=record.id)
+            context["version_phrasings"] = record.phrasings
+            if record.phrasings is not None:
+                context["phrasings_restored"] = [t for t in record.phrasings if t not in current]
+                context["phrasings_dropped"] = [t for t in current if t not in record.phrasings]
+        return super().history_form_view(request, object_id, version_id, context)
+
+    def set_history_delta_changes(self, request, historical_records, foreign_keys_are_objs=True):
+        """The history list's "Changes" column, with the phrasings each save added and removed."""
+        super().set_history_delta_changes(request, historical_records, foreign_keys_are_objs)
+        records = list(historical_records)
+        for newer, older in zip(records, records[1:], strict=False):
+            if newer.phrasings is None or older.phrasings is None:
+                continue
+            removed = [t for t in older.phrasings if t not in newer.phrasings]
+            added = [t for t in newer.phrasings if t not in older.phrasings]
+            if removed or added:
+                change = {
+                    "field": "phrasings",
+                    "old": "; ".join(f"− {t}" for t in removed) or "",
+                    "new": "; ".join(f"+ {t}" for t in added) or "",
+                }
+                newer.history_delta_changes = [*(getattr(newer, "history_delta_changes", None) or []), change]
 
     @transaction.atomic
     def delete_model(self, request, obj):
@@ -278,6 +462,7 @@ class EntryAdmin(SimpleHistoryAdmin):
                 name="kb_entry_import_job",
             ),
             path("export/", self.admin_site.admin_view(self.export_view), name="kb_entry_export"),
+            path("categories/", self.admin_site.admin_view(self.categories_view), name="kb_entry_categories"),
         ]
         return extra + super().get_urls()
 
@@ -307,15 +492,19 @@ class EntryAdmin(SimpleHistoryAdmin):
             if staged is None:
                 messages.error(request, "That upload has expired; please choose the file again.")
                 return redirect("admin:kb_entry_import")
+            unpublished = bool(request.POST.get("unpublished"))
             try:
-                result = entries_import(rows=read_rows_from_bytes(staged.name, staged.content))
+                result = entries_import(rows=read_rows_from_bytes(staged.name, staged.content), unpublished=unpublished)
             except ImportFileError as exc:  # the limits were lowered since the preview
                 return self._import_page(request, errors=[str(exc)])
             finally:
                 services.import_upload_discard(token=token)
             if result.ok:
+                # The file's own name, for the job list (the staged copy is named by its token).
+                name = text_clean(request.POST.get("filename", "")) or staged.name
+                job = import_job_record(name=name, result=result, unpublished=unpublished, user=request.user)
                 messages.success(request, f"Imported: {result.created} created, {result.updated} updated.")
-                return redirect("admin:kb_entry_changelist")
+                return redirect("admin:kb_entry_import_job", job_id=job.pk)
             return self._import_page(request, errors=result.errors, errors_more=result.errors_more)
         if request.method == "POST":
             upload = request.FILES.get("file")
@@ -338,6 +527,9 @@ class EntryAdmin(SimpleHistoryAdmin):
                 request,
                 title="Import entries: preview",
                 preview=preview,
+                plan=preview.plan,
+                # A file whose answers look like no answers comes in unpublished unless asked.
+                default_unpublished=preview.warning_count > 0,
                 token=token,
                 filename=upload.name,
                 errors=preview.errors,
@@ -354,11 +546,15 @@ class EntryAdmin(SimpleHistoryAdmin):
         if job is None:
             raise Http404("No such import job.")
         if request.method == "POST" and request.POST.get("confirm"):
-            started = import_job_confirm(job=job, user=request.user)
+            started = import_job_confirm(job=job, unpublished=bool(request.POST.get("unpublished")), user=request.user)
             if started is None:
                 messages.error(request, "That upload was imported already or has expired; choose the file again.")
                 return redirect("admin:kb_entry_import")
             return redirect("admin:kb_entry_import_job", job_id=started.pk)
+        progress = None
+        if job.state == ImportJob.State.DONE and not job.dry_run:
+            progress = embedding_counts(Entry.objects.filter(id__in=job.entry_ids))
+            progress["total"] = sum(progress.values())
         return self._page(
             request,
             "kb/import_job.html",
@@ -366,6 +562,43 @@ class EntryAdmin(SimpleHistoryAdmin):
             job=job,
             errors_more=job.error_count - len(job.errors),
             can_confirm=import_job_confirmable(job_id=job.pk),
+            default_unpublished=job.warning_count > 0,
+            plan=job.preview,
+            progress=progress,
+            # The page reloads itself while the job runs or its entries are not all searchable yet.
+            refresh=not job.finished or bool(progress and progress["pending"]),
+        )
+
+    def categories_view(self, request):
+        """Every category with its entries; rename one, or merge it into another by giving that
+        one's name."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            if not self.has_change_permission(request):
+                raise PermissionDenied
+            old, new = request.POST.get("old", ""), request.POST.get("new", "")
+            merging = new.strip() and Entry.objects.filter(category=text_clean(new)).exists()
+            try:
+                count = services.category_rename(old=old, new=new)
+            except services.EntryInvalid as exc:
+                messages.error(request, str(exc))
+            else:
+                verb = "Merged" if merging else "Renamed"
+                messages.success(request, f"{verb} “{old}” into “{text_clean(new) or '(none)'}”: {count} entries.")
+            return redirect("admin:kb_entry_categories")
+        rows = (
+            Entry.objects.values("category")
+            .annotate(entries=Count("id"), published=Count("id", filter=Q(is_published=True)))
+            .order_by("category")
+        )
+        return self._page(
+            request,
+            "kb/categories.html",
+            title="Categories",
+            categories=rows,
+            can_change=self.has_change_permission(request),
+            all_categories=categories_in_use(),
         )
 
     def export_view(self, request):

@@ -23,7 +23,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from kb.import_files import ImportFileError
-from kb.importing import MAX_ERRORS_SHOWN, ImportResult, entry_rows_checked, entry_save, read_rows_from_bytes
+from kb.importing import (
+    MAX_ERRORS_SHOWN,
+    ImportResult,
+    PlanRow,
+    entry_rows_checked,
+    entry_save,
+    read_rows_from_bytes,
+)
 from kb.models import ImportJob, ImportJobRow
 from kb.services import EntryInvalid
 
@@ -32,12 +39,14 @@ logger = logging.getLogger(__name__)
 # Rows saved per step: a few seconds of work, so progress moves and no step nears its time limit.
 JOB_BATCH_ROWS = 500
 STAGE_BATCH_ROWS = 1000
+# Rows of a dry run kept for its preview (the counts cover the whole file).
+PREVIEW_ROWS = 200
 # By name, as kb.services queues kb_refresh: kb.tasks imports this module.
 IMPORT_TASK = "kb.tasks.kb_import_run"
 State = ImportJob.State
 
 
-def import_job_create(*, name: str, content: bytes, dry_run: bool, user=None) -> ImportJob:
+def import_job_create(*, name: str, content: bytes, dry_run: bool, unpublished: bool = False, user=None) -> ImportJob:
     """Record an import job for an uploaded file and queue it once the transaction commits.
     Dry runs older than KB_IMPORT_STAGING_SECONDS that were never confirmed drop their upload."""
     import_jobs_prune()
@@ -45,15 +54,38 @@ def import_job_create(*, name: str, content: bytes, dry_run: bool, user=None) ->
         file_name=_short_name(name),
         content=content,
         dry_run=dry_run,
-        created_by=user if user is not None and user.is_authenticated else None,
+        unpublished=unpublished,
+        created_by=_user_or_none(user),
     )
     transaction.on_commit(partial(_enqueue, job.pk))
     return job
 
 
-def import_job_confirm(*, job: ImportJob, user=None) -> ImportJob | None:
-    """Import for real the file a finished dry run checked (the upload moves to the new job); None
-    when there is nothing to confirm (not a finished dry run, confirmed already, or expired)."""
+def _user_or_none(user):
+    return user if user is not None and user.is_authenticated else None
+
+
+def import_job_record(*, name: str, result, unpublished: bool, user=None) -> ImportJob:
+    """Record an import done within a request (kb.importing.entries_import), so that it has the
+    same progress view as a background one: its entries followed until searchable."""
+    return ImportJob.objects.create(
+        file_name=_short_name(name),
+        state=State.DONE,
+        rows_total=len(result.plan),
+        rows_done=len(result.plan),
+        created=result.created,
+        updated=result.updated,
+        unpublished=unpublished,
+        warning_count=result.warning_count,
+        entry_ids=result.entry_ids,
+        created_by=_user_or_none(user),
+    )
+
+
+def import_job_confirm(*, job: ImportJob, unpublished: bool = False, user=None) -> ImportJob | None:
+    """Import for real the file a finished dry run checked (the upload moves to the new job),
+    every row unpublished if asked; None when there is nothing to confirm (not a finished dry run,
+    confirmed already, or expired)."""
     with transaction.atomic():
         locked = ImportJob.objects.select_for_update().filter(pk=job.pk, dry_run=True, state=State.DONE).first()
         content = bytes(locked.content) if locked is not None else b""
@@ -61,7 +93,9 @@ def import_job_confirm(*, job: ImportJob, user=None) -> ImportJob | None:
             return None
         locked.content = b""
         locked.save(update_fields=["content", "updated_at"])
-        return import_job_create(name=locked.file_name, content=content, dry_run=False, user=user)
+        return import_job_create(
+            name=locked.file_name, content=content, dry_run=False, unpublished=unpublished, user=user
+        )
 
 
 def import_job_confirmable(*, job_id) -> bool:
@@ -150,10 +184,13 @@ def _job_batch(job: ImportJob) -> bool:
             try:
                 if row.error:
                     raise EntryInvalid(row.error)
-                if entry_save(row.entry_fields) == "create":
+                action, entry_id = entry_save(row.entry_fields, unpublished=job.unpublished)
+                if action == "create":
                     result.created += 1
                 else:
                     result.updated += 1
+                result.plan.append(PlanRow.of(row.number, action, row.entry_fields, unpublished=job.unpublished))
+                result.entry_ids.append(entry_id)
             except EntryInvalid as exc:
                 result.error(f"row {row.number}: {exc}")
         if job.dry_run:
@@ -164,6 +201,11 @@ def _job_batch(job: ImportJob) -> bool:
     job.updated += result.updated
     job.error_count += result.error_count
     job.errors = (job.errors + result.errors)[:MAX_ERRORS_SHOWN]
+    job.warning_count += result.warning_count
+    if job.dry_run:
+        job.preview = (job.preview + [row.as_dict() for row in result.plan])[:PREVIEW_ROWS]
+    else:
+        job.entry_ids = job.entry_ids + result.entry_ids
     more = job.rows.exists()
     if not more:
         job.state = State.DONE

@@ -13,7 +13,8 @@ entry without an answer gets the placeholder "(intent: <category>)" and is impor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from django.db import transaction
@@ -36,6 +37,59 @@ MAX_ERRORS_SHOWN = 100
 MAX_ERROR_CHARS = 300
 
 
+# Answers that stand for one still to be written: a customer must never receive them.
+_PLACEHOLDER = re.compile(
+    r"^\s*(\(intent: .*\)|todo|tbd|tba|fixme|xxx+|n/?a|none|null|-+|\?+|\.+|…|lorem ipsum.*|"
+    r"answer( here| goes here)?|placeholder|待定|待补充|暂无|无)\s*[.!]?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def answer_warning(*, question: str, answer: str) -> str:
+    """Why an imported answer looks like no answer (empty, a placeholder, the question again), or
+    "" for one that reads like an answer."""
+    text = answer.strip()
+    if not text:
+        return "empty answer"
+    if _PLACEHOLDER.match(text):
+        return f"placeholder answer ({text[:40]})"
+    if text_key(text) == text_key(question):
+        return "the answer repeats the question"
+    return ""
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One row of an import's preview: what it would create or update, and what looks wrong."""
+
+    number: int
+    action: str  # "create" | "update"
+    question: str
+    answer: str
+    category: str
+    language: str
+    published: bool
+    phrasings: int  # the question and its alternate phrasings
+    warning: str = ""
+
+    @classmethod
+    def of(cls, number: int, action: str, fields: dict, *, unpublished: bool = False) -> PlanRow:
+        return cls(
+            number=number,
+            action=action,
+            question=fields["question"],
+            answer=fields["answer"],
+            category=fields["category"],
+            language=fields["language"],
+            published=fields["is_published"] and not unpublished,
+            phrasings=1 + len(fields["variants"]),
+            warning=answer_warning(question=fields["question"], answer=fields["answer"]),
+        )
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class ImportResult:
     """What an import did, or would have done, and its rows' problems (the first MAX_ERRORS_SHOWN)."""
@@ -44,8 +98,18 @@ class ImportResult:
     updated: int = 0
     errors: list[str] = field(default_factory=list)
     error_count: int = 0  # every row error, shown or not
-    # (row number, "create" | "update", question, phrasing count) for a preview
-    plan: list[tuple[int, str, str, int]] = field(default_factory=list)
+    plan: list[PlanRow] = field(default_factory=list)  # every row saved, for a preview
+    entry_ids: list[int] = field(default_factory=list)  # the entries created or updated
+
+    @property
+    def warning_count(self) -> int:
+        """Rows whose answer looks like no answer (PlanRow.warning)."""
+        return sum(1 for row in self.plan if row.warning)
+
+    @property
+    def published_count(self) -> int:
+        """Rows that would be answered to customers once embedded."""
+        return sum(1 for row in self.plan if row.published)
 
     @property
     def ok(self) -> bool:
@@ -212,20 +276,25 @@ def entry_rows_checked(rows: list[dict]):
             yield number, fields, None
 
 
-def entry_save(fields: dict) -> str:
-    """Create the entry, or update the one with the same question: "create" or "update". In a
-    savepoint, so a row that breaks a rule (services.EntryInvalid) leaves the rows around it."""
+def entry_save(fields: dict, *, unpublished: bool = False) -> tuple[str, int]:
+    """Create the entry, or update the one with the same question: ("create" or "update", its id).
+    ``unpublished`` saves it unpublished whatever the file says. In a savepoint, so a row that
+    breaks a rule (services.EntryInvalid) leaves the rows around it."""
+    if unpublished:
+        fields = {**fields, "is_published": False}
     with transaction.atomic():
         existing = Entry.objects.filter(question=text_normalise(fields["question"])).first()
         if existing is None:
-            services.entry_create(**fields)
-            return "create"
+            return "create", services.entry_create(**fields).pk
         services.entry_update(entry=existing, **fields)
-        return "update"
+        return "update", existing.pk
 
 
-def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) -> ImportResult:
-    """Create or update (matched by question) one entry per row, all or nothing.
+def entries_import(
+    *, rows: list[dict], dry_run: bool = False, unpublished: bool = False, progress=None
+) -> ImportResult:
+    """Create or update (matched by question) one entry per row, all or nothing; ``unpublished``
+    imports every row unpublished (customers get nothing from it until an editor publishes it).
 
     Every row is saved inside one transaction; if any row fails, everything is rolled back and
     the result lists the failing rows (the first MAX_ERRORS_SHOWN, and how many there were).
@@ -237,12 +306,13 @@ def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) ->
             try:
                 if error is not None:
                     raise services.EntryInvalid(error)
-                action = entry_save(fields)
+                action, entry_id = entry_save(fields, unpublished=unpublished)
                 if action == "create":
                     result.created += 1
                 else:
                     result.updated += 1
-                result.plan.append((number, action, fields["question"], 1 + len(fields["variants"])))
+                result.plan.append(PlanRow.of(number, action, fields, unpublished=unpublished))
+                result.entry_ids.append(entry_id)
             except services.EntryInvalid as exc:
                 result.error(f"row {number}: {exc}")
             if progress is not None:
@@ -251,4 +321,6 @@ def entries_import(*, rows: list[dict], dry_run: bool = False, progress=None) ->
             transaction.set_rollback(True)
         if result.error_count:
             result.created = result.updated = 0
+        if result.error_count or dry_run:
+            result.entry_ids = []  # rolled back
     return result

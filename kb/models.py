@@ -6,7 +6,9 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.dispatch import receiver
 from simple_history.models import HistoricalRecords
+from simple_history.signals import pre_create_historical_record
 
 from kb.text import text_normalise
 
@@ -29,19 +31,35 @@ class Language(models.TextChoices):
     CHINESE = "zh", "Chinese"
 
 
+class EntryHistorySnapshot(models.Model):
+    """Columns an entry's history rows add to its own fields: the alternate phrasings as they were
+    after that change, so that a revert restores them with the question and answer."""
+
+    # None on rows written before phrasings were kept with the entry's history.
+    phrasings = models.JSONField(null=True, blank=True, editable=False)
+
+    class Meta:
+        abstract = True
+
+
 class Entry(models.Model):
     """One FAQ entry: a canonical question, its answer and where it belongs."""
 
     question = models.CharField(max_length=500)
     answer = models.TextField(max_length=5000)
+    # The answer for questions asked in other languages than the entry's: {language code: answer}.
+    translations = models.JSONField("answers in other languages", default=dict, blank=True)
     category = models.CharField(max_length=100, blank=True, db_index=True)
     language = models.CharField(max_length=8, choices=Language.choices, default=Language.ENGLISH)
     is_published = models.BooleanField("published", default=True, db_index=True)
     # Why the entry is held unpublished for review (kb.screening), empty when it is not.
     held_reason = models.TextField("held for review", blank=True, default="")
+    # The KB revision of the entry's last change (its phrasings' too): the entry is searchable as it
+    # is now once the live index version covers that revision (kb.embedding_state).
+    changed_revision = models.PositiveBigIntegerField(default=0, db_index=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    history = HistoricalRecords()
+    history = HistoricalRecords(bases=[EntryHistorySnapshot], excluded_fields=["changed_revision"])
 
     class Meta:
         verbose_name_plural = "entries"
@@ -49,6 +67,15 @@ class Entry(models.Model):
 
     def __str__(self) -> str:
         return self.question
+
+    def answer_for(self, language: str) -> str:
+        """The answer for a question asked in ``language``: its translation when there is one."""
+        return answer_for(self.answer, self.translations, language)
+
+
+def answer_for(answer: str, translations: dict | None, language: str) -> str:
+    """``answer``, or its translation into ``language`` when the entry has one."""
+    return (translations or {}).get(language) or answer
 
 
 class EmbeddingState(models.TextChoices):
@@ -143,6 +170,21 @@ class Variant(models.Model):
         super().save(*args, **kwargs)
 
 
+@receiver(pre_create_historical_record)
+def entry_history_snapshot(sender, instance, history_instance, **kwargs):
+    """Store the entry's alternate phrasings with each of its history rows. kb.services sets
+    ``_history_phrasings`` when the row is written before the phrasings change (creation, an update
+    that replaces them, a deletion); otherwise they are read as they are now."""
+    if not isinstance(instance, Entry):
+        return
+    phrasings = getattr(instance, "_history_phrasings", None)
+    if phrasings is None and instance.pk is not None:
+        phrasings = list(
+            Variant.objects.filter(entry_id=instance.pk, is_primary=False).order_by("id").values_list("text", flat=True)
+        )
+    history_instance.phrasings = phrasings
+
+
 class PhrasingVector(models.Model):
     """A phrasing's vector from a model version that is not the active one: a tuned version's
     vectors before the switch, and the previous version's after it (what a rollback copies back)."""
@@ -223,6 +265,13 @@ class ImportJob(models.Model):
     error_count = models.PositiveIntegerField(default=0)  # every row error
     errors = models.JSONField(default=list, blank=True)  # the first kb.importing.MAX_ERRORS_SHOWN
     detail = models.TextField(blank=True)  # why a failed job stopped (the file's problem)
+    unpublished = models.BooleanField(default=False)  # every row imported unpublished
+    # A dry run's first rows as kb.importing.PlanRow dicts (the preview), and how many rows of the
+    # whole file have an answer that looks like no answer.
+    preview = models.JSONField(default=list, blank=True)
+    warning_count = models.PositiveIntegerField(default=0)
+    # The entries an import created or updated: its progress view follows them until searchable.
+    entry_ids = models.JSONField(default=list, blank=True)
     # The upload, until its rows are staged (a dry run's until it is confirmed or expires): in the
     # database, which every web process and worker shares, wherever they run.
     content = models.BinaryField(blank=True, default=b"", editable=False)

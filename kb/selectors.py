@@ -16,7 +16,7 @@ from django.conf import settings
 from kb.embedders import embedder_for, get_embedder, process_model_set
 from kb.keyword import keyword_warm_up, text_tokenize
 from kb.language import detect_language
-from kb.models import Entry, IndexVersion
+from kb.models import Entry, IndexVersion, answer_for
 from kb.query_batching import query_encode
 from kb.retrieval_features import retrieval_features
 from kb.vector_index import CurrentIndex, LoadedIndex, PhrasingHit
@@ -60,6 +60,11 @@ class EntryHit:
     matched_variant_id: int
     keyword_score: float | None = None
     fused_score: float | None = None
+    translations: dict[str, str] | None = None  # the entry's answers in other languages
+
+    def answer_for(self, language: str) -> str:
+        """The answer for a question asked in ``language`` (kb.models.answer_for)."""
+        return answer_for(self.answer, self.translations, language)
 
     def trace(self) -> dict:
         """The part of a hit worth keeping in a transcript."""
@@ -319,14 +324,14 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         tokenize_started = time.perf_counter()
         tokens = text_tokenize(query)
         timings["keyword"] = (time.perf_counter() - tokenize_started) * 1000
-    entries: dict[int, tuple[str, str, str]] = {}
+    entries: dict[int, tuple[str, str, str, dict]] = {}
 
     def published(entry_ids: set[int]) -> Collection[int]:
         # The database has the last word: an entry unpublished or deleted since the index was
         # built never answers. Plain tuples: this runs for every customer message, and model
         # instances cost more than the query.
         rows = Entry.objects.filter(id__in=entry_ids, is_published=True).values_list(
-            "id", "question", "answer", "language"
+            "id", "question", "answer", "language", "translations"
         )
         entries.update((entry_id, rest) for entry_id, *rest in rows)
         return entries.keys()
@@ -351,6 +356,7 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
             question=entries[entry.entry_id][0],
             answer=entries[entry.entry_id][1],
             language=entries[entry.entry_id][2],
+            translations=entries[entry.entry_id][3],
             score=entry.score if entry.score is not None else 0.0,
             matched_variant_id=entry.variant_id if entry.variant_id is not None else entry.keyword_variant_id,
             keyword_score=entry.keyword_score,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePath
@@ -71,15 +72,45 @@ def _validate(*, question: str, answer: str, language: str, variants: list[str],
             raise EntryInvalid(f"phrasing is longer than 500 characters: {text[:40]!r}...")
 
 
-def kb_changed_notify() -> None:
+def _translations_clean(translations, *, language: str) -> dict[str, str]:
+    """An entry's answers in other languages, as stored: known languages other than the entry's
+    own, cleaned as answers are, empty ones dropped."""
+    if translations is None:
+        return {}
+    if not isinstance(translations, dict):
+        raise EntryInvalid("translations must be an object of language code to answer")
+    known = {code for code, _ in Entry._meta.get_field("language").choices}
+    cleaned = {}
+    for code, text in translations.items():
+        if code not in known:
+            raise EntryInvalid(f"translations: unknown language {code!r} (known: {', '.join(sorted(known))})")
+        if not isinstance(text, str):
+            raise EntryInvalid(f"translations: the {code} answer must be text")
+        text = text_clean(text, multiline=True)
+        if len(text) > Entry._meta.get_field("answer").max_length:
+            raise EntryInvalid(f"translations: the {code} answer is longer than 5000 characters")
+        if text and code != language:
+            cleaned[code] = text
+    return cleaned
+
+
+def kb_changed_notify(*, entry_ids: Iterable[int] = ()) -> int:
     """Bump the KB revision and, once the transaction commits, ask a worker to embed what is
-    dirty and publish a new index version (once per transaction, however many rows changed)."""
+    dirty and publish a new index version (once per transaction, however many rows changed).
+    The entries changed are stamped with the new revision, which is returned: they are searchable
+    as they are now once an index version of that revision is live."""
     KbRevision.objects.get_or_create(id=1)
     KbRevision.objects.filter(id=1).update(value=F("value") + 1)
+    # Read back in the same transaction: the row stays locked by the update until it commits.
+    revision = KbRevision.objects.filter(id=1).values_list("value", flat=True).get()
+    entry_ids = list(entry_ids)
+    if entry_ids:
+        Entry.objects.filter(id__in=entry_ids).update(changed_revision=revision)
     # Django keeps pending callbacks as (savepoint ids, func, robust); a rollback discards them,
     # so this check never suppresses the enqueue of a later transaction.
     if not any(item[1] is _enqueue_refresh for item in transaction.get_connection().run_on_commit):
         transaction.on_commit(_enqueue_refresh)
+    return revision
 
 
 # By name, as the beat schedule sends it: kb.tasks imports this module, so importing it back here
@@ -114,6 +145,41 @@ def kb_revision() -> int:
     return KbRevision.objects.filter(id=1).values_list("value", flat=True).first() or 0
 
 
+def _phrasings_wanted(question: str, variants: list[str]) -> list[str]:
+    """The alternate phrasings an entry keeps of ``variants``: cleaned, in order, without empty
+    ones, repeats or the question itself."""
+    wanted = []
+    for text in variants:
+        text = text_clean(text)
+        if text and text != question and text not in wanted:
+            wanted.append(text)
+    return wanted
+
+
+def entry_phrasings(*, entry_id: int | None) -> list[str]:
+    """An entry's alternate phrasings as stored, oldest first (none for an entry not saved yet)."""
+    if entry_id is None:
+        return []
+    rows = Variant.objects.filter(entry_id=entry_id, is_primary=False).order_by("id")
+    return list(rows.values_list("text", flat=True))
+
+
+def _entry_save(entry: Entry, *, phrasings: list[str] | None = None, **kwargs) -> None:
+    """Save the entry; its history row records ``phrasings`` as its alternate phrasings (the ones
+    about to be stored), or the stored ones when not given (kb.models.entry_history_snapshot)."""
+    entry._history_phrasings = phrasings
+    try:
+        entry.save(**kwargs)
+    finally:
+        del entry._history_phrasings
+
+
+def _entry_history_record(entry: Entry) -> None:
+    """A history row for a change of the entry's phrasings alone, so that the entry's history
+    shows it and a revert to an earlier row restores them."""
+    _entry_save(entry, update_fields=["updated_at"])
+
+
 def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None, new_entry: bool = False) -> None:
     """Make the primary phrasing equal the question; with ``variants``, make the other phrasings
     exactly that list (kept ones keep their vectors, new ones start dirty)."""
@@ -127,11 +193,7 @@ def entry_variants_sync(*, entry: Entry, variants: list[str] | None = None, new_
         primary.save()
     if variants is None:
         return
-    wanted = []
-    for text in variants:
-        text = text_clean(text)
-        if text and text != entry.question and text not in wanted:
-            wanted.append(text)
+    wanted = _phrasings_wanted(entry.question, variants)
     entry.variants.filter(is_primary=False).exclude(text__in=wanted).delete()
     existing = set(entry.variants.values_list("text", flat=True))
     # One INSERT for all new phrasings (imports bring hundreds per entry); bulk_create skips
@@ -153,30 +215,40 @@ def entry_create(
     language: str = "en",
     is_published: bool = True,
     variants: list[str] | None = None,
+    translations: dict[str, str] | None = None,
 ) -> Entry:
-    """Create an entry with its phrasings; embedding is queued once the transaction commits.
-    Texts are stored as kb.text.text_clean leaves them (unwanted characters dropped)."""
+    """Create an entry with its phrasings (and its answer in other languages); embedding is queued
+    once the transaction commits. Texts are stored as kb.text.text_clean leaves them (unwanted
+    characters dropped)."""
     question, variants = text_clean(question), [text_clean(v) for v in variants or []]
     answer, category = text_clean(answer, multiline=True), text_clean(category)
     _validate(question=question, answer=answer, language=language, variants=variants, category=category)
-    held = "; ".join(entry_screen(question=question, answer=answer))
-    entry = Entry.objects.create(
+    translations = _translations_clean(translations, language=language)
+    held = "; ".join(entry_screen(question=question, answer=_answers_screened(answer, translations)))
+    entry = Entry(
         question=question,
         answer=answer,
+        translations=translations,
         category=category,
         language=language,
         is_published=is_published and not held,
         held_reason=held,
     )
-    entry_variants_sync(entry=entry, variants=variants, new_entry=True)
-    kb_changed_notify()
+    phrasings = _phrasings_wanted(question, variants)
+    _entry_save(entry, phrasings=phrasings)
+    entry_variants_sync(entry=entry, variants=phrasings, new_entry=True)
+    entry.changed_revision = kb_changed_notify(entry_ids=[entry.pk])
     return entry
 
 
 @transaction.atomic
-def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -> Entry:
-    """Change an entry's fields (and, when given, its full list of alternate phrasings)."""
-    allowed = {"question", "answer", "category", "language", "is_published"}
+def entry_update(
+    *, entry: Entry, variants: list[str] | None = None, renamed: dict[int, str] | None = None, **fields
+) -> Entry:
+    """Change an entry's fields (and, when given, its full list of alternate phrasings). ``renamed``
+    maps phrasing ids to their new texts (in ``variants`` too): those rows are edited in place,
+    keeping their ids and history, rather than replaced. One history row records the lot."""
+    allowed = {"question", "answer", "category", "language", "is_published", "translations"}
     unknown = set(fields) - allowed
     if unknown:
         raise EntryInvalid(f"unknown fields: {', '.join(sorted(unknown))}")
@@ -186,6 +258,8 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
             value = text_clean(value)
         elif name == "answer":
             value = text_clean(value, multiline=True)
+        elif name == "translations":
+            value = _translations_clean(value, language=fields.get("language", entry.language))
         cleaned[name] = value
     clean_variants = None if variants is None else [text_clean(v) for v in variants]
     if _unchanged(entry, cleaned, clean_variants):
@@ -200,14 +274,44 @@ def entry_update(*, entry: Entry, variants: list[str] | None = None, **fields) -
         variants=clean_variants or [],
         category=entry.category,
     )
+    # A translation into the entry's (new) language would shadow its own answer.
+    entry.translations = {code: text for code, text in (entry.translations or {}).items() if code != entry.language}
     # Screened on every save: a held entry is published only once its text passes.
-    entry.held_reason = "; ".join(entry_screen(question=entry.question, answer=entry.answer))
+    entry.held_reason = "; ".join(
+        entry_screen(question=entry.question, answer=_answers_screened(entry.answer, entry.translations))
+    )
     if entry.held_reason:
         entry.is_published = False
-    entry.save()
-    entry_variants_sync(entry=entry, variants=clean_variants)
-    kb_changed_notify()
+    # The history row is written before the phrasings change: it is told what they will be.
+    phrasings = _phrasings_wanted(
+        entry.question, entry_phrasings(entry_id=entry.pk) if clean_variants is None else clean_variants
+    )
+    _entry_save(entry, phrasings=phrasings)
+    if renamed:
+        others = entry.variants.filter(is_primary=False)
+        # Rows going away first, so a rename may take a text one of them had.
+        others.exclude(pk__in=renamed).exclude(text__in=phrasings).delete()
+        for variant in others.filter(pk__in=renamed):
+            variant.text = text_clean(renamed[variant.pk])
+            variant.save()  # dirty again when the text changed
+    entry_variants_sync(entry=entry, variants=phrasings)
+    entry.changed_revision = kb_changed_notify(entry_ids=[entry.pk])
     return entry
+
+
+def entry_revert(*, entry: Entry, version_id: int, **fields) -> Entry:
+    """Put an entry back as one of its history rows left it: ``fields`` (the revert form shows
+    that row's values, which the editor may still change) and that row's alternate phrasings. A
+    row written before phrasings were kept with the history (``phrasings`` None) keeps today's."""
+    record = entry.history.filter(history_id=version_id).first()
+    if record is None:
+        raise EntryInvalid(f"entry {entry.pk} has no version {version_id}")
+    return entry_update(entry=entry, variants=record.phrasings, **fields)
+
+
+def _answers_screened(answer: str, translations: dict[str, str]) -> str:
+    # Every answer a customer may receive is screened, in whichever language.
+    return "\n".join([answer, *translations.values()])
 
 
 def _unchanged(entry: Entry, fields: dict, variants: list[str] | None) -> bool:
@@ -225,8 +329,14 @@ def _unchanged(entry: Entry, fields: dict, variants: list[str] | None) -> bool:
 @transaction.atomic
 def entry_delete(*, entry: Entry) -> None:
     """Delete an entry; it leaves the answers with the next index version."""
-    entry.delete()
+    _entry_delete_with_history(entry)
     kb_changed_notify()
+
+
+def _entry_delete_with_history(entry: Entry) -> None:
+    # The deletion's history row keeps the phrasings (they are deleted before the entry is).
+    entry._history_phrasings = entry_phrasings(entry_id=entry.pk)
+    entry.delete()
 
 
 PRIMARY_READ_ONLY = "this is the entry's primary phrasing (its question): edit the entry's question instead"
@@ -240,7 +350,8 @@ def variant_create(*, entry: Entry, text: str) -> Variant:
         # A savepoint of its own, so a duplicate (unique constraint) leaves the connection usable.
         with transaction.atomic():
             variant = Variant.objects.create(entry=entry, text=text)
-            kb_changed_notify()
+            _entry_history_record(entry)
+            kb_changed_notify(entry_ids=[entry.pk])
     except IntegrityError as exc:
         raise EntryInvalid(f"the entry already has the phrasing {text!r}") from exc
     return variant
@@ -255,7 +366,8 @@ def variant_update(*, variant: Variant, text: str) -> Variant:
     try:
         with transaction.atomic():
             variant.save()
-            kb_changed_notify()
+            _entry_history_record(variant.entry)
+            kb_changed_notify(entry_ids=[variant.entry_id])
     except IntegrityError as exc:
         raise EntryInvalid(f"the entry already has the phrasing {variant.text!r}") from exc
     return variant
@@ -267,7 +379,8 @@ def variant_delete(*, variant: Variant) -> None:
         raise EntryInvalid(PRIMARY_READ_ONLY)
     with transaction.atomic():
         variant.delete()
-        kb_changed_notify()
+        _entry_history_record(variant.entry)
+        kb_changed_notify(entry_ids=[variant.entry_id])
 
 
 def _validate_phrasing(text: str) -> None:
@@ -282,7 +395,7 @@ def entries_delete(*, entry_ids: list[int]) -> int:
     """Delete many entries at once."""
     count = len(entry_ids)
     for entry in Entry.objects.filter(id__in=entry_ids):
-        entry.delete()  # one by one, so each leaves a history record
+        _entry_delete_with_history(entry)  # one by one, so each leaves a history record
     kb_changed_notify()
     return count
 
@@ -298,7 +411,23 @@ def entries_set_published(*, entry_ids: list[int], published: bool) -> int:
     for entry in entries:
         entry.is_published = published
         entry.save(update_fields=["is_published", "updated_at"])
-    kb_changed_notify()
+    kb_changed_notify(entry_ids=[entry.pk for entry in entries])
+    return len(entries)
+
+
+@transaction.atomic
+def category_rename(*, old: str, new: str) -> int:
+    """Give every entry of category ``old`` the category ``new`` (a merge when ``new`` is in use
+    already; empty: no category); each entry keeps a history row. Returns how many changed."""
+    new = text_clean(new)
+    if len(new) > Entry._meta.get_field("category").max_length:
+        raise EntryInvalid("category is longer than 100 characters")
+    entries = list(Entry.objects.filter(category=old).exclude(category=new))
+    for entry in entries:
+        entry.category = new
+        _entry_save(entry, update_fields=["category", "updated_at"])
+    if entries:
+        kb_changed_notify(entry_ids=[entry.pk for entry in entries])
     return len(entries)
 
 
@@ -308,7 +437,7 @@ def entries_reembed(*, entry_ids: list[int]) -> int:
     count = Variant.objects.filter(entry_id__in=entry_ids).update(
         is_dirty=True, embedded_hash="", embedding_state=EmbeddingState.PENDING, embedding_error=""
     )
-    kb_changed_notify()
+    kb_changed_notify(entry_ids=entry_ids)
     return count
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from chatbot.decisions import Kind
 from chatbot.evaluation.calibration import ScoredQuestion
 from chatbot.evaluation.labelled import is_out_of_scope
 from chatbot.pipeline import Answer, answer_question
-from kb.models import Entry
+from kb.exporting import csv_cell_safe
+from kb.models import Entry, Variant
 from kb.text import text_key
+
+# How a labelled question went wrong, in the order the report lists them.
+WRONG_ANSWER = "wrong answer"  # answered from the FAQ, with an entry that was not expected
+DID_YOU_MEAN = "did you mean"  # offered a choice of entries instead of answering
+FALLBACK = "fallback"  # not answered from the FAQ: the LLM or the hand-off
+FAILURE_KINDS = (WRONG_ANSWER, DID_YOU_MEAN, FALLBACK)
+ANSWER_START_CHARS = 140
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,19 @@ class HitTestCase:
         """The bot answered from the FAQ, with an expected entry."""
         return self.answer.source == "faq" and self.answer.entry_id in self.expected_entry_ids
 
+    @property
+    def failure(self) -> str | None:
+        """How the bot failed this question (one of FAILURE_KINDS), None when it did right: an
+        in-scope question answered from an expected entry, an out-of-scope one not answered."""
+        answered = self.answer.source == "faq"
+        if not self.in_scope:
+            return WRONG_ANSWER if answered else None
+        if self.answered_right:
+            return None
+        if answered:
+            return WRONG_ANSWER
+        return DID_YOU_MEAN if self.answer.kind == Kind.CLARIFY else FALLBACK
+
 
 @dataclass
 class HitTestReport:
@@ -82,6 +107,19 @@ class HitTestReport:
         return sum(case.answered_right for case in cases) / len(cases) if cases else 0.0
 
     @property
+    def failures(self) -> dict[str, list[HitTestCase]]:
+        """Every question the bot did not get right, by how (FAILURE_KINDS, each listed)."""
+        grouped: dict[str, list[HitTestCase]] = {kind: [] for kind in FAILURE_KINDS}
+        for case in self.cases:
+            if case.failure is not None:
+                grouped[case.failure].append(case)
+        return grouped
+
+    @property
+    def failure_count(self) -> int:
+        return sum(len(cases) for cases in self.failures.values())
+
+    @property
     def misses(self) -> list[HitTestCase]:
         """In-scope questions whose best entry is wrong, and out-of-scope ones answered anyway."""
         return [
@@ -91,9 +129,114 @@ class HitTestReport:
         ]
 
 
-def hit_test(questions: list[str]) -> list[tuple[str, Answer]]:
-    """Each non-empty question with the answer the bot would give."""
-    return [(question, answer_question(question)) for question in (q.strip() for q in questions) if question]
+@dataclass(frozen=True)
+class HitShown:
+    """A retrieved entry as an editor reads it: the phrasing that matched, the entry's question,
+    category and the start of its answer, and the score against the thresholds in force."""
+
+    entry_id: int
+    question: str
+    category: str
+    answer_start: str
+    phrasing: str
+    score: float
+    verdict: str  # the score against the answer and clarify thresholds
+
+    @property
+    def matched_question(self) -> bool:
+        """The phrasing that matched is the entry's question itself."""
+        return self.phrasing == self.question
+
+
+@dataclass(frozen=True)
+class HitTestResult:
+    """One question, what the bot would do, and its hits as shown."""
+
+    question: str
+    answer: Answer
+    hits: list[HitShown]
+
+
+def _verdict(score: float, answer: Answer) -> str:
+    thresholds = answer.decision.thresholds
+    if thresholds is None:
+        return ""
+    if score >= thresholds.answer:
+        return f"≥ answer {thresholds.answer:.2f}"
+    if score >= thresholds.clarify:
+        return f"≥ did-you-mean {thresholds.clarify:.2f}, < answer {thresholds.answer:.2f}"
+    return f"< did-you-mean {thresholds.clarify:.2f}"
+
+
+def hits_shown(answers: Iterable[Answer]) -> list[list[HitShown]]:
+    """Each answer's hits as an editor reads them (two queries for all of them)."""
+    answers = list(answers)
+    variant_ids = {hit.matched_variant_id for answer in answers for hit in answer.hits}
+    entry_ids = {hit.entry_id for answer in answers for hit in answer.hits}
+    phrasings = dict(Variant.objects.filter(id__in=variant_ids).values_list("id", "text"))
+    categories = dict(Entry.objects.filter(id__in=entry_ids).values_list("id", "category"))
+    shown = []
+    for answer in answers:
+        rows = []
+        for hit in answer.hits:
+            start = hit.answer if len(hit.answer) <= ANSWER_START_CHARS else hit.answer[:ANSWER_START_CHARS] + "…"
+            rows.append(
+                HitShown(
+                    entry_id=hit.entry_id,
+                    question=hit.question,
+                    category=categories.get(hit.entry_id, ""),
+                    answer_start=start,
+                    # A phrasing edited or deleted since the index was built: the index's own text.
+                    phrasing=phrasings.get(hit.matched_variant_id, hit.question),
+                    score=hit.score,
+                    verdict=_verdict(hit.score, answer),
+                )
+            )
+        shown.append(rows)
+    return shown
+
+
+def hit_test(questions: list[str]) -> list[HitTestResult]:
+    """Each non-empty question with the answer the bot would give and its hits as shown."""
+    asked = [(question, answer_question(question)) for question in (q.strip() for q in questions) if question]
+    shown = hits_shown(answer for _question, answer in asked)
+    return [HitTestResult(question, answer, hits) for (question, answer), hits in zip(asked, shown, strict=True)]
+
+
+FAILURE_COLUMNS = (
+    "failure",
+    "question",
+    "expected",
+    "decision",
+    "reason",
+    "answered_entry_id",
+    "top_entry_id",
+    "top_question",
+    "top_score",
+)
+
+
+def failures_csv(report: HitTestReport) -> str:
+    """Every failure of a batch report as CSV (formula-like cells quoted, as kb exports do)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(FAILURE_COLUMNS)
+    for kind, cases in report.failures.items():
+        for case in cases:
+            top = case.answer.hits[0] if case.answer.hits else None
+            row = [
+                kind,
+                case.question,
+                case.expected,
+                case.answer.kind.value,
+                case.answer.decision.reason,
+                case.answer.entry_id or "",
+                top.entry_id if top else "",
+                top.question if top else "",
+                f"{top.score:.4f}" if top else "",
+            ]
+            writer.writerow([csv_cell_safe(cell) for cell in row])
+    return buffer.getvalue()
 
 
 def _expected_lookup() -> tuple[dict[str, frozenset[int]], dict[str, int], set[int]]:

@@ -248,6 +248,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = 900
 CELERY_BEAT_SCHEDULE = {
     # Catches anything an enqueue missed (broker down at save time, a worker killed mid-batch).
     "kb-sweep": {"task": "kb.tasks.kb_refresh", "schedule": env.float("KB_SWEEP_SECONDS", default=60.0)},
+    # The entries list's hit counts follow the transcripts this often.
+    "entry-hits": {
+        "task": "chatbot.tasks.entry_hits_count",
+        "schedule": env.float("CHATBOT_ENTRY_HITS_SECONDS", default=60.0),
+    },
 }
 
 # --- Knowledge base ---------------------------------------------------------------------------

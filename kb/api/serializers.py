@@ -8,7 +8,7 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from kb.embedding_state import embedding_summary
+from kb.embedding_state import embedding_summary, live_revision, waiting_for_index
 from kb.models import EmbeddingState, Entry, ImportJob, Language, Variant
 from kb.text import text_clean
 
@@ -45,6 +45,9 @@ class EmbeddingStatusSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=EmbeddingState.choices)
     pending = serializers.IntegerField(help_text="Phrasings waiting to be embedded.")
     failed = serializers.IntegerField(help_text="Phrasings the embedder failed on (retried by the next run).")
+    in_index = serializers.BooleanField(
+        help_text="Whether the live index version holds the entry as it is now (with `pending` 0: searchable)."
+    )
     errors = serializers.ListField(child=serializers.CharField(), help_text="Distinct embedding errors.")
 
 
@@ -84,6 +87,12 @@ class EntrySerializer(serializers.ModelSerializer):
     )
     answer = StrictCharField(allow_blank=True, trim_whitespace=False, help_text="At most 5000 characters.")
     language = LanguageField(required=False, help_text="Language of the entry (default en).")
+    translations = serializers.DictField(
+        child=StrictCharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        help_text="The answer for questions asked in other languages, by language code, e.g. "
+        '{"zh": "…"}: a Chinese question gets it instead of `answer`.',
+    )
     variants = AlternatePhrasingsField(
         required=False,
         help_text="Alternate phrasings of the question (not the question itself). When given, it replaces "
@@ -97,6 +106,7 @@ class EntrySerializer(serializers.ModelSerializer):
             "id",
             "question",
             "answer",
+            "translations",
             "category",
             "language",
             "is_published",
@@ -110,7 +120,11 @@ class EntrySerializer(serializers.ModelSerializer):
 
     @extend_schema_field(EmbeddingStatusSerializer)
     def get_embedding(self, entry: Entry) -> dict:
-        return embedding_summary(entry.variants.all())
+        # The live index's revision, read once per response (a page lists many entries).
+        if "live_revision" not in self.context:
+            self.context["live_revision"] = live_revision()
+        unindexed = waiting_for_index(entry.changed_revision, self.context["live_revision"])
+        return embedding_summary(entry.variants.all(), unindexed=unindexed)
 
 
 class VariantSerializer(serializers.ModelSerializer):
@@ -149,6 +163,11 @@ class ImportQuerySerializer(serializers.Serializer):
     dry_run = serializers.BooleanField(
         required=False, default=False, help_text="Check the file and report the counts without saving anything."
     )
+    unpublished = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Import every row unpublished (customers get nothing from it until it is published).",
+    )
 
 
 class ImportUploadSerializer(serializers.Serializer):
@@ -163,6 +182,7 @@ class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     updated = serializers.IntegerField()
     dry_run = serializers.BooleanField()
+    warnings = serializers.IntegerField(help_text="Rows whose answer looks like no answer (empty, a placeholder).")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -202,6 +222,8 @@ class ImportJobSerializer(serializers.ModelSerializer):
             "error_count",
             "errors",
             "errors_more",
+            "unpublished",
+            "warning_count",
             "detail",
             "created_at",
             "updated_at",

@@ -136,7 +136,7 @@ class ImportView(APIView):
         options.is_valid(raise_exception=True)
         upload = ImportUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
-        dry_run = options.validated_data["dry_run"]
+        dry_run, unpublished = options.validated_data["dry_run"], options.validated_data["unpublished"]
         file = upload.validated_data["file"]
         try:
             size_check(file.name, file.size)  # before reading it
@@ -145,18 +145,22 @@ class ImportView(APIView):
         except ImportFileError as exc:
             return _import_refused(str(exc))
         if rows is None:
-            job = import_job_create(name=file.name, content=raw, dry_run=dry_run, user=request.user)
+            job = import_job_create(
+                name=file.name, content=raw, dry_run=dry_run, unpublished=unpublished, user=request.user
+            )
             return Response(ImportJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
         # A dry run saves every row for real (so the counts are exact) and then rolls back, which
         # also drops the KB revision bump and the queued embedding job.
-        result = entries_import(rows=rows, dry_run=dry_run)
+        result = entries_import(rows=rows, dry_run=dry_run, unpublished=unpublished)
         if not result.ok:
             return _import_refused(
                 f"{result.error_count} row(s) have errors; nothing was saved",
                 errors=result.errors,
                 errors_more=result.errors_more,
             )
-        return Response({"created": result.created, "updated": result.updated, "dry_run": dry_run})
+        return Response(
+            {"created": result.created, "updated": result.updated, "dry_run": dry_run, "warnings": result.warning_count}
+        )
 
 
 @extend_schema(tags=["import"])

@@ -80,3 +80,88 @@ def test_hit_testing_refuses_an_oversized_upload(editor_client, monkeypatch):
     monkeypatch.setattr(evaluation_admin, "MAX_UPLOAD_BYTES", 100)
     response = editor_client.post("/admin/kb/entry/hit-testing/", {"file": upload("q.csv", b"question\n" + b"x" * 200)})
     assert response.status_code == 200 and "The file is over" in response.content.decode()
+
+
+GIFT_CARDS = [
+    {
+        "question": "How do I buy a gift card?",
+        "answer": "They are sold on the Gift cards page.",
+        "variants": ["gift card"],
+    },
+    {"question": "How do I redeem a gift card?", "answer": "Enter the code at checkout.", "variants": ["gift card"]},
+]
+
+
+def test_each_hit_shows_the_phrasing_that_matched_and_the_entry_it_belongs_to(editor_client):
+    track = entries_create()[0]
+    kb_embed_and_publish()
+    body = editor_client.post("/admin/kb/entry/hit-testing/", {"questions": "track my parcel"}).content.decode()
+    first_hit = body.split('<li class="hit">')[1].split("</li>")[0]
+    # Matched by one of its phrasings, shown with the entry's question, category and answer start.
+    assert "“track my parcel”" in first_hit and f"#{track.id} How do I track my order?" in first_hit
+    assert "· orders" in first_hit and "Open Account &gt; Orders and click Track package." in first_hit
+    assert "≥ answer 0." in first_hit
+
+
+def test_one_click_adds_the_tested_question_as_a_phrasing_of_the_chosen_entry(editor_client, client):
+    track, returns, *_ = entries_create()
+    kb_embed_and_publish()
+    page = editor_client.post("/admin/kb/entry/hit-testing/", {"questions": "parcel whereabouts"}).content.decode()
+    assert 'name="add_phrasing" value="parcel whereabouts"' in page
+    posted = {"questions": "parcel whereabouts", "add_phrasing": "parcel whereabouts", "entry_id": str(track.id)}
+    page = editor_client.post("/admin/kb/entry/hit-testing/", posted).content.decode()
+    assert "Added “parcel whereabouts” as a phrasing of" in page and "<table" in page  # the results again
+    assert track.variants.filter(text="parcel whereabouts", is_dirty=True).exists()
+    # Twice: refused with the reason. Another entry by its number.
+    again = editor_client.post("/admin/kb/entry/hit-testing/", posted).content.decode()
+    assert "already has the phrasing" in again
+    other = {**posted, "other_entry_id": f"#{returns.id}"}
+    editor_client.post("/admin/kb/entry/hit-testing/", other)
+    assert returns.variants.filter(text="parcel whereabouts").exists()
+    missing = editor_client.post("/admin/kb/entry/hit-testing/", {**posted, "other_entry_id": "99999"})
+    assert "No entry #99999: nothing was added." in missing.content.decode()
+
+    # Who may only view entries sees no button and cannot add.
+    from django.contrib.auth.models import Permission
+
+    viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-123", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_entry"))
+    client.force_login(viewer)
+    assert "add_phrasing" not in client.post("/admin/kb/entry/hit-testing/", {"questions": "x"}).content.decode()
+    assert client.post("/admin/kb/entry/hit-testing/", {**posted, "entry_id": str(returns.id)}).status_code == 403
+
+
+def test_the_batch_report_lists_every_failure_by_kind_and_exports_them(editor_client):
+    import base64
+    import csv
+
+    entries = {entry.question: entry for entry in entries_create() + entries_create(GIFT_CARDS)}
+    kb_embed_and_publish()
+    labelled = (
+        "question,expected\n"
+        "where is my parcel?,How do I track my order?\n"  # right
+        "I forgot my password,How do I track my order?\n"  # answered, from another entry
+        "gift card,How do I buy a gift card?\n"  # two entries equally close: did you mean
+        "what is the meaning of life?,What is your return policy?\n"  # not answered: the hand-off
+        "=cmd|' /C calc'!A0,What is your return policy?\n"
+    )
+    body = editor_client.post(
+        "/admin/kb/entry/hit-testing/", {"file": upload("labelled.csv", labelled.encode())}
+    ).content.decode()
+    summary = body.split('id="hit-failures-summary">')[1].split("</p>")[0]
+    assert "4 of 5 questions not answered right" in summary
+    assert "<b>1</b> wrong answer, <b>1</b> did you mean, <b>2</b> fallback" in summary
+    wrong = body.split('id="failures-wrong-answer"')[1].split("</table>")[0]
+    assert "I forgot my password" in wrong and f"#{entries['How do I reset my password?'].id}" in wrong
+    assert "gift card" in body.split('id="failures-did-you-mean"')[1].split("</table>")[0]
+    assert "meaning of life" in body.split('id="failures-fallback"')[1].split("</table>")[0]
+
+    href = body.split('id="hit-failures-csv" download="hit-test-failures.csv" href="')[1].split('"')[0]
+    text = base64.b64decode(href.split("base64,")[1]).decode("utf-8-sig")
+    rows = list(csv.DictReader(text.splitlines()))
+    assert [(row["failure"], row["question"]) for row in rows] == [
+        ("wrong answer", "I forgot my password"),
+        ("did you mean", "gift card"),
+        ("fallback", "what is the meaning of life?"),
+        ("fallback", "'=cmd|' /C calc'!A0"),  # a formula is quoted, as in kb exports
+    ]

@@ -41,7 +41,7 @@ def test_a_large_import_runs_on_the_worker_with_progress(worker, django_user_mod
         assert time.monotonic() < deadline, f"the job is still {job['state']}: {worker.read_text()[-3000:]}"
         seen.append((job["state"], job["rows_done"], job["rows_total"]))
         time.sleep(0.1)
-    assert job["state"] == "done", job
+    assert job["state"] == "done", (job["detail"], worker.read_text()[-3000:])
     assert (job["rows_done"], job["rows_total"], job["created"], job["error_count"]) == (rows, rows, rows, 0)
     # Progress was visible on the way: the job running with some of its batches saved.
     assert any(state == "running" and 0 < done < rows and total == rows for state, done, total in seen), seen

@@ -228,3 +228,53 @@ def test_saving_an_entry_unchanged_writes_no_history_and_publishes_nothing(edito
     editor_client.post(f"/admin/kb/entry/{entry.id}/change/", data)
     entry.refresh_from_db()
     assert entry.answer.endswith("Updated.") and entry.history.count() == history + 1 and kb_revision() > revision
+
+
+LONG_CATEGORY = "Card payment was declined or not accepted at the merchant (BANKING77)"
+
+
+def test_the_entries_list_keeps_the_question_readable_and_filters_categories_from_a_dropdown(editor_client):
+    entries = entries_create()
+    Entry.objects.filter(pk=entries[0].pk).update(category=LONG_CATEGORY)
+    page = editor_client.get("/admin/kb/entry/").content.decode()
+    # The category is cut by CSS, its full name on hover; the filter is one drop-down.
+    assert f'<span class="category-cell" title="{LONG_CATEGORY}">' in page and ".category-cell" in page
+    select = page.split('class="select-filter"')[1].split("</select>")[0]
+    assert select.count("<option") == 1 + len({LONG_CATEGORY, "returns", "payment", "account"})
+    filtered = editor_client.get("/admin/kb/entry/?category=returns").content.decode()
+    assert entries[1].question in filtered and entries[0].question not in filtered
+
+
+def test_categories_are_renamed_and_merged_with_history(editor_client):
+    entries = entries_create()
+    page = editor_client.get("/admin/kb/entry/categories/").content.decode()
+    assert "returns" in page and 'list="category-names"' in page
+    response = editor_client.post("/admin/kb/entry/categories/", {"old": "returns", "new": "  Returns  and refunds "})
+    assert response.status_code == 302
+    assert Entry.objects.get(pk=entries[1].pk).category == "Returns and refunds"
+    before = kb_revision()
+    merged = editor_client.post(
+        "/admin/kb/entry/categories/", {"old": "payment", "new": "Returns and refunds"}, follow=True
+    ).content.decode()
+    assert "Merged “payment” into “Returns and refunds”: 1 entries." in merged
+    assert Entry.objects.filter(category="Returns and refunds").count() == 2 and kb_revision() > before
+    assert Entry.objects.get(pk=entries[2].pk).history.latest("history_date").category == "Returns and refunds"
+    # The entry page suggests the categories in use.
+    change = editor_client.get(f"/admin/kb/entry/{entries[0].id}/change/").content.decode()
+    assert 'list="id_category-choices"' in change and '<option value="Returns and refunds">' in change
+
+
+def test_phrasings_pasted_in_bulk_are_added_once_each(editor_client):
+    entry = entries_create()[0]
+    before = set(entry.variants.values_list("text", flat=True))
+    data = change_form(entry)
+    pasted = ["where's my stuff", "", "  parcel   status ", "track my parcel", "How do I track my order?"]
+    pasted.append("parcel status")
+    data["more_phrasings"] = "\n".join(pasted)
+    response = editor_client.post(f"/admin/kb/entry/{entry.id}/change/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    after = set(entry.variants.values_list("text", flat=True))
+    assert after - before == {"where's my stuff", "parcel status"} and before <= after
+    assert entry.history.count() == 2  # one save, one history row
+    page = editor_client.get(f"/admin/kb/entry/{entry.id}/change/").content.decode()
+    assert "kb/phrasings.js" in page and "#variants-group .tabular" in page

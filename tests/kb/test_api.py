@@ -81,7 +81,7 @@ def test_create_entry_round_trips_its_phrasings_and_queues_embedding(editor, dja
     assert (data["category"], data["language"], data["is_published"]) == ("shipping", "en", True)
     # The primary phrasing (the question) and blanks are not alternates.
     assert data["variants"] == ["shipping to canada", "deliver to Toronto?"]
-    assert data["embedding"] == {"state": "pending", "pending": 3, "failed": 0, "errors": []}
+    assert data["embedding"] == {"state": "pending", "pending": 3, "failed": 0, "in_index": False, "errors": []}
     assert {"created_at", "updated_at"} <= set(data)
     assert list(entry.variants.values_list("text", "is_primary", "is_dirty")) == [
         ("Do you ship to Canada?", True, True),
@@ -146,7 +146,7 @@ def test_api_edit_marks_phrasings_dirty_and_bumps_the_revision(editor):
     data = body(response)
     assert data["question"] == "How can I follow my delivery?"
     assert data["variants"] == ["Where is my package?", "track my parcel", "has my order shipped yet"]
-    assert data["embedding"] == {"state": "pending", "pending": 1, "failed": 0, "errors": []}
+    assert data["embedding"] == {"state": "pending", "pending": 1, "failed": 0, "in_index": False, "errors": []}
     primary = track.variants.get(is_primary=True)
     assert (primary.text, primary.is_dirty, primary.embedding_state) == (
         "How can I follow my delivery?",
@@ -196,6 +196,7 @@ def test_embedding_summary_reports_failures(editor):
         "state": "failed",
         "pending": 1,
         "failed": 1,
+        "in_index": False,
         "errors": ["RuntimeError: model exploded"],
     }
 
@@ -459,7 +460,7 @@ def test_import_csv_creates_and_updates(editor):
     )
     response = editor.post(IMPORT, {"file": upload("faq.csv", csv)}, format="multipart")
     assert response.status_code == 200, body(response)
-    assert body(response) == {"created": 1, "updated": 1, "dry_run": False}
+    assert body(response) == {"created": 1, "updated": 1, "dry_run": False, "warnings": 0}
     assert Entry.objects.get(question="How do I track my order?").answer == "Use the tracking link in your email."
     canada = Entry.objects.get(question="Do you ship to Canada?")
     assert sorted(canada.variants.values_list("text", flat=True)) == [
@@ -497,7 +498,7 @@ def test_import_dry_run_counts_without_saving(editor):
     ]
     response = editor.post(f"{IMPORT}?dry_run=1", {"file": upload("faq.json", json.dumps(rows))}, format="multipart")
     assert response.status_code == 200, body(response)
-    assert body(response) == {"created": 1, "updated": 1, "dry_run": True}
+    assert body(response) == {"created": 1, "updated": 1, "dry_run": True, "warnings": 0}
     assert Entry.objects.count() == 4
     track.refresh_from_db()
     assert track.answer == "Open Account > Orders and click Track package."
@@ -534,7 +535,7 @@ def test_import_xlsx_workbook(editor):
     workbook.save(content)
     response = editor.post(IMPORT, {"file": upload("faq.xlsx", content.getvalue())}, format="multipart")
     assert response.status_code == 200, body(response)
-    assert body(response) == {"created": 1, "updated": 0, "dry_run": False}
+    assert body(response) == {"created": 1, "updated": 0, "dry_run": False, "warnings": 0}
     assert body(editor.get(ENTRIES))["results"][0]["variants"] == ["shipping to canada", "deliver to Toronto"]
 
 
@@ -637,7 +638,7 @@ def test_kb_editors_and_superusers_can_do_everything(who):
     imported = client.post(
         IMPORT, {"file": upload("faq.json", '[{"question": "q?", "answer": "a"}]')}, format="multipart"
     )
-    assert body(imported) == {"created": 1, "updated": 0, "dry_run": False}
+    assert body(imported) == {"created": 1, "updated": 0, "dry_run": False, "warnings": 0}
     assert client.delete(url).status_code == 204
     assert list(Entry.objects.values_list("question", flat=True)) == ["q?"]
 

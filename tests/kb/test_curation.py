@@ -15,6 +15,7 @@ from kb.exporting import export_rows, render
 from kb.importing import entries_import, read_rows, read_rows_from_bytes
 from kb.models import EmbeddingState, Entry, IndexVersion, Variant
 from tests.factories import entries_create, kb_embed_and_publish, upload
+from tests.kb.test_admin import change_form
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +28,7 @@ def test_export_round_trips_through_import_in_every_format():
         again = read_rows_from_bytes(f"kb.{fmt}", data)
         result = entries_import(rows=again, dry_run=True)
         assert result.ok and (result.created, result.updated) == (0, 4), fmt
-        assert [row[2] for row in result.plan] == [row["question"] for row in rows]
+        assert [row.question for row in result.plan] == [row["question"] for row in rows]
     workbook = load_workbook(io.BytesIO(render(rows, "xlsx")))
     header, first = list(workbook.active.iter_rows(values_only=True))[:2]
     assert header == ("question", "answer", "category", "language", "published", "variants")
@@ -172,6 +173,7 @@ def test_bulk_actions_publish_unpublish_reembed(editor_client):
 def test_changelist_filters_by_embedding_state(editor_client):
     entries = entries_create()
     services.variants_embed_batch(limit=100)
+    services.index_publish()  # embedded means searchable: in the live index
     Variant.objects.filter(entry=entries[0]).update(
         is_dirty=True, embedding_state=EmbeddingState.FAILED, embedding_error="model exploded"
     )
@@ -218,6 +220,136 @@ def test_history_records_who_changed_what_and_revert_restores_it(editor_client):
     assert revert.status_code == 302
     entry.refresh_from_db()
     assert entry.answer == original_answer
+
+
+def _change_post(entry, *, question=None, delete=()):
+    """The entry's change form as a browser posts it (tests.kb.test_admin.change_form), with
+    another question and the phrasings ``delete`` names deleted."""
+    doomed = {f"DELETE_{pk}": True for pk in entry.variants.filter(text__in=delete).values_list("pk", flat=True)}
+    return {**change_form(entry, **doomed), **({"question": question} if question else {})}
+
+
+def _phrasings(entry):
+    return sorted(entry.variants.filter(is_primary=False).values_list("text", flat=True))
+
+
+def test_a_revert_restores_the_phrasings_of_that_version_and_the_history_shows_them(editor_client):
+    entry = entries_create()[0]
+    kb_embed_and_publish()
+    first = entry.history.get()
+    assert (
+        sorted(first.phrasings)
+        == _phrasings(entry)
+        == ["Where is my package?", "has my order shipped yet", "track my parcel"]
+    )
+
+    # Delete a phrasing and change the question in one save: one history row holds both.
+    data = _change_post(entry, question="Where is my order?", delete=["track my parcel"])
+    assert editor_client.post(f"/admin/kb/entry/{entry.id}/change/", data).status_code == 302
+    entry.refresh_from_db()
+    latest = entry.history.latest("history_date")
+    assert entry.history.count() == 2 and latest.question == "Where is my order?"
+    assert sorted(latest.phrasings) == _phrasings(entry) == ["Where is my package?", "has my order shipped yet"]
+    history_page = editor_client.get(f"/admin/kb/entry/{entry.id}/history/").content.decode()
+    assert "− track my parcel" in history_page
+
+    # The revert form says what comes back; reverting brings back the question and the phrasing.
+    form = editor_client.get(f"/admin/kb/entry/{entry.id}/history/{first.history_id}/").content.decode()
+    assert "brings back 1 (track my parcel)" in form
+    revert = _change_post(entry, question=first.question)
+    assert editor_client.post(f"/admin/kb/entry/{entry.id}/history/{first.history_id}/", revert).status_code == 302
+    entry.refresh_from_db()
+    assert entry.question == "How do I track my order?"
+    assert _phrasings(entry) == ["Where is my package?", "has my order shipped yet", "track my parcel"]
+    restored = entry.variants.get(text="track my parcel")
+    assert restored.is_dirty  # embedded again, then searchable with the next index version
+    newest = entry.history.latest("history_date")
+    assert sorted(newest.phrasings) == _phrasings(entry) and entry.history.count() == 3
+
+
+def test_phrasing_changes_through_the_api_services_are_in_the_entry_history():
+    entry = entries_create()[0]
+    variant = services.variant_create(entry=entry, text="parcel status")
+    assert "parcel status" in entry.history.latest("history_date").phrasings
+    services.variant_update(variant=variant, text="parcel state")
+    assert "parcel state" in entry.history.latest("history_date").phrasings
+    services.variant_delete(variant=Variant.objects.get(pk=variant.pk))
+    latest = entry.history.latest("history_date")
+    assert "parcel state" not in latest.phrasings and entry.history.count() == 4
+    # Reverting to the version with "parcel status" restores it.
+    version = next(row for row in entry.history.all() if "parcel status" in row.phrasings)
+    services.entry_revert(entry=entry, version_id=version.history_id, question=entry.question)
+    assert "parcel status" in _phrasings(entry)
+    # A deletion's history row keeps the phrasings it had.
+    entry_id = entry.id
+    services.entry_delete(entry=entry)
+    assert "parcel status" in Entry.history.filter(id=entry_id, history_type="-").get().phrasings
+
+
+def test_a_user_who_may_only_view_entries_cannot_revert(client):
+    from django.contrib.auth.models import Permission
+
+    entry = entries_create()[0]
+    first = entry.history.get()
+    services.entry_update(entry=entry, answer="Changed.")
+    viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-123", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_entry"))
+    client.force_login(viewer)
+    response = client.post(f"/admin/kb/entry/{entry.id}/history/{first.history_id}/", _change_post(entry))
+    assert response.status_code == 403
+    entry.refresh_from_db()
+    assert entry.answer == "Changed."
+
+
+def test_the_import_preview_shows_each_row_and_warns_about_answers_that_are_not_answers(editor_client):
+    csv = (
+        "question,answer,category,language,published,variants\n"
+        "Do you ship to Canada?,Yes: 5-8 working days.,Shipping and delivery,en,true,ship canada|canada delivery\n"
+        "我的卡被拒了怎么办？,TODO,Cards,zh,true,\n"
+        "Can I pay later?,,Payments,en,false,\n"
+    )
+    page = editor_client.post("/admin/kb/entry/import/", {"file": upload("faq.csv", csv)}).content.decode()
+    # An empty answer is a row error: nothing to preview or confirm.
+    assert "row 3: answer is empty" in page and 'name="confirm"' not in page
+
+    csv = csv.replace("Can I pay later?,,", "Can I pay later?,(intent: pay_later),")
+    page = editor_client.post("/admin/kb/entry/import/", {"file": upload("faq.csv", csv)}).content.decode()
+    table = page[page.index('id="import-preview"') :]
+    for text in ("Yes: 5-8 working days.", "Shipping and delivery", "<td>zh</td>", "<td>3</td>"):
+        assert text in table, text
+    assert "placeholder answer (TODO)" in table and "placeholder answer ((intent: pay_later))" in table
+    assert "2 rows have an answer that looks like no answer" in page
+    assert "1 of 3 published as the file says" not in page and "2 of 3 published as the file says" in page
+    # Unpublished is the default (the first, highlighted button) when answers look missing.
+    assert re.search(r'<button type="submit" class="button default" name="unpublished" value="1"', page)
+    token = re.search(r'name="confirm" value="([0-9a-f]+)"', page).group(1)
+    confirm = editor_client.post(
+        "/admin/kb/entry/import/", {"confirm": token, "unpublished": "1", "filename": "faq.csv"}
+    )
+    assert confirm.status_code == 302 and "/import/jobs/" in confirm.url
+    assert Entry.objects.count() == 3 and not Entry.objects.filter(is_published=True).exists()
+
+    # After confirm, the progress view follows the entries until they are searchable.
+    progress = editor_client.get(confirm.url).content.decode()
+    assert "0 of 3</b> entries searchable" in progress and 'http-equiv="refresh"' in progress
+    assert "faq.csv" in progress
+    kb_embed_and_publish()
+    progress = editor_client.get(confirm.url).content.decode()
+    assert "3 of 3</b> entries searchable" in progress and 'id="import-searchable"' in progress
+    assert "customers get nothing from them until you" in progress and 'http-equiv="refresh"' not in progress
+
+
+def test_a_file_with_answers_is_published_as_it_says_by_default(editor_client):
+    csv = "question,answer\nDo you ship to Canada?,Yes.\nDo you ship to Peru?,No.\n"
+    page = editor_client.post("/admin/kb/entry/import/", {"file": upload("faq.csv", csv)}).content.decode()
+    assert 'id="import-warnings"' not in page
+    assert re.search(r'<button type="submit" class="button default" id="import-published">Confirm import', page)
+    token = re.search(r'name="confirm" value="([0-9a-f]+)"', page).group(1)
+    confirm = editor_client.post("/admin/kb/entry/import/", {"confirm": token})
+    assert Entry.objects.filter(is_published=True).count() == 2
+    kb_embed_and_publish()
+    progress = editor_client.get(confirm.url).content.decode()
+    assert "2 of 2</b> entries searchable" in progress and "and answers customers" in progress
 
 
 def test_index_versions_are_listed_for_editors(editor_client):

@@ -137,11 +137,11 @@ def test_a_step_that_dies_mid_batch_is_redone_without_doubling_rows(editor, brok
     import_job_step(job_id=job["id"])  # staged
     real_save, calls = import_jobs.entry_save, []
 
-    def dies_on_the_third_row(fields):
+    def dies_on_the_third_row(fields, **options):
         calls.append(fields)
         if len(calls) == 3:
             raise OperationalError("the database went away")
-        return real_save(fields)
+        return real_save(fields, **options)
 
     monkeypatch.setattr(import_jobs, "entry_save", dies_on_the_third_row)
     with pytest.raises(OperationalError):
@@ -161,7 +161,7 @@ def test_the_task_queues_the_next_step_and_fails_the_job_on_an_unexpected_error(
     job = editor.post(IMPORT, {"file": upload("faq.json", faq_json(rows))}, format="multipart").json()
     assert tasks.kb_import_run(job["id"]) == {"job": job["id"], "more": True}
     assert queued == [job["id"]]
-    monkeypatch.setattr(import_jobs, "entry_save", lambda fields: 1 / 0)
+    monkeypatch.setattr(import_jobs, "entry_save", lambda fields, **options: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         tasks.kb_import_run(job["id"])
     failed = ImportJob.objects.get()
@@ -198,7 +198,9 @@ def test_admin_checks_a_large_file_in_a_job_then_imports_it_on_confirm(editor_cl
     run_job(job.pk)
     page = editor_client.get(response.url).content.decode()
     assert "8 new, 0 updated, 1 row with errors (would be skipped)" in page and "row 9: answer is empty" in page
-    assert 'http-equiv="refresh"' not in page and "Import the valid rows" in page
+    assert 'http-equiv="refresh"' not in page and "Confirm import" in page
+    # The first rows as the preview shows them, with their answers.
+    assert "<td>1</td><td>create</td>" in page and "Question 8?" in page
     assert not Entry.objects.exists()  # a dry run
 
     confirm = editor_client.post(response.url, {"confirm": "1"})
@@ -214,6 +216,24 @@ def test_admin_checks_a_large_file_in_a_job_then_imports_it_on_confirm(editor_cl
     # The import page links the recent jobs.
     listing = editor_client.get(ADMIN_IMPORT).content.decode()
     assert re.search(f'href="{ADMIN_IMPORT}jobs/{real.pk}/">faq.json</a>: done', listing)
+
+
+def test_a_large_file_with_placeholder_answers_is_imported_unpublished_by_default(editor_client, broker):
+    rows = [{"question": f"Question {number}?", "answer": "TODO" if number % 2 else "Yes."} for number in range(1, 9)]
+    response = editor_client.post(ADMIN_IMPORT, {"file": upload("faq.json", faq_json(rows))})
+    job = ImportJob.objects.get()
+    run_job(job.pk)
+    page = editor_client.get(response.url).content.decode()
+    assert job.__class__.objects.get(pk=job.pk).warning_count == 4 and 'id="import-warnings"' in page
+    assert re.search(r'class="button default" name="unpublished" value="1"[^>]*>Import as unpublished', page)
+    confirm = editor_client.post(response.url, {"confirm": "1", "unpublished": "1"})
+    real = ImportJob.objects.exclude(pk=job.pk).get()
+    run_job(real.pk)
+    real.refresh_from_db()
+    assert real.unpublished and sorted(real.entry_ids) == sorted(Entry.objects.values_list("id", flat=True))
+    assert Entry.objects.count() == 8 and not Entry.objects.filter(is_published=True).exists()
+    progress = editor_client.get(confirm.url).content.decode()
+    assert "all unpublished" in progress and "0 of 8</b> entries searchable" in progress
 
 
 def test_an_unconfirmed_dry_run_drops_its_upload_after_the_staging_period(editor_client, broker, settings):

@@ -87,7 +87,12 @@ def test_an_xlsx_with_one_cell_in_column_xfd(editor):
     response, seconds, peak = measured_post(
         editor, IMPORT, {"file": upload("far.xlsx", xlsx_with_far_cell(declared=False))}
     )
-    assert response.status_code == 200 and response.json() == {"created": 30, "updated": 0, "dry_run": False}
+    assert response.status_code == 200 and response.json() == {
+        "created": 30,
+        "updated": 0,
+        "dry_run": False,
+        "warnings": 0,
+    }
     assert peak < REQUEST_PEAK_BOUND and seconds < FAST_SECONDS
 
 

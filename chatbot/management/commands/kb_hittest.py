@@ -5,6 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from chatbot.evaluation.hit_testing import failures_csv as failures_as_csv
 from chatbot.evaluation.hit_testing import hit_test_rows
 from chatbot.evaluation.labelled import read_labelled_rows
 from kb.importing import ImportFileError
@@ -20,8 +21,14 @@ class Command(BaseCommand):
         parser.add_argument("file", type=Path)
         parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
         parser.add_argument("--max-misses", type=int, default=50, help="misses to list (default 50)")
+        parser.add_argument(
+            "--failures-csv",
+            type=Path,
+            default=None,
+            help="write every question not answered right (wrong answer, did you mean, fallback) to this CSV",
+        )
 
-    def handle(self, *args, file: Path, limit, max_misses, **options):
+    def handle(self, *args, file: Path, limit, max_misses, failures_csv, **options):
         try:
             rows = read_labelled_rows(file.name, file.read_bytes())
         except (OSError, ImportFileError) as exc:
@@ -37,6 +44,11 @@ class Command(BaseCommand):
         self.stdout.write(f"questions: {report.total}")
         self.stdout.write(f"top-1 accuracy: {report.top1_accuracy:.1%} of {len(report.in_scope)} in-scope questions")
         self.stdout.write(f"answered from the right entry: {report.answer_accuracy:.1%}")
+        split = ", ".join(f"{len(cases)} {kind}" for kind, cases in report.failures.items())
+        self.stdout.write(f"not answered right: {report.failure_count} ({split})")
+        if failures_csv is not None:
+            failures_csv.write_text(failures_as_csv(report), encoding="utf-8")
+            self.stdout.write(f"failures written to {failures_csv}")
         self.stdout.write(f"misses: {len(misses)}" + (f" (first {max_misses})" if len(misses) > max_misses else ""))
         for case in misses[:max_misses]:
             retrieved = ", ".join(

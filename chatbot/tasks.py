@@ -1,0 +1,13 @@
+"""Celery tasks of the chat side; each is a thin call into a service."""
+
+from celery import shared_task
+
+from chatbot.entry_hits import entry_hits_refresh
+
+
+@shared_task(ignore_result=True)
+def entry_hits_count():
+    """Count the FAQ answers stored since the last run into the entries' hit counts."""
+    # A backlog (the first run over a big transcript store) is worked off a batch at a time.
+    while entry_hits_refresh():
+        pass
