@@ -8,9 +8,9 @@ import json
 
 from django.db.models import Prefetch, QuerySet
 
-from kb.models import Entry, Variant
+from kb.models import TRANSLATION_COLUMNS, Entry, Variant
 
-COLUMNS = ["question", "answer", "category", "language", "published", "variants"]
+COLUMNS = ["question", "answer", "category", "language", "published", "variants", *TRANSLATION_COLUMNS]
 FORMATS = {
     "csv": "text/csv",
     "json": "application/json",
@@ -37,6 +37,7 @@ def export_rows(entries: QuerySet[Entry] | None = None, progress=None) -> list[d
                 "language": entry.language,
                 "published": entry.is_published,
                 "variants": [variant.text for variant in entry.alternates],
+                **{column: entry.translations.get(code, "") for column, code in TRANSLATION_COLUMNS.items()},
             }
         )
         if progress is not None:

@@ -21,13 +21,13 @@ from django.db import transaction
 
 from kb import services
 from kb.import_files import ImportFileError, ImportLimits, file_check, size_check, table_read
-from kb.models import Entry
+from kb.models import TRANSLATION_COLUMNS, Entry
 from kb.text import text_key, text_normalise
 
 REQUIRED_COLUMNS = ("question", "answer")
 PLACEHOLDER_ANSWER = "(intent: {category})"
 """The answer of an entry made from a phrasing file without answers; such entries are unpublished."""
-KNOWN_COLUMNS = {"question", "answer", "category", "language", "published", "variants"}
+KNOWN_COLUMNS = {"question", "answer", "category", "language", "published", "variants", *TRANSLATION_COLUMNS}
 TRUE_WORDS = {"1", "true", "yes", "y", "published"}
 FALSE_WORDS = {"0", "false", "no", "n", "draft", "unpublished", ""}
 # Row errors kept and shown (admin, API, a job's record); the rest are only counted, so a file of
@@ -231,7 +231,7 @@ def _parse_row(row: dict) -> dict:
     if unknown:
         raise services.EntryInvalid(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
     values = {key: row.get(key) for key in KNOWN_COLUMNS}
-    for key in ("question", "answer", "category", "language"):
+    for key in ("question", "answer", "category", "language", *TRANSLATION_COLUMNS):
         if values[key] is not None and not isinstance(values[key], str):
             raise services.EntryInvalid(f"{key} must be text")
     variants = values["variants"] or []
@@ -249,7 +249,7 @@ def _parse_row(row: dict) -> dict:
         published = word in TRUE_WORDS
     elif not isinstance(published, bool):
         raise services.EntryInvalid("published must be true or false")
-    return {
+    fields = {
         "question": values["question"] or "",
         "answer": values["answer"] or "",
         "category": values["category"] or "",
@@ -257,6 +257,13 @@ def _parse_row(row: dict) -> dict:
         "is_published": published,
         "variants": [v for v in variants if v.strip()],
     }
+    # Only a file with answer_<language> columns sets the answers per language (an empty cell
+    # removes one): a file without them leaves an entry's as they are.
+    if any(column in row for column in TRANSLATION_COLUMNS):
+        fields["translations"] = {
+            code: values[column] or "" for column, code in TRANSLATION_COLUMNS.items() if column in row
+        }
+    return fields
 
 
 def entry_rows_checked(rows: list[dict]):

@@ -31,6 +31,10 @@ class Language(models.TextChoices):
     CHINESE = "zh", "Chinese"
 
 
+# Import/export columns of an entry's answers for questions in each language (Entry.translations).
+TRANSLATION_COLUMNS = {f"answer_{code}": code for code in Language.values}
+
+
 class EntryHistorySnapshot(models.Model):
     """Columns an entry's history rows add to its own fields: the alternate phrasings as they were
     after that change, so that a revert restores them with the question and answer."""

@@ -31,7 +31,7 @@ def test_export_round_trips_through_import_in_every_format():
         assert [row.question for row in result.plan] == [row["question"] for row in rows]
     workbook = load_workbook(io.BytesIO(render(rows, "xlsx")))
     header, first = list(workbook.active.iter_rows(values_only=True))[:2]
-    assert header == ("question", "answer", "category", "language", "published", "variants")
+    assert header == ("question", "answer", "category", "language", "published", "variants", "answer_en", "answer_zh")
     assert (
         first[0] == "How do I track my order?"
         and first[5] == "Where is my package?|track my parcel|has my order shipped yet"
@@ -350,6 +350,25 @@ def test_a_file_with_answers_is_published_as_it_says_by_default(editor_client):
     kb_embed_and_publish()
     progress = editor_client.get(confirm.url).content.decode()
     assert "2 of 2</b> entries searchable" in progress and "and answers customers" in progress
+
+
+def test_answers_per_language_round_trip_through_export_and_import():
+    entries = entries_create()
+    services.entry_update(entry=entries[0], translations={"zh": "在“账户 > 订单”里点“跟踪包裹”。"})
+    for fmt in ("csv", "json", "xlsx"):
+        data = render(export_rows(), fmt)
+        services.entry_update(entry=entries[0], translations={})
+        result = entries_import(rows=read_rows_from_bytes(f"kb.{fmt}", data))
+        assert result.ok, (fmt, result.errors)
+        assert Entry.objects.get(pk=entries[0].pk).translations == {"zh": "在“账户 > 订单”里点“跟踪包裹”。"}, fmt
+        assert Entry.objects.get(pk=entries[1].pk).translations == {}, fmt
+    # A file with an answer_zh column sets it; a file without the column leaves it alone.
+    csv = "question,answer,answer_zh\nWhat is your return policy?,Within 30 days.,30天内可退货。\n"
+    assert entries_import(rows=read_rows_from_bytes("kb.csv", csv.encode())).ok
+    assert Entry.objects.get(pk=entries[1].pk).translations == {"zh": "30天内可退货。"}
+    csv = "question,answer\nWhat is your return policy?,Within 30 days of delivery.\n"
+    assert entries_import(rows=read_rows_from_bytes("kb.csv", csv.encode())).ok
+    assert Entry.objects.get(pk=entries[1].pk).translations == {"zh": "30天内可退货。"}
 
 
 def test_index_versions_are_listed_for_editors(editor_client):
