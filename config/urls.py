@@ -19,6 +19,7 @@ urlpatterns = [
     path("widget/sites/<str:key>.json", chatbot_views.widget_site_config, name="widget-site-config"),
     path("faq/<int:entry_id>", chatbot_views.faq_entry, name="faq-entry"),
     path("admin/", admin.site.urls),
+    path("ops/", include("ops.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/", include("chatbot.evaluation.urls")),

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "simple_history",
     "kb",
     "chatbot",
+    "ops",
     # The project itself, for its process supervisor (`manage.py runstack`, config/runstack.py).
     "config",
 ]

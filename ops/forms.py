@@ -1,0 +1,40 @@
+"""The transcripts list's filter form: what ops can narrow conversations to."""
+
+from __future__ import annotations
+
+from django import forms
+
+from chatbot.models import Site
+from kb.models import Language
+from ops.selectors import OUTCOMES, TranscriptFilter
+
+
+class TranscriptFilterForm(forms.Form):
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    outcome = forms.ChoiceField(required=False, choices=[("", "any outcome"), *OUTCOMES.items()])
+    rating = forms.TypedChoiceField(
+        required=False, coerce=int, empty_value=None, choices=[("", "any rating"), *((n, f"{n}★") for n in range(1, 6))]
+    )
+    thumbs = forms.ChoiceField(
+        required=False,
+        choices=[("", "any feedback"), ("down", "thumbs down"), ("up", "thumbs up"), ("any", "any thumbs")],
+    )
+    language = forms.ChoiceField(required=False, choices=[("", "any language"), *Language.choices])
+    site = forms.ModelChoiceField(required=False, queryset=Site.objects.order_by("name"), empty_label="any site")
+    q = forms.CharField(required=False, label="Text", max_length=200, widget=forms.TextInput(attrs={"type": "search"}))
+
+    def spec(self) -> TranscriptFilter:
+        """The filter the valid fields describe (an invalid field is left out: the list still shows)."""
+        data = self.cleaned_data if self.is_valid() else {k: v for k, v in getattr(self, "cleaned_data", {}).items()}
+        site = data.get("site")
+        return TranscriptFilter(
+            since=data.get("since"),
+            until=data.get("until"),
+            outcome=data.get("outcome") or "",
+            rating=data.get("rating"),
+            thumbs=data.get("thumbs") or "",
+            language=data.get("language") or "",
+            site_id=site.pk if site else None,
+            text=(data.get("q") or "").strip(),
+        )

@@ -1,0 +1,151 @@
+"""Transcripts as ops read them: conversations with what happened in them (outcome, language,
+thumbs, first response time), filtered, and a conversation's turns with their traces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models.fields.json import KeyTextTransform
+from django.utils import timezone
+
+from chatbot.models import Conversation, ConversationState, Message, Role, Source
+
+# What happened in a conversation, most telling first: the label of one that had several.
+HANDED_OFF = "handed_off"  # the customer asked for a person (or is with one)
+UNANSWERED = "unanswered"  # a question got neither an FAQ nor an LLM answer: the hand-off was offered
+LLM = "llm"  # some answer came from the LLM
+FAQ = "faq"  # every answer came from the FAQ
+NO_REPLY = "none"  # the bot never replied
+OUTCOMES = {
+    HANDED_OFF: "handed off",
+    UNANSWERED: "unanswered",
+    LLM: "LLM",
+    FAQ: "FAQ",
+    NO_REPLY: "no reply",
+}
+
+
+def _bot(**filters) -> QuerySet:
+    return Message.objects.filter(conversation=OuterRef("pk"), role=Role.BOT, **filters)
+
+
+def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
+    """Conversations with ``has_faq``, ``has_llm``, ``has_offer``, ``has_request``, ``n_messages``,
+    ``thumbs_up``/``thumbs_down``, ``language`` (of the first reply), ``first_question_at``,
+    ``first_reply_at`` and ``first_reply_ms`` (for the first response time)."""
+    queryset = queryset if queryset is not None else Conversation.objects.all()
+    first_reply = _bot().order_by("created_at", "id")
+    return queryset.select_related("site").annotate(
+        has_faq=Exists(_bot(source=Source.FAQ)),
+        has_llm=Exists(_bot(source=Source.LLM)),
+        has_offer=Exists(_bot(source=Source.HANDOFF, decision__handoff="offered")),
+        has_request=Exists(_bot(source=Source.HANDOFF, decision__handoff="requested")),
+        n_messages=Count("messages", distinct=True),
+        thumbs_up=Count("messages__feedback", filter=Q(messages__feedback__value="up"), distinct=True),
+        thumbs_down=Count("messages__feedback", filter=Q(messages__feedback__value="down"), distinct=True),
+        language=Subquery(first_reply.annotate(lang=KeyTextTransform("language", "decision")).values("lang")[:1]),
+        first_question_at=Min("messages__created_at", filter=Q(messages__role=Role.CUSTOMER)),
+        first_reply_at=Subquery(first_reply.values("created_at")[:1]),
+        first_reply_ms=Subquery(first_reply.annotate(ms=KeyTextTransform("total", "timings_ms")).values("ms")[:1]),
+    )
+
+
+def outcome_of(conversation) -> str:
+    """The outcome label of an annotated conversation (conversations_annotated)."""
+    if conversation.has_request or conversation.state in {ConversationState.WAITING, ConversationState.AGENT}:
+        return HANDED_OFF
+    if conversation.has_offer:
+        return UNANSWERED
+    if conversation.has_llm:
+        return LLM
+    if conversation.has_faq:
+        return FAQ
+    return NO_REPLY
+
+
+def first_response_ms(conversation) -> float | None:
+    """Milliseconds from the customer's first message to the first reply (annotated). A bot reply
+    is stored together with the question it answers, so their times are one: its own recorded
+    time to answer (``timings_ms.total``) is the wait the customer saw."""
+    if conversation.first_question_at is None or conversation.first_reply_at is None:
+        return None
+    between = (conversation.first_reply_at - conversation.first_question_at).total_seconds() * 1000
+    recorded = float(conversation.first_reply_ms) if conversation.first_reply_ms else 0.0
+    return max(between, recorded)
+
+
+@dataclass(frozen=True)
+class TranscriptFilter:
+    """What the transcripts list is narrowed to; every field optional."""
+
+    since: date | None = None
+    until: date | None = None  # inclusive
+    outcome: str = ""
+    rating: int | None = None
+    thumbs: str = ""  # "up", "down" or "any"
+    language: str = ""
+    site_id: int | None = None
+    text: str = ""
+
+
+def _day_start(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+def conversations_filtered(spec: TranscriptFilter) -> QuerySet:
+    """Conversations matching ``spec``, newest first, annotated (conversations_annotated)."""
+    return conversations_annotated(conversations_matching(spec)).order_by("-created_at", "-id")
+
+
+def conversations_matching(spec: TranscriptFilter) -> QuerySet:
+    """Conversations matching ``spec``, not annotated (for a subquery: the export's messages)."""
+    queryset = Conversation.objects.all()
+    if spec.since:
+        queryset = queryset.filter(created_at__gte=_day_start(spec.since))
+    if spec.until:
+        queryset = queryset.filter(created_at__lt=_day_start(spec.until + timedelta(days=1)))
+    if spec.site_id:
+        queryset = queryset.filter(site_id=spec.site_id)
+    if spec.rating:
+        queryset = queryset.filter(rating=spec.rating)
+    if spec.text:
+        said = Message.objects.filter(conversation=OuterRef("pk"), text__icontains=spec.text)
+        queryset = queryset.filter(Exists(said))
+    if spec.thumbs in {"up", "down"}:
+        queryset = queryset.filter(Exists(_bot(feedback__value=spec.thumbs)))
+    elif spec.thumbs == "any":
+        queryset = queryset.filter(Exists(_bot(feedback__isnull=False)))
+    if spec.language:
+        queryset = queryset.filter(Exists(_bot(decision__language=spec.language)))
+    return _outcome_filtered(queryset, spec.outcome)
+
+
+def _outcome_filtered(queryset: QuerySet, outcome: str) -> QuerySet:
+    handed_off = Q(state__in=[ConversationState.WAITING, ConversationState.AGENT]) | Exists(
+        _bot(source=Source.HANDOFF, decision__handoff="requested")
+    )
+    offered = Exists(_bot(source=Source.HANDOFF, decision__handoff="offered"))
+    llm = Exists(_bot(source=Source.LLM))
+    if outcome == HANDED_OFF:
+        return queryset.filter(handed_off)
+    if outcome == UNANSWERED:
+        return queryset.filter(offered).exclude(handed_off)
+    if outcome == LLM:
+        return queryset.filter(llm).exclude(handed_off).exclude(offered)
+    if outcome == FAQ:
+        return queryset.filter(Exists(_bot(source=Source.FAQ))).exclude(handed_off).exclude(offered).exclude(llm)
+    if outcome == NO_REPLY:
+        return queryset.exclude(Exists(_bot()))
+    return queryset
+
+
+def conversation_messages(conversation: Conversation) -> QuerySet:
+    """A conversation's messages in order, with their feedback and the entry answered from."""
+    return (
+        Message.objects.filter(conversation=conversation)
+        .select_related("feedback", "entry")
+        .order_by("created_at", "id")
+        .annotate(entry_question=F("entry__question"))
+    )

@@ -1,0 +1,13 @@
+"""/ops/: the transcripts list, a conversation, and the filtered set's exports."""
+
+from django.urls import path
+
+from ops import views
+
+app_name = "ops"
+urlpatterns = [
+    path("", views.transcripts, name="transcripts"),
+    path("conversations/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path("export.csv", views.export, {"fmt": "csv"}, name="export-csv"),
+    path("export.jsonl", views.export, {"fmt": "jsonl"}, name="export-jsonl"),
+]
