@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from chatbot.entry_hits import entry_hits_refresh
+from chatbot.retention import transcripts_prune
 
 
 @shared_task(ignore_result=True)
@@ -11,3 +12,9 @@ def entry_hits_count():
     # A backlog (the first run over a big transcript store) is worked off a batch at a time.
     while entry_hits_refresh():
         pass
+
+
+@shared_task(ignore_result=True)
+def transcripts_prune_old():
+    """Delete the conversations past CHATBOT_TRANSCRIPT_RETENTION_DAYS, in batches."""
+    return transcripts_prune()

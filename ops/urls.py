@@ -8,6 +8,12 @@ app_name = "ops"
 urlpatterns = [
     path("", views.transcripts, name="transcripts"),
     path("conversations/<uuid:conversation_id>/", views.conversation, name="conversation"),
+    path(
+        "conversations/<uuid:conversation_id>/messages/<int:message_id>/fix",
+        views.turn_fix,
+        name="turn-fix",
+    ),
+    path("entries.json", views.entries_search, name="entries-search"),
     path("export.csv", views.export, {"fmt": "csv"}, name="export-csv"),
     path("export.jsonl", views.export, {"fmt": "jsonl"}, name="export-jsonl"),
 ]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from functools import wraps
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
+from django.http import JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.views.decorators.http import require_POST
 
-from chatbot.models import Conversation
+from chatbot.models import Conversation, Message, Role
+from ops import services
 from ops.exports import conversations_csv, messages_jsonl
 from ops.forms import TranscriptFilterForm
 from ops.roles import can_view_transcripts
@@ -75,6 +78,7 @@ def conversation(request, conversation_id):
     messages = list(conversation_messages(found))
     traces = traces_of(messages, with_prompt=True)
     turns = [(message, traces.get(message.pk)) for message in messages]
+    user = request.user
     return _page(
         request,
         "ops/conversation.html",
@@ -83,6 +87,10 @@ def conversation(request, conversation_id):
         outcome=OUTCOMES[outcome_of(found)],
         first_response=first_response_ms(found),
         turns=turns,
+        can_add_phrasing=user.has_perm("kb.add_variant"),
+        can_add_entry=user.has_perm("kb.add_entry"),
+        can_review=user.has_perm("ops.add_answerreview"),
+        new_entry_url=reverse("admin:kb_entry_add"),
     )
 
 
@@ -96,3 +104,47 @@ def export(request, fmt: str):
         response = StreamingHttpResponse(messages_jsonl(spec), content_type="application/x-ndjson; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="transcripts.{fmt}"'
     return response
+
+
+FIX_PERMISSIONS = {"phrasing": "kb.add_variant", "right": "ops.add_answerreview", "wrong": "ops.add_answerreview"}
+
+
+@require_POST
+@transcripts_required
+def turn_fix(request, conversation_id, message_id):
+    """Fix from the log: the question of a bot turn as a phrasing of the entry chosen, or the
+    reply marked right or wrong. Back to the turn, with what happened."""
+    message = get_object_or_404(
+        Message.objects.select_related("reply_to"), pk=message_id, conversation_id=conversation_id, role=Role.BOT
+    )
+    action = request.POST.get("action", "")
+    if action not in FIX_PERMISSIONS:
+        messages.error(request, "Unknown fix.")
+    elif not request.user.has_perm(FIX_PERMISSIONS[action]):
+        raise PermissionDenied
+    else:
+        try:
+            if action == "phrasing":
+                chosen = request.POST.get("entry", "").strip().lstrip("#").split(" ", 1)[0]
+                if not chosen.isdigit():
+                    raise services.FixInvalid("choose an entry from the list (its number first)")
+                services.phrasing_from_turn(message=message, entry_id=int(chosen))
+                messages.success(
+                    request,
+                    f"Added “{message.reply_to.text}” as a phrasing of entry #{chosen}: the same question is "
+                    "answered from it once embedded (seconds).",
+                )
+            else:
+                services.answer_review_set(message=message, verdict=action, reviewer=request.user)
+                messages.success(request, f"Marked the reply {action}.")
+        except services.FixInvalid as exc:
+            messages.error(request, f"Not done: {exc}.")
+    return redirect(reverse("ops:conversation", args=[conversation_id]) + f"#m{message_id}")
+
+
+@transcripts_required
+def entries_search(request):
+    """Search-as-you-type for the fix form: entries by number or by words of a phrasing."""
+    if not request.user.has_perm("kb.view_entry"):
+        raise PermissionDenied
+    return JsonResponse({"entries": services.entries_search(request.GET.get("q", ""))})

@@ -254,7 +254,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "chatbot.tasks.entry_hits_count",
         "schedule": env.float("CHATBOT_ENTRY_HITS_SECONDS", default=60.0),
     },
+    "transcripts-retention": {
+        "task": "chatbot.tasks.transcripts_prune_old",
+        "schedule": env.float("CHATBOT_RETENTION_SWEEP_SECONDS", default=3600.0),
+    },
 }
+# Conversations untouched for longer than this are deleted with their messages (0: kept forever).
+CHATBOT_TRANSCRIPT_RETENTION_DAYS = env.int("CHATBOT_TRANSCRIPT_RETENTION_DAYS", default=365)
 
 # --- Knowledge base ---------------------------------------------------------------------------
 # English questions by all-MiniLM-L6-v2, other languages (and cross-lingual) by the multilingual
