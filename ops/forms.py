@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 from django import forms
+from django.utils import timezone
 
 from chatbot.models import Site
 from kb.models import Language
@@ -38,3 +41,19 @@ class TranscriptFilterForm(forms.Form):
             site_id=site.pk if site else None,
             text=(data.get("q") or "").strip(),
         )
+
+
+class DashboardRangeForm(forms.Form):
+    since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    DEFAULT_DAYS = 30
+    MAX_DAYS = 366
+
+    def range(self) -> tuple[date, date]:
+        """The days asked for: the last 30 by default, at most a year, ``since`` not after ``until``."""
+        data = self.cleaned_data if self.is_bound and self.is_valid() else {}
+        until = data.get("until") or timezone.localdate()
+        since = data.get("since") or until - timedelta(days=self.DEFAULT_DAYS - 1)
+        since = min(since, until)
+        return max(since, until - timedelta(days=self.MAX_DAYS - 1)), until

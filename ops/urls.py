@@ -14,6 +14,7 @@ urlpatterns = [
         name="turn-fix",
     ),
     path("entries.json", views.entries_search, name="entries-search"),
+    path("metrics/", views.metrics, name="metrics"),
     path("export.csv", views.export, {"fmt": "csv"}, name="export-csv"),
     path("export.jsonl", views.export, {"fmt": "jsonl"}, name="export-jsonl"),
 ]

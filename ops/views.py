@@ -17,7 +17,8 @@ from django.views.decorators.http import require_POST
 from chatbot.models import Conversation, Message, Role
 from ops import services
 from ops.exports import conversations_csv, messages_jsonl
-from ops.forms import TranscriptFilterForm
+from ops.forms import DashboardRangeForm, TranscriptFilterForm
+from ops.metrics import dashboard
 from ops.roles import can_view_transcripts
 from ops.selectors import (
     OUTCOMES,
@@ -148,3 +149,17 @@ def entries_search(request):
     if not request.user.has_perm("kb.view_entry"):
         raise PermissionDenied
     return JsonResponse({"entries": services.entries_search(request.GET.get("q", ""))})
+
+
+@transcripts_required
+def metrics(request):
+    """The metrics dashboard over a date range (the last 30 days unless given)."""
+    form = DashboardRangeForm(request.GET or None)
+    since, until = form.range()
+    figures = dashboard(since, until)
+    charts = {
+        "days": figures.days,
+        "per_day": figures.per_day,
+        "answered_by": figures.answered_by,
+    }
+    return _page(request, "ops/metrics.html", title="Metrics", form=form, figures=figures, charts=charts)

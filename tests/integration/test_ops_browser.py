@@ -1,13 +1,13 @@
 """The ops console in headless Chromium against the real ASGI server (issue 15): a customer chats in
 the widget, then an ops reviewer finds the conversation in /ops/ by its outcome and reads its
-trace. Saves the README's screenshot of a transcript."""
+trace, then the dashboard. Saves the README's screenshots of a transcript and the dashboard."""
 
 from __future__ import annotations
 
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Permission
 
 from tests.integration.servers import web_server_start
 from tests.integration.test_editor_browser import reply_to
@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.redis, pytest.mark.django_db(tran
 def test_an_ops_reviewer_reads_what_the_bot_did(tmp_path, chromium, stop_after):  # noqa: F811
     entries, _site = shop_with_site([])
     reviewer = get_user_model().objects.create_user("ops", "ops@example.com", "pw-ops-12345", is_staff=True)
-    reviewer.groups.add(Group.objects.get(name="Ops reviewers"))
+    # The permission the Ops reviewers group holds (a transactional test's flush drops the groups
+    # the migrations made; tests/ops checks the groups themselves).
+    reviewer.user_permissions.add(Permission.objects.get(codename="view_conversation"))
     server = web_server_start(tmp_path, redis_url=settings.TEST_REDIS_URL)
     stop_after(server)
     browser = chromium()
@@ -50,3 +52,10 @@ def test_an_ops_reviewer_reads_what_the_bot_did(tmp_path, chromium, stop_after):
     assert "≥ answer" in first_hit
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "ops-transcript.png"), full_page=True)
+
+    # The dashboard: its charts are drawn (Chart.js from the static files) from these two chats.
+    page.goto(f"{server.url}ops/metrics/")
+    page.wait_for_function("() => window.Chart && Chart.getChart('chart-per-day')")
+    assert page.locator("#m-conversations").inner_text() == "2"
+    assert page.evaluate("Chart.getChart('chart-answered-by').data.datasets[0].data") == [1, 0, 0]
+    page.screenshot(path=str(SCREENSHOTS / "ops-metrics.png"), full_page=True)
