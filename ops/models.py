@@ -18,3 +18,36 @@ class AnswerReview(models.Model):
 
     def __str__(self) -> str:
         return f"{self.verdict} on message {self.message_id}"
+
+
+class GapRun(models.Model):
+    """One gap-mining run (ops.gaps.gaps_mine); only the newest is kept."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    window_days = models.PositiveIntegerField()
+    questions = models.PositiveIntegerField()  # unanswered questions it read
+    seconds = models.FloatField()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"gap mining of {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class GapCluster(models.Model):
+    """Similar questions the FAQ could not answer, with the entry drafted from them."""
+
+    run = models.ForeignKey(GapRun, on_delete=models.CASCADE, related_name="clusters")
+    language = models.CharField(max_length=8)
+    size = models.PositiveIntegerField()  # times asked
+    distinct = models.PositiveIntegerField()  # different wordings
+    representative = models.TextField()  # the most central question
+    examples = models.JSONField(default=list)
+    draft_entry = models.ForeignKey("kb.Entry", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-size", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.size}× {self.representative[:60]}"

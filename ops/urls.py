@@ -15,6 +15,9 @@ urlpatterns = [
     ),
     path("entries.json", views.entries_search, name="entries-search"),
     path("metrics/", views.metrics, name="metrics"),
+    path("gaps/", views.gaps, name="gaps"),
+    path("gaps/mine", views.gaps_mine_now, name="gaps-mine"),
+    path("gaps/<int:cluster_id>/draft", views.gap_draft, name="gap-draft"),
     path("export.csv", views.export, {"fmt": "csv"}, name="export-csv"),
     path("export.jsonl", views.export, {"fmt": "jsonl"}, name="export-jsonl"),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+from celery import current_app
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
@@ -18,7 +19,9 @@ from chatbot.models import Conversation, Message, Role
 from ops import services
 from ops.exports import conversations_csv, messages_jsonl
 from ops.forms import DashboardRangeForm, TranscriptFilterForm
+from ops.gaps import gap_draft_entry
 from ops.metrics import dashboard
+from ops.models import GapCluster, GapRun
 from ops.roles import can_view_transcripts
 from ops.selectors import (
     OUTCOMES,
@@ -163,3 +166,42 @@ def metrics(request):
         "answered_by": figures.answered_by,
     }
     return _page(request, "ops/metrics.html", title="Metrics", form=form, figures=figures, charts=charts)
+
+
+@transcripts_required
+def gaps(request):
+    """The newest gap-mining run's clusters, biggest first."""
+    run = GapRun.objects.first()
+    clusters = list(run.clusters.all()) if run else []
+    return _page(
+        request,
+        "ops/gaps.html",
+        title="Unanswered questions",
+        run=run,
+        clusters=clusters,
+        can_draft=request.user.has_perm("kb.add_entry"),
+    )
+
+
+@require_POST
+@transcripts_required
+def gaps_mine_now(request):
+    """Queue a gap-mining run."""
+    try:
+        current_app.send_task("ops.tasks.gaps_mine_run", ignore_result=True)
+    except Exception as exc:  # noqa: BLE001 - the broker is down: say so, nothing was started
+        messages.error(request, f"Could not queue the run ({type(exc).__name__}); try again.")
+    else:
+        messages.success(request, "Mining queued: reload in a minute.")
+    return redirect("ops:gaps")
+
+
+@require_POST
+@transcripts_required
+def gap_draft(request, cluster_id):
+    """An unpublished entry from a cluster, opened in the admin for its answer."""
+    if not request.user.has_perm("kb.add_entry"):
+        raise PermissionDenied
+    entry = gap_draft_entry(cluster=get_object_or_404(GapCluster, pk=cluster_id))
+    messages.success(request, "Draft entry created, unpublished: write its answer, then publish it.")
+    return redirect("admin:kb_entry_change", entry.pk)

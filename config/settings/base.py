@@ -232,7 +232,7 @@ def celery_queues(default_queue: str, embed_queue: str) -> tuple[tuple[Queue, ..
     """The declared queues (a worker started without --queues consumes them all) and the routes
     that send the embedding tasks to ``embed_queue``. Bound as Celery binds a queue it creates."""
     queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in (default_queue, embed_queue))
-    return queues, {"kb.tasks.kb_refresh": {"queue": embed_queue}}
+    return queues, {"kb.tasks.kb_refresh": {"queue": embed_queue}, "ops.tasks.gaps_mine_run": {"queue": embed_queue}}
 
 
 CELERY_TASK_QUEUES, CELERY_TASK_ROUTES = celery_queues(CELERY_TASK_DEFAULT_QUEUE, CELERY_EMBED_QUEUE)
@@ -254,6 +254,7 @@ CELERY_BEAT_SCHEDULE = {
         "task": "chatbot.tasks.entry_hits_count",
         "schedule": env.float("CHATBOT_ENTRY_HITS_SECONDS", default=60.0),
     },
+    "gaps-mine": {"task": "ops.tasks.gaps_mine_run", "schedule": env.float("OPS_GAPS_MINE_SECONDS", default=3600.0)},
     "transcripts-retention": {
         "task": "chatbot.tasks.transcripts_prune_old",
         "schedule": env.float("CHATBOT_RETENTION_SWEEP_SECONDS", default=3600.0),
