@@ -1,5 +1,5 @@
 """Gap mining: the recent questions the FAQ could not answer (the LLM answered, the hand-off was
-offered or asked for, or the customer gave the reply a thumbs-down), grouped into clusters of
+offered, or the customer gave the reply a thumbs-down), grouped into clusters of
 similar questions, biggest first, per language, so an editor sees which entries are missing.
 
 Questions are embedded by the active model version's query embedder (English by MiniLM, Chinese by
@@ -41,7 +41,9 @@ def gap_questions(*, days: int = WINDOW_DAYS, limit: int = MAX_QUESTIONS) -> Cou
     """The customer questions of the last ``days`` the FAQ did not answer, by their words (the
     same question asked again counts again), most recent first up to ``limit``."""
     since = timezone.now() - timedelta(days=days)
-    missed = Q(reply__source__in=[Source.LLM, Source.HANDOFF]) | Q(reply__feedback__value="down")
+    # A customer asking for a person is no gap in the knowledge base: only an offered hand-off is.
+    offered = Q(reply__source=Source.HANDOFF) & ~Q(reply__decision__handoff="requested")
+    missed = Q(reply__source=Source.LLM) | offered | Q(reply__feedback__value="down")
     texts = (
         Message.objects.filter(role=Role.CUSTOMER, created_at__gte=since)
         .filter(missed)

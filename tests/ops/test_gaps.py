@@ -31,6 +31,7 @@ def missed():
     for text in UNANSWERED:
         exchange(conversation, text, source="handoff", decision={"handoff": "offered"})
     exchange(conversation, "where is my parcel?", source="faq", entry=entries[0])  # answered: no gap
+    exchange(conversation, "a person please", source="handoff", decision={"handoff": "requested"})  # no gap
     # Answered, but the customer gave it a thumbs-down: a gap too.
     exchange(conversation, "how long do refunds take", source="faq", entry=entries[1], feedback="down")
     return entries
