@@ -47,6 +47,7 @@ bench: install
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_flood.py
 	$(PY) bench/bench_import_memory.py
+	$(PY) bench/bench_transcripts.py
 	$(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 
 ## The soak alone: 100 customers for SOAK_MINUTES on the full stack, memory sampled.

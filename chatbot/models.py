@@ -124,7 +124,8 @@ class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     site = models.ForeignKey(Site, on_delete=models.PROTECT, default=default_site_id, related_name="conversations")
     state = models.CharField(max_length=10, choices=ConversationState.choices, default=ConversationState.BOT)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # Indexed: the ops console lists conversations newest first, 50 at a time, and by date range.
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     # Who the customer is, when the host page says so (SupportChat.identify): for agents, never the LLM.
     customer_name = models.CharField(max_length=CUSTOMER_NAME_MAX_CHARS, blank=True)

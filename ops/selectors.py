@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Count, Exists, F, Min, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chatbot.models import Conversation, ConversationState, Message, Role, Source
@@ -31,22 +32,32 @@ def _bot(**filters) -> QuerySet:
     return Message.objects.filter(conversation=OuterRef("pk"), role=Role.BOT, **filters)
 
 
+def _count(queryset: QuerySet) -> Coalesce:
+    # A correlated COUNT, evaluated only for the rows a page shows: an aggregate over a join would
+    # group every matching conversation before ORDER BY ... LIMIT could cut them to a page.
+    counted = queryset.order_by().values("conversation").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted[:1]), Value(0))
+
+
 def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
     """Conversations with ``has_faq``, ``has_llm``, ``has_offer``, ``has_request``, ``n_messages``,
     ``thumbs_up``/``thumbs_down``, ``language`` (of the first reply), ``first_question_at``,
-    ``first_reply_at`` and ``first_reply_ms`` (for the first response time)."""
+    ``first_reply_at`` and ``first_reply_ms`` (for the first response time). Every one is a
+    subquery of its own row, so a page of 50 costs 50 rows' worth, however many match."""
     queryset = queryset if queryset is not None else Conversation.objects.all()
     first_reply = _bot().order_by("created_at", "id")
+    messages = Message.objects.filter(conversation=OuterRef("pk"))
+    first_question = messages.filter(role=Role.CUSTOMER).order_by("created_at", "id")
     return queryset.select_related("site").annotate(
         has_faq=Exists(_bot(source=Source.FAQ)),
         has_llm=Exists(_bot(source=Source.LLM)),
         has_offer=Exists(_bot(source=Source.HANDOFF, decision__handoff="offered")),
         has_request=Exists(_bot(source=Source.HANDOFF, decision__handoff="requested")),
-        n_messages=Count("messages", distinct=True),
-        thumbs_up=Count("messages__feedback", filter=Q(messages__feedback__value="up"), distinct=True),
-        thumbs_down=Count("messages__feedback", filter=Q(messages__feedback__value="down"), distinct=True),
+        n_messages=_count(messages),
+        thumbs_up=_count(_bot(feedback__value="up")),
+        thumbs_down=_count(_bot(feedback__value="down")),
         language=Subquery(first_reply.annotate(lang=KeyTextTransform("language", "decision")).values("lang")[:1]),
-        first_question_at=Min("messages__created_at", filter=Q(messages__role=Role.CUSTOMER)),
+        first_question_at=Subquery(first_question.values("created_at")[:1]),
         first_reply_at=Subquery(first_reply.values("created_at")[:1]),
         first_reply_ms=Subquery(first_reply.annotate(ms=KeyTextTransform("total", "timings_ms")).values("ms")[:1]),
     )
@@ -97,6 +108,19 @@ def _day_start(day: date) -> datetime:
 def conversations_filtered(spec: TranscriptFilter) -> QuerySet:
     """Conversations matching ``spec``, newest first, annotated (conversations_annotated)."""
     return conversations_annotated(conversations_matching(spec)).order_by("-created_at", "-id")
+
+
+def transcripts_page(spec: TranscriptFilter, number, per_page: int):
+    """One page of the conversations matching ``spec``, newest first, and its rows annotated. The
+    page's ids are picked first from the bare filter (an index scan on created_at), then only those
+    rows are annotated: annotating before OFFSET would compute every skipped row's subqueries."""
+    from django.core.paginator import Paginator
+
+    page = Paginator(conversations_matching(spec).order_by("-created_at", "-id").values_list("pk", flat=True), per_page)
+    page = page.get_page(number)
+    ids = list(page.object_list)
+    rows = {c.pk: c for c in conversations_annotated(Conversation.objects.filter(pk__in=ids))}
+    return page, [rows[pk] for pk in ids if pk in rows]
 
 
 def conversations_matching(spec: TranscriptFilter) -> QuerySet:

@@ -8,7 +8,6 @@ from celery import current_app
 from django.contrib import admin, messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -27,9 +26,9 @@ from ops.selectors import (
     OUTCOMES,
     conversation_messages,
     conversations_annotated,
-    conversations_filtered,
     first_response_ms,
     outcome_of,
+    transcripts_page,
 )
 from ops.trace import traces_of
 
@@ -59,8 +58,8 @@ def transcripts(request):
     """Conversations, newest first, narrowed by the filter form, 50 a page."""
     form = TranscriptFilterForm(request.GET or None)
     spec = form.spec() if form.is_bound else TranscriptFilterForm({}).spec()
-    page = Paginator(conversations_filtered(spec), PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [(c, outcome_of(c), first_response_ms(c)) for c in page.object_list]
+    page, conversations = transcripts_page(spec, request.GET.get("page"), PAGE_SIZE)
+    rows = [(c, outcome_of(c), first_response_ms(c)) for c in conversations]
     query = request.GET.copy()
     query.pop("page", None)
     return _page(
