@@ -29,6 +29,7 @@ WINDOW_DAYS = 30
 MAX_QUESTIONS = 3000  # the clustering is quadratic in memory: the most recent ones
 DISTANCE_MAX = 0.35  # average cosine distance within a cluster (similarity ≥ 0.65)
 EXAMPLES = 10
+PHRASING_MAX_CHARS = 500  # kb.models.Variant.text
 DRAFT_ANSWER = "(Draft from unanswered questions: write the answer, then publish.)"
 
 
@@ -114,12 +115,18 @@ def gap_draft_entry(*, cluster: GapCluster):
     as phrasings, a placeholder answer for the editor to write."""
     if cluster.draft_entry_id:
         return cluster.draft_entry
+    # Customers write longer than a phrasing may be: those are left out (the question too, if
+    # need be, for the shortest of the others); a cluster of only such texts cannot be drafted.
+    fitting = [text for text in cluster.examples if len(text) <= PHRASING_MAX_CHARS]
+    if not fitting:
+        raise kb_services.EntryInvalid("every question of this cluster is longer than a phrasing may be")
+    question = cluster.representative if cluster.representative in fitting else min(fitting, key=len)
     entry = kb_services.entry_create(
-        question=cluster.representative,
+        question=question,
         answer=DRAFT_ANSWER,
         language=cluster.language if cluster.language in {"en", "zh"} else "en",
         is_published=False,
-        variants=[text for text in cluster.examples if text != cluster.representative],
+        variants=[text for text in fitting if text != question],
     )
     cluster.draft_entry = entry
     cluster.save(update_fields=["draft_entry"])

@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from chatbot.models import Conversation, Message, Role
+from kb.services import EntryInvalid
 from ops import services
 from ops.exports import conversations_csv, messages_jsonl
 from ops.forms import DashboardRangeForm, TranscriptFilterForm
@@ -201,6 +202,10 @@ def gap_draft(request, cluster_id):
     """An unpublished entry from a cluster, opened in the admin for its answer."""
     if not request.user.has_perm("kb.add_entry"):
         raise PermissionDenied
-    entry = gap_draft_entry(cluster=get_object_or_404(GapCluster, pk=cluster_id))
+    try:
+        entry = gap_draft_entry(cluster=get_object_or_404(GapCluster, pk=cluster_id))
+    except EntryInvalid as exc:
+        messages.error(request, f"No draft made: {exc}.")
+        return redirect("ops:gaps")
     messages.success(request, "Draft entry created, unpublished: write its answer, then publish it.")
     return redirect("admin:kb_entry_change", entry.pk)

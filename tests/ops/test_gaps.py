@@ -78,3 +78,21 @@ def test_a_cluster_becomes_a_draft_entry(client, missed):
     assert Entry.objects.filter(answer=DRAFT_ANSWER).count() == 1
     client.force_login(user("agent", group="Agents"))
     assert client.post(f"/ops/gaps/{garden.pk}/draft").status_code == 403
+
+
+def test_texts_longer_than_a_phrasing_are_left_out_of_a_draft(client):
+    run = GapRun.objects.create(window_days=30, questions=3, seconds=0.1)
+    long = "why " * 200
+    cluster = GapCluster.objects.create(
+        run=run, language="en", size=3, distinct=3, representative=long, examples=[long, "why so slow", "why slow"]
+    )
+    only_long = GapCluster.objects.create(
+        run=run, language="en", size=1, distinct=1, representative=long, examples=[long]
+    )
+    client.force_login(user("editor", group="KB editors"))
+    client.post(f"/ops/gaps/{cluster.pk}/draft")
+    entry = Entry.objects.get(answer=DRAFT_ANSWER)
+    others = entry.variants.filter(is_primary=False).values_list("text", flat=True)
+    assert entry.question == "why slow" and list(others) == ["why so slow"]
+    page = client.post(f"/ops/gaps/{only_long.pk}/draft", follow=True).content.decode()
+    assert "No draft made: every question of this cluster is longer than a phrasing may be." in page
