@@ -49,6 +49,10 @@ def _copy(cursor, table_name: str, columns: list[str], rows) -> None:
             copy.write_row(row)
 
 
+def _columns(model) -> list[str]:
+    return [field.column for field in model._meta.concrete_fields]
+
+
 def generate(conversations: int, seed: int = 15) -> dict:
     """Write the conversations, their messages and some feedback with COPY; returns what was made."""
     from django.db import connection
@@ -146,47 +150,10 @@ def generate(conversations: int, seed: int = 15) -> dict:
         conversation_rows.append((conversation_id, site_id, state, started, at, "", "", rating, "", None))
     with connection.cursor() as cursor:
         raw = cursor.cursor
-        _copy(
-            raw,
-            Conversation._meta.db_table,
-            [
-                "id",
-                "site_id",
-                "state",
-                "created_at",
-                "updated_at",
-                "customer_name",
-                "customer_email",
-                "rating",
-                "rating_comment",
-                "rated_at",
-            ],
-            conversation_rows,
-        )
-        _copy(
-            raw,
-            Message._meta.db_table,
-            [
-                "id",
-                "conversation_id",
-                "role",
-                "text",
-                "client_id",
-                "reply_to_id",
-                "source",
-                "entry_id",
-                "score",
-                "retrieval",
-                "decision",
-                "citations",
-                "timings_ms",
-                "created_at",
-            ],
-            message_rows,
-        )
-        _copy(
-            raw, Feedback._meta.db_table, ["message_id", "value", "reason", "created_at", "updated_at"], feedback_rows
-        )
+        # Rows are built in the models' field order: every column, primary keys included.
+        _copy(raw, Conversation._meta.db_table, _columns(Conversation), conversation_rows)
+        _copy(raw, Message._meta.db_table, _columns(Message), message_rows)
+        _copy(raw, Feedback._meta.db_table, _columns(Feedback)[1:], feedback_rows)  # its id is generated
         cursor.execute(f"SELECT setval(pg_get_serial_sequence('{Message._meta.db_table}', 'id'), %s)", [message_id])
         cursor.execute("ANALYZE")
     return {"conversations": conversations, "messages": len(message_rows), "feedback": len(feedback_rows)}

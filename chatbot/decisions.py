@@ -107,3 +107,15 @@ def decide(
     else:
         reason = "best score is below the answer threshold"
     return Decision(fallback, reason if llm_available else f"{reason} and no LLM is configured")
+
+
+def score_verdict(score: float, *, answer: float | None, clarify: float | None) -> str:
+    """A retrieved entry's score against the answer and did-you-mean thresholds, as editors and ops
+    read it (hit testing, transcripts); "" without thresholds."""
+    if answer is not None and score >= answer:
+        return f"≥ answer {answer:.3f}"
+    if clarify is None:
+        return ""
+    if score >= clarify:
+        return f"≥ did-you-mean {clarify:.3f}" + (f", < answer {answer:.3f}" if answer is not None else "")
+    return f"< did-you-mean {clarify:.3f}"

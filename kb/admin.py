@@ -39,6 +39,7 @@ from kb.models import (
     IndexVersion,
     Language,
     Variant,
+    entry_phrasings,
     text_hash,
 )
 from kb.text import text_clean, text_sanitise
@@ -334,7 +335,7 @@ class EntryAdmin(SimpleHistoryAdmin):
         pasted = form.cleaned_data.get("more_phrasings") if isinstance(form, EntryForm) else None
         if pasted:
             # Repeats and the question itself are dropped by kb.services, as for an import.
-            phrasings = [*(phrasings if phrasings is not None else services.entry_phrasings(entry_id=obj.pk)), *pasted]
+            phrasings = [*(phrasings if phrasings is not None else entry_phrasings(entry_id=obj.pk)), *pasted]
         if change:
             services.entry_update(entry=obj, variants=phrasings, renamed=renamed, **fields)
         else:
@@ -383,7 +384,7 @@ class EntryAdmin(SimpleHistoryAdmin):
             request._kb_revert_version = int(version_id)
         context = {**(extra_context or {})}
         if record is not None:
-            current = services.entry_phrasings(entry_id=record.id)
+            current = entry_phrasings(entry_id=record.id)
             context["version_phrasings"] = record.phrasings
             if record.phrasings is not None:
                 context["phrasings_restored"] = [t for t in record.phrasings if t not in current]

@@ -174,6 +174,14 @@ class Variant(models.Model):
         super().save(*args, **kwargs)
 
 
+def entry_phrasings(*, entry_id: int | None) -> list[str]:
+    """An entry's alternate phrasings as stored, oldest first (none for an entry not saved yet)."""
+    if entry_id is None:
+        return []
+    rows = Variant.objects.filter(entry_id=entry_id, is_primary=False).order_by("id")
+    return list(rows.values_list("text", flat=True))
+
+
 @receiver(pre_create_historical_record)
 def entry_history_snapshot(sender, instance, history_instance, **kwargs):
     """Store the entry's alternate phrasings with each of its history rows. kb.services sets
@@ -182,11 +190,7 @@ def entry_history_snapshot(sender, instance, history_instance, **kwargs):
     if not isinstance(instance, Entry):
         return
     phrasings = getattr(instance, "_history_phrasings", None)
-    if phrasings is None and instance.pk is not None:
-        phrasings = list(
-            Variant.objects.filter(entry_id=instance.pk, is_primary=False).order_by("id").values_list("text", flat=True)
-        )
-    history_instance.phrasings = phrasings
+    history_instance.phrasings = entry_phrasings(entry_id=instance.pk) if phrasings is None else phrasings
 
 
 class PhrasingVector(models.Model):

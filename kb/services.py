@@ -40,6 +40,7 @@ from kb.models import (
     IndexWriterLock,
     KbRevision,
     Variant,
+    entry_phrasings,
     text_hash,
 )
 from kb.screening import entry_screen
@@ -154,14 +155,6 @@ def _phrasings_wanted(question: str, variants: list[str]) -> list[str]:
         if text and text != question and text not in wanted:
             wanted.append(text)
     return wanted
-
-
-def entry_phrasings(*, entry_id: int | None) -> list[str]:
-    """An entry's alternate phrasings as stored, oldest first (none for an entry not saved yet)."""
-    if entry_id is None:
-        return []
-    rows = Variant.objects.filter(entry_id=entry_id, is_primary=False).order_by("id")
-    return list(rows.values_list("text", flat=True))
 
 
 def _entry_save(entry: Entry, *, phrasings: list[str] | None = None, **kwargs) -> None:

@@ -29,7 +29,8 @@ class TranscriptFilterForm(forms.Form):
 
     def spec(self) -> TranscriptFilter:
         """The filter the valid fields describe (an invalid field is left out: the list still shows)."""
-        data = self.cleaned_data if self.is_valid() else {k: v for k, v in getattr(self, "cleaned_data", {}).items()}
+        self.is_valid()  # an unbound form is not valid and has no cleaned data: no filter at all
+        data = getattr(self, "cleaned_data", {})
         site = data.get("site")
         return TranscriptFilter(
             since=data.get("since"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbot.decisions import score_verdict
 from chatbot.models import Message, PromptText
 from kb.models import Entry, Variant
 
@@ -61,15 +62,6 @@ class Trace:
         return None if value is None else value * 100
 
 
-def _verdict(score: float, thresholds: dict) -> str:
-    answer, clarify = thresholds.get("answer"), thresholds.get("clarify")
-    if answer is not None and score >= answer:
-        return f"≥ answer {answer:.3f}"
-    if clarify is not None and score >= clarify:
-        return f"≥ did-you-mean {clarify:.3f}"
-    return f"< did-you-mean {clarify:.3f}" if clarify is not None else ""
-
-
 def traces_of(messages: list[Message], *, with_prompt: bool = False) -> dict[int, Trace]:
     """The trace of each bot message of ``messages`` by its id (three queries for all of them)."""
     bot = [message for message in messages if message.role == "bot"]
@@ -104,7 +96,7 @@ def traces_of(messages: list[Message], *, with_prompt: bool = False) -> dict[int
                     keyword_score=hit.get("keyword_score"),
                     answered=message.entry_id is not None and hit.get("entry_id") == message.entry_id,
                     cited=hit.get("entry_id") in cited,
-                    verdict=_verdict(score, thresholds),
+                    verdict=score_verdict(score, answer=thresholds.get("answer"), clarify=thresholds.get("clarify")),
                 )
             )
         llm = decision.get("llm")

@@ -58,7 +58,7 @@ def _page(request, template: str, **context) -> TemplateResponse:
 def transcripts(request):
     """Conversations, newest first, narrowed by the filter form, 50 a page."""
     form = TranscriptFilterForm(request.GET or None)
-    spec = form.spec() if form.is_bound else TranscriptFilterForm({}).spec()
+    spec = form.spec()
     page, conversations = transcripts_page(spec, request.GET.get("page"), PAGE_SIZE)
     rows = [(c, outcome_of(c), first_response_ms(c)) for c in conversations]
     query = request.GET.copy()

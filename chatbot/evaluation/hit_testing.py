@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from chatbot.decisions import Kind
+from chatbot.decisions import Kind, score_verdict
 from chatbot.evaluation.calibration import ScoredQuestion
 from chatbot.evaluation.labelled import is_out_of_scope
 from chatbot.pipeline import Answer, answer_question
@@ -161,11 +161,7 @@ def _verdict(score: float, answer: Answer) -> str:
     thresholds = answer.decision.thresholds
     if thresholds is None:
         return ""
-    if score >= thresholds.answer:
-        return f"≥ answer {thresholds.answer:.2f}"
-    if score >= thresholds.clarify:
-        return f"≥ did-you-mean {thresholds.clarify:.2f}, < answer {thresholds.answer:.2f}"
-    return f"< did-you-mean {thresholds.clarify:.2f}"
+    return score_verdict(score, answer=thresholds.answer, clarify=thresholds.clarify)
 
 
 def hits_shown(answers: Iterable[Answer]) -> list[list[HitShown]]:
