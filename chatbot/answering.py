@@ -18,6 +18,7 @@ from django.conf import settings
 from chatbot import cues, metrics
 from chatbot.decision_record import record_for_customer, record_of_choice, record_with_llm
 from chatbot.decisions import Kind
+from chatbot.handoff import handoff_reply_in_hours
 from chatbot.llm import GroundingEntry, Turn, get_llm
 from chatbot.models import Conversation, Message, Source
 from chatbot.pii import pii_redact
@@ -25,7 +26,7 @@ from chatbot.pipeline import Answer, answer_question, reply_text
 from chatbot.runtime import in_pool
 from chatbot.selectors import ConversationContext, conversation_context
 from chatbot.services import BotReply, StoredReply, exchange_save, offered_suggestion, stored_reply
-from chatbot.sites import site_llm_enabled
+from chatbot.sites import site_by_id, site_llm_enabled
 from kb.language import detect_language
 from kb.models import Entry
 
@@ -175,6 +176,8 @@ def _decide_for(
 
 
 def _store(conversation: Conversation, client_id: str, text: str, prepared: _Prepared, reply: BotReply) -> StoredReply:
+    if reply.source == Source.HANDOFF and reply.record.handoff == "requested":
+        reply = handoff_reply_in_hours(reply, site=site_by_id(conversation.site_id))
     stored_text = text if settings.CHATBOT_STORE_PII else prepared.redacted
     return exchange_save(conversation=conversation, client_id=client_id, customer_text=stored_text, reply=reply)
 

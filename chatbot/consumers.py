@@ -21,8 +21,12 @@ from django.conf import settings
 from chatbot import metrics, protocol
 from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
 from chatbot.flood_control import CONNECTION_LEASE_SECONDS, Verdict, flood_control
+from chatbot.handoff import customer_message_save
+from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, frame_event
 from chatbot.logging_context import conversation_bind
+from chatbot.models import ConversationState
 from chatbot.protocol import (
+    AgentJoinedFrame,
     ChooseFrame,
     DeltaFrame,
     FeedbackFrame,
@@ -36,7 +40,11 @@ from chatbot.protocol import (
     PongFrame,
     RatingFrame,
     RatingSavedFrame,
+    ReceivedFrame,
     SessionFrame,
+    TypingClientFrame,
+    TypingFrame,
+    agent_name,
     history_item,
     reply_frame,
 )
@@ -110,9 +118,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 )
         conversation_id = str(self.conversation.id)
         conversation_bind(conversation_id)
+        # Who answers: the bot, or (waiting, agent) a person. Kept up to date by the hand-off's
+        # events on the conversation's group, so a message costs no state look-up.
+        self.state = self.conversation.state
         # Joined before the first frame goes out, so that nothing stored after the client saw its
         # session is missed.
-        self.group = f"conversation.{conversation_id}"
+        self.group = conversation_group(conversation_id)
         await self._layer_call("group_add", self.group, self.channel_name)
         await self.send_frame(
             SessionFrame(conversation=conversation_id, resumed=resumed, resume_token=resume_token(conversation_id))
@@ -122,6 +133,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 conversation=self.conversation, limit=settings.CHATBOT_HISTORY_ON_RESUME
             )
             await self.send_frame(HistoryFrame(messages=history))
+            if self.state == ConversationState.AGENT:
+                await self.send_frame(AgentJoinedFrame(agent=agent_name(self.conversation.agent)))
 
     async def dispatch(self, message):
         """Channels' dispatch without its per-frame database tidy-up: Channels closes stale
@@ -169,14 +182,44 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """Another socket of this conversation (another tab, maybe on another web process) stored
         an exchange: show it here too. The event carries the history frame, already dumped."""
         if event["sender"] != self.channel_name and not self.socket_closed:
+            if any(item.get("handoff") == "requested" for item in event["frame"].get("messages", [])):
+                self.state = ConversationState.WAITING  # another tab asked for a person
             await self.send_json(event["frame"])
+
+    async def conversation_frame(self, event):
+        """A hand-off frame (an agent joined, wrote, is typing, left): follow the state, and show it
+        here if it is meant for the customer."""
+        frame = event["frame"]
+        kind = frame.get("type")
+        if kind == "agent_joined":
+            self.state = ConversationState.AGENT
+        elif kind == "agent_left":
+            self.state = {
+                "handed_back": ConversationState.BOT,
+                "closed": ConversationState.CLOSED,
+                "agent_away": ConversationState.WAITING,
+            }[frame["reason"]]
+        if "customer" in event["to"] and event["sender"] != self.channel_name and not self.socket_closed:
+            await self.send_json(frame)
 
     async def _exchange_share(self, stored: StoredReply) -> None:
         if stored.duplicate:
             return
         # A reply just stored holds its question in memory: no database access here.
-        frame = HistoryFrame(messages=[history_item(stored.message.reply_to), history_item(stored.message)])
-        event = {"type": "conversation.exchange", "sender": self.channel_name, "frame": protocol.frame_dump(frame)}
+        await self._history_share([history_item(stored.message.reply_to), history_item(stored.message)])
+        if stored.message.decision.get("handoff") == "requested":
+            # A person asked for: into the agents' inbox, at once.
+            self.state = ConversationState.WAITING
+            await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
+
+    async def _history_share(self, items: list[protocol.HistoryItem]) -> None:
+        frame = HistoryFrame(messages=items)
+        event = {
+            "type": "conversation.exchange",
+            "sender": self.channel_name,
+            "conversation": str(self.conversation.id),
+            "frame": protocol.frame_dump(frame),
+        }
         if hasattr(self.channel_layer, "group_send_others"):
             await self._layer_call("group_send_others", self.group, event, sender=self.channel_name)
         else:
@@ -217,6 +260,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._send_error(error)
         elif isinstance(frame, PingFrame):
             await self.send_frame(PongFrame())
+        elif isinstance(frame, TypingClientFrame):
+            if self.state == ConversationState.AGENT:
+                typing = TypingFrame(active=frame.active, from_="customer")
+                event = frame_event(
+                    typing, to=("agent",), sender=self.channel_name, conversation=str(self.conversation.id)
+                )
+                await self._layer_call("group_send", self.group, event)
         elif isinstance(frame, (FeedbackFrame, RatingFrame, IdentifyFrame)):
             # Quick writes, not queued behind an answer being written.
             try:
@@ -337,6 +387,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def _message(self, frame: MessageFrame) -> None:
         client_id = frame.id
+        if self.state in (ConversationState.WAITING, ConversationState.AGENT) and self.conversation.is_stored:
+            await self._message_for_person(frame)
+            return
         if not await index_wait(settings.CHATBOT_NOT_READY_WAIT_SECONDS):
             # Answering without an index would offer a person for every question: say so instead,
             # store nothing, and let the client send the same message (same id) again.
@@ -358,6 +411,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("answering message %s failed", client_id)
             raise FrameError("internal_error", "Sorry, something went wrong; please try again.", client_id) from None
         await self._reply_send(stored)
+
+    async def _message_for_person(self, frame: MessageFrame) -> None:
+        """A person is asked for or holds the chat: the bot stays silent; the message is stored,
+        acknowledged, and shown to the agents (and the customer's other tabs)."""
+        try:
+            stored = await in_pool(customer_message_save)(
+                conversation=self.conversation, client_id=frame.id, text=frame.text
+            )
+        except Exception:  # noqa: BLE001 - as for answers: an error frame, never a dropped connection
+            logger.exception("storing message %s for an agent failed", frame.id)
+            raise FrameError("internal_error", "Sorry, something went wrong; please try again.", frame.id) from None
+        await self.send_frame(
+            ReceivedFrame(reply_to=frame.id, message_id=stored.message.id, duplicate=stored.duplicate)
+        )
+        if not stored.duplicate:
+            await self._history_share([history_item(stored.message)])
+            if self.state == ConversationState.WAITING:
+                await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
 
     async def _choose(self, frame: ChooseFrame) -> None:
         try:

@@ -67,6 +67,7 @@ class DecisionRecord:
     confidence: dict | None = None
     pii: dict = field(default_factory=dict)  # kinds of personal data redacted, with counts
     handoff: str | None = None  # "offered" | "requested" for a hand-off reply
+    handoff_hours: str | None = None  # "closed": a person was asked for outside the site's opening hours
     llm: LlmOutcome | None = None
     suggestion_message_id: int | None = None  # a "choose": the suggestions message it picked from
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -88,6 +89,7 @@ class DecisionRecord:
             "confidence": self.confidence,
             "pii": self.pii,
             "handoff": self.handoff,
+            "handoff_hours": self.handoff_hours,
             "suggestion_message_id": self.suggestion_message_id,
         }
         data.update({key: value for key, value in optional.items() if value})

@@ -3,6 +3,7 @@
 import secrets
 import uuid
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
@@ -10,6 +11,7 @@ from simple_history.models import HistoricalRecords
 
 from chatbot.confidence import ConfidenceModel
 from chatbot.decisions import Thresholds
+from chatbot.opening_hours import OpeningHoursInvalid, opening_hours_parse, timezone_valid
 from chatbot.origins import origins_normalise
 from chatbot.protocol import (
     CUSTOMER_EMAIL_MAX_CHARS,
@@ -77,6 +79,15 @@ class Site(models.Model):
         help_text="Answer questions the FAQ does not cover with the LLM (when one is configured); "
         "off: offer a person instead.",
     )
+    opening_hours = models.TextField(
+        blank=True,
+        help_text='When agents answer chats, one line per day or range of days, e.g. "Mon-Fri 09:00-17:30" and '
+        '"Sat 10:00-14:00" (several spans: "Mon 09:00-12:00, 13:00-17:00"). Empty: always. Outside these hours a '
+        "customer who asks for a person is told so and may leave an email; the request waits in the inbox.",
+    )
+    timezone = models.CharField(
+        max_length=64, default="UTC", help_text="The time zone of the opening hours, e.g. Europe/London."
+    )
     is_active = models.BooleanField(default=True, help_text="Off: the widget and the chat refuse this key.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -106,6 +117,15 @@ class Site(models.Model):
             raise ValidationError({"starter_questions": "a list of questions"})
         self.starter_questions = [question.strip() for question in self.starter_questions if question.strip()]
         self.primary_colour = (self.primary_colour or "").lower()
+        errors = {}
+        if not timezone_valid(self.timezone):
+            errors["timezone"] = "an IANA time zone name, e.g. Europe/London or Asia/Shanghai"
+        try:
+            opening_hours_parse(self.opening_hours)
+        except OpeningHoursInvalid as error:
+            errors["opening_hours"] = str(error)
+        if errors:
+            raise ValidationError(errors)
 
 
 def default_site_id() -> int:
@@ -136,9 +156,25 @@ class Conversation(models.Model):
     )
     rating_comment = models.TextField(blank=True)
     rated_at = models.DateTimeField(null=True, blank=True)
+    # The live hand-off: when the customer asked for a person, and who holds the chat now (or held it
+    # last: kept after a hand-back, for the transcripts' agent filter).
+    handoff_requested_at = models.DateTimeField(null=True, blank=True)
+    agent = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations_held"
+    )
+    agent_joined_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-updated_at"]
+        permissions = [("handle_conversation", "Can chat with customers as an agent")]
+        indexes = [
+            # The agents' inbox reads the few conversations waiting for or held by a person.
+            models.Index(
+                fields=["state"],
+                condition=models.Q(state__in=["waiting", "agent"]),
+                name="chatbot_conversation_live",
+            ),
+        ]
 
     def __str__(self) -> str:
         return str(self.id)
@@ -180,6 +216,10 @@ class Message(models.Model):
     decision = models.JSONField(default=dict, blank=True)  # why: thresholds, reason, options, LLM context
     citations = models.JSONField(default=list, blank=True)  # entry ids an LLM answer says it used
     timings_ms = models.JSONField(default=dict, blank=True)
+    # An agent's message: who wrote it.
+    agent = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -332,3 +372,41 @@ class EntryHitsCounted(models.Model):
 
     def __str__(self) -> str:
         return f"counted up to message {self.last_message_id}"
+
+
+class EventKind(models.TextChoices):
+    REQUESTED = "requested", "Asked for a person"
+    EMAIL_LEFT = "email_left", "Left an email (outside opening hours)"
+    JOINED = "joined", "Agent joined"
+    HANDED_BACK = "handed_back", "Handed back to the bot"
+    CLOSED = "closed", "Closed by the agent"
+    AGENT_AWAY = "agent_away", "Agent's connection lost: back in the queue"
+
+
+class ConversationEvent(models.Model):
+    """What happened to a conversation besides its messages: the hand-off's steps, for the transcript
+    and the first-response times."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=12, choices=EventKind.choices)
+    agent = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class AgentPresence(models.Model):
+    """When an agent's console was last connected: a conversation stays with an agent whose
+    connection dropped for CHATBOT_AGENT_GRACE_SECONDS, then goes back to the queue."""
+
+    agent = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    last_seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"agent {self.agent_id} seen {self.last_seen_at:%H:%M:%S}"

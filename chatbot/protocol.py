@@ -24,7 +24,7 @@ from pydantic import Field, TypeAdapter
 
 from kb.text import has_unwanted_characters, text_sanitise
 
-PROTOCOL_VERSION = 2  # 2: resuming needs the resume token; flood control
+PROTOCOL_VERSION = 3  # 2: resuming needs the resume token; flood control. 3: the live hand-off
 
 # Limits. The client id and a site's key are stored in columns of these sizes (a test checks they agree).
 CLIENT_ID_MAX_CHARS = 100
@@ -58,6 +58,7 @@ ERROR_CODES = {
     "invalid_feedback": 'a "feedback" frame naming no bot reply of this conversation, or with a bad value or reason',
     "invalid_rating": 'a "rating" frame without a score of 1 to 5, with a bad comment, or before any message',
     "invalid_identity": 'an "identify" frame with a bad name or email',
+    "invalid_typing": 'a "typing" frame without a boolean "active"',
     "internal_error": "answering failed; the message may be sent again",
 }
 
@@ -148,7 +149,15 @@ class IdentifyFrame:
     type: Literal["identify"] = "identify"
 
 
-ClientFrame = MessageFrame | ChooseFrame | PingFrame | FeedbackFrame | RatingFrame | IdentifyFrame
+@dataclass(frozen=True)
+class TypingClientFrame:
+    """The customer is typing (``active``) or stopped; passed on to the agent holding the chat."""
+
+    active: bool
+    type: Literal["typing"] = "typing"
+
+
+ClientFrame = MessageFrame | ChooseFrame | PingFrame | FeedbackFrame | RatingFrame | IdentifyFrame | TypingClientFrame
 
 
 # Server → client ---------------------------------------------------------------------------------
@@ -209,6 +218,8 @@ class AnswerFrame:
     citations: list[int]
     duplicate: bool  # a resent client id: this is the reply stored the first time
     handoff: Literal["offered", "requested"] | None = None
+    # "closed": a person was asked for outside the site's opening hours (the widget asks for an email)
+    hours: Literal["closed"] | None = None
     type: Literal["answer"] = "answer"
 
 
@@ -246,6 +257,7 @@ class HistoryItem:
     citations: list[int]
     handoff: Literal["offered", "requested"] | None
     created_at: str
+    agent: str | None = None  # an agent's message: the name customers see
 
 
 @dataclass(frozen=True)
@@ -281,6 +293,56 @@ class IdentifiedFrame:
     type: Literal["identified"] = "identified"
 
 
+@dataclass(frozen=True)
+class ReceivedFrame:
+    """A customer message was stored for a person to answer (while one is asked for or holds the chat):
+    no bot reply follows."""
+
+    reply_to: str
+    message_id: int
+    duplicate: bool
+    type: Literal["received"] = "received"
+
+
+@dataclass(frozen=True)
+class AgentJoinedFrame:
+    """A person took the conversation: the bot is silent until they hand it back."""
+
+    agent: str  # the name customers see
+    type: Literal["agent_joined"] = "agent_joined"
+
+
+@dataclass(frozen=True)
+class AgentLeftFrame:
+    """The person left: handed the chat back to the bot, closed it, or their connection stayed lost
+    (``agent_away``: the chat waits for the next agent)."""
+
+    agent: str
+    reason: Literal["handed_back", "closed", "agent_away"]
+    type: Literal["agent_left"] = "agent_left"
+
+
+@dataclass(frozen=True)
+class AgentMessageFrame:
+    """A message from the agent holding the conversation."""
+
+    message_id: int
+    text: str
+    agent: str
+    created_at: str
+    from_: Annotated[Literal["agent"], Field(alias="from")] = "agent"
+    type: Literal["message"] = "message"
+
+
+@dataclass(frozen=True)
+class TypingFrame:
+    """The other side is typing (``active``) or stopped."""
+
+    active: bool
+    from_: Annotated[Literal["agent", "customer"], Field(alias="from")] = "agent"
+    type: Literal["typing"] = "typing"
+
+
 ServerFrame = (
     SessionFrame
     | ErrorFrame
@@ -292,6 +354,11 @@ ServerFrame = (
     | FeedbackSavedFrame
     | RatingSavedFrame
     | IdentifiedFrame
+    | ReceivedFrame
+    | AgentJoinedFrame
+    | AgentLeftFrame
+    | AgentMessageFrame
+    | TypingFrame
 )
 
 # Keys left out of a frame when None (optional in the schema): clients test for their presence.
@@ -300,12 +367,15 @@ _OMITTED_WHEN_NONE = {
     "retry_after_ms": (ErrorFrame,),
     "limit": (ErrorFrame,),
     "handoff": (AnswerFrame,),
+    "hours": (AnswerFrame,),
 }
 
 
 def frame_dump(frame: ServerFrame) -> dict[str, Any]:
     """A server frame as the JSON object sent on the socket."""
     data = dataclasses.asdict(frame)
+    if "from_" in data:  # "from" is a Python keyword
+        data["from"] = data.pop("from_")
     for key, kinds in _OMITTED_WHEN_NONE.items():
         if isinstance(frame, kinds) and data.get(key) is None:
             data.pop(key, None)
@@ -339,6 +409,10 @@ def client_frame_parse(text_data: str | None) -> ClientFrame:
         return _rating_parse(content)
     if frame_type == "identify":
         return _identify_parse(content)
+    if frame_type == "typing":
+        if not isinstance(content.get("active"), bool):
+            raise FrameError("invalid_typing", 'A "typing" frame needs "active": true or false.')
+        return TypingClientFrame(active=content["active"])
     raise FrameError("unknown_type", f"Unknown frame type {str(frame_type)[:40]!r}.")
 
 
@@ -450,6 +524,7 @@ def reply_frame(message, *, client_id: str, duplicate: bool) -> AnswerFrame | Su
         citations=list(message.citations or []),
         duplicate=duplicate,
         handoff=decision.get("handoff", "offered") if message.source == "handoff" else None,
+        hours=decision.get("handoff_hours") if message.source == "handoff" else None,
     )
 
 
@@ -468,7 +543,13 @@ def history_item(message) -> HistoryItem:
         citations=list(message.citations or []),
         handoff=decision.get("handoff") if message.source == "handoff" else None,
         created_at=message.created_at.isoformat(),
+        agent=agent_name(message.agent) if message.role == "agent" and message.agent_id else None,
     )
+
+
+def agent_name(agent) -> str:
+    """How customers see an agent (a user): the first name, else the user name."""
+    return (agent.first_name or agent.get_username()) if agent is not None else ""
 
 
 def _client_id_valid(client_id) -> bool:

@@ -19,7 +19,7 @@ def conversation_history(*, conversation: Conversation, limit: int) -> list[Hist
         return []
     messages = list(
         Message.objects.filter(conversation=conversation)
-        .select_related("reply_to")
+        .select_related("reply_to", "agent")
         .order_by("-created_at", "-id")[:limit]
     )
     return [history_item(message) for message in reversed(messages)]

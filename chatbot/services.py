@@ -9,7 +9,18 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chatbot.decision_record import DecisionRecord
-from chatbot.models import Conversation, ConversationState, Feedback, Message, PromptText, Role, Site, Source
+from chatbot.models import (
+    Conversation,
+    ConversationEvent,
+    ConversationState,
+    EventKind,
+    Feedback,
+    Message,
+    PromptText,
+    Role,
+    Site,
+    Source,
+)
 from chatbot.pii import pii_redact
 
 
@@ -25,7 +36,7 @@ def conversation_resume(*, conversation_id: str, site: Site) -> tuple[Conversati
 
     The caller has checked the resume token. Returns the conversation and whether it was stored.
     """
-    conversation = Conversation.objects.filter(id=conversation_id).first()
+    conversation = Conversation.objects.select_related("agent").filter(id=conversation_id).first()
     if conversation is not None:
         return conversation, True
     return Conversation(id=conversation_id, site=site), False
@@ -69,13 +80,12 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     """
     was_stored = conversation.is_stored
     # Inside a caller's transaction a failed statement would abort it: there, the savepoint path.
-    # A first message that hands off changes the state of a conversation another tab may be storing
-    # at the same moment: a statement of its own sees that row, one sibling CTE would not.
+    # A hand-off also records its event and puts the chat in the inbox: rare, so the plain path.
     one_statement = (
         connection.vendor == "postgresql"
         and not connection.in_atomic_block
         and not reply.record.prompt_texts
-        and (was_stored or _state_after(reply) is None)
+        and _state_after(reply) is None
     )
     if one_statement:
         try:
@@ -99,10 +109,17 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
                     [PromptText(sha256=digest, text=text) for digest, text in reply.record.prompt_texts.items()],
                     ignore_conflicts=True,
                 )
-            changes = {"updated_at": timezone.now()}
+            now = timezone.now()
+            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
             if _state_after(reply) is not None:
-                changes["state"] = _state_after(reply)
-            Conversation.objects.filter(pk=conversation.pk).update(**changes)
+                # Into the agents' queue, unless an agent holds the chat already.
+                queued = (
+                    Conversation.objects.filter(pk=conversation.pk)
+                    .exclude(state__in=[ConversationState.WAITING, ConversationState.AGENT])
+                    .update(state=_state_after(reply), handoff_requested_at=now)
+                )
+                if queued:
+                    ConversationEvent.objects.create(conversation=conversation, kind=EventKind.REQUESTED)
     except IntegrityError:
         previous = stored_reply(conversation=conversation, client_id=client_id)
         if previous is None:
@@ -174,8 +191,8 @@ def _exchange_insert_one_statement(
     table = connection.ops.quote_name(Message._meta.db_table)
     conversations = connection.ops.quote_name(Conversation._meta.db_table)
     if conversation.is_stored:
-        conversation_sql = f"UPDATE {conversations} SET updated_at = %s, state = COALESCE(%s, state) WHERE id = %s"
-        conversation_params = [now, _state_after(reply), conversation.pk]
+        conversation_sql = f"UPDATE {conversations} SET updated_at = %s WHERE id = %s"
+        conversation_params = [now, conversation.pk]
     else:
         # As bulk_create(ignore_conflicts=True) would: another tab may have stored it meanwhile. The
         # messages' foreign keys are checked at the end of the statement, after this insert.
@@ -270,3 +287,11 @@ def identity_save(*, conversation: Conversation, name: str | None, email: str | 
         setattr(conversation, field, value)
     if conversation.is_stored and changes:
         Conversation.objects.filter(pk=conversation.pk).update(**changes)
+        if email and conversation_waiting(conversation=conversation):
+            # Outside opening hours the widget asks for it: the inbox shows the request has an email.
+            ConversationEvent.objects.create(conversation=conversation, kind=EventKind.EMAIL_LEFT)
+
+
+def conversation_waiting(*, conversation: Conversation) -> bool:
+    """Whether the stored conversation waits for an agent."""
+    return Conversation.objects.filter(pk=conversation.pk, state=ConversationState.WAITING).exists()

@@ -75,10 +75,16 @@ async def site_lookup(key: str) -> Site | None:
     return site
 
 
-def _llm_enabled(site_id: int) -> bool:
+def site_by_id(site_id: int) -> Site | None:
+    """The site with this id (active or not), cached like :func:`site_for_key`. Synchronous."""
     site = _cached(("id", site_id))
     if site is _MISSING:
         site = _remember(("id", site_id), Site.objects.filter(pk=site_id).first())
+    return site
+
+
+def _llm_enabled(site_id: int) -> bool:
+    site = site_by_id(site_id)
     return site is None or site.llm_enabled
 
 

@@ -12,17 +12,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.production")
 # Django must be set up before anything imports models (the consumers do).
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from chatbot.handshake import ChatOriginValidator  # noqa: E402
-from chatbot.routing import websocket_urlpatterns  # noqa: E402
+from chatbot.routing import websocket_urlpatterns as chat_routes  # noqa: E402
 from chatbot.runtime import web_process_start  # noqa: E402
+from ops.routing import websocket_urlpatterns as agent_routes  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": ChatOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        # Each route checks its own handshake: customers' sockets against their site's allowed
+        # origins, the agent console's against the app's own origin and the agent's session.
+        "websocket": URLRouter([*chat_routes, *agent_routes]),
     }
 )
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from chatbot.models import Message, Role
 from kb import services as kb_services
+from kb.language import detect_language
 from kb.models import Entry, Variant
+from kb.selectors import entry_search, search_ready
 from ops.models import AnswerReview
 
 
@@ -55,4 +57,30 @@ def entries_search(query: str, *, limit: int = 10) -> list[dict]:
     return [
         {"id": pk, "question": question, "category": category}
         for pk, question, category in found.order_by("id").values_list("id", "question", "category")[:limit]
+    ]
+
+
+def canned_replies(query: str, *, limit: int = 5) -> list[dict]:
+    """FAQ answers an agent may send, for the words typed in the reply box: the entries the bot's
+    own search ranks best for them (in the words' language), else, before this process has an
+    index, those whose phrasings contain the words."""
+    query = query.strip()[:500]
+    if not query:
+        return []
+    language = detect_language(query)
+    if search_ready():
+        hits = entry_search(query=query, k=limit).hits
+        return [
+            {
+                "id": hit.entry_id,
+                "question": hit.question,
+                "answer": hit.answer_for(language),
+                "score": round(hit.score, 3),
+            }
+            for hit in hits
+        ]
+    found = Entry.objects.filter(is_published=True, variants__text__icontains=query).distinct().order_by("id")[:limit]
+    return [
+        {"id": entry.pk, "question": entry.question, "answer": entry.answer_for(language), "score": None}
+        for entry in found
     ]

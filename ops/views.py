@@ -20,9 +20,10 @@ from ops import services
 from ops.exports import conversations_csv, messages_jsonl
 from ops.forms import DashboardRangeForm, TranscriptFilterForm
 from ops.gaps import gap_draft_entry
+from ops.inbox import conversation_for_agent
 from ops.metrics import dashboard
 from ops.models import GapCluster, GapRun
-from ops.roles import can_view_transcripts
+from ops.roles import can_handle_conversations, can_view_transcripts
 from ops.selectors import (
     OUTCOMES,
     conversation_messages,
@@ -44,6 +45,20 @@ def transcripts_required(view):
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path(), "admin:login")
         if not can_view_transcripts(request.user):
+            raise PermissionDenied
+        return view(request, *args, **kwargs)
+
+    return checked
+
+
+def agents_required(view):
+    """Sign-in first, then the permission to chat with customers (403)."""
+
+    @wraps(view)
+    def checked(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path(), "admin:login")
+        if not can_handle_conversations(request.user):
             raise PermissionDenied
         return view(request, *args, **kwargs)
 
@@ -209,3 +224,32 @@ def gap_draft(request, cluster_id):
         return redirect("ops:gaps")
     messages.success(request, "Draft entry created, unpublished: write its answer, then publish it.")
     return redirect("admin:kb_entry_change", entry.pk)
+
+
+@agents_required
+def inbox(request):
+    """The agent inbox: conversations waiting for a person and the agent's own, live over
+    /ws/agent/ (ops.agent_consumer)."""
+    return _page(
+        request,
+        "ops/inbox.html",
+        title="Inbox",
+        can_search_entries=request.user.has_perm("kb.view_entry"),
+        agent_id=request.user.pk,
+    )
+
+
+@agents_required
+def inbox_conversation(request, conversation_id):
+    """One conversation as the inbox shows it (JSON): turns with the bot's reasoning, the hand-off's steps."""
+    found = conversation_for_agent(conversation_id=conversation_id)
+    if found is None:
+        return JsonResponse({"error": "There is no such conversation."}, status=404)
+    return JsonResponse(found)
+
+
+@agents_required
+def canned_replies(request):
+    """Canned replies from the FAQ for the inbox's reply box: entries matching the words typed,
+    with their answers."""
+    return JsonResponse({"entries": services.canned_replies(request.GET.get("q", ""))})

@@ -259,7 +259,17 @@ CELERY_BEAT_SCHEDULE = {
         "task": "chatbot.tasks.transcripts_prune_old",
         "schedule": env.float("CHATBOT_RETENTION_SWEEP_SECONDS", default=3600.0),
     },
+    # Conversations of agents whose console stayed away past the grace period go back to the queue
+    # (a web process does it itself when it sees the agent's last socket close; this catches a
+    # process that died).
+    "agents-away": {
+        "task": "chatbot.tasks.agents_away_release",
+        "schedule": env.float("CHATBOT_AGENT_SWEEP_SECONDS", default=30.0),
+    },
 }
+# How long a conversation stays with an agent whose console lost its connection (a reload, a train
+# tunnel) before it goes back to the queue for the next agent.
+CHATBOT_AGENT_GRACE_SECONDS = env.float("CHATBOT_AGENT_GRACE_SECONDS", default=120.0)
 # Conversations untouched for longer than this are deleted with their messages (0: kept forever).
 CHATBOT_TRANSCRIPT_RETENTION_DAYS = env.int("CHATBOT_TRANSCRIPT_RETENTION_DAYS", default=365)
 
@@ -398,6 +408,18 @@ CHATBOT_REPLY_TEXT = {
             default="I've asked a member of our team to join this chat. They'll reply here as soon as they can.",
         ),
         "zh": env.str("CHATBOT_HANDOFF_REQUESTED_TEXT_ZH", default="已为您转接人工客服，请稍候，客服会在这里回复您。"),
+    },
+    # Asked for a person outside the site's opening hours ({hours}: the site's hours as written).
+    "handoff_closed": {
+        "en": env.str(
+            "CHATBOT_HANDOFF_CLOSED_TEXT_EN",
+            default="Our team is not here right now (opening hours: {hours}). Leave your email and we'll get back "
+            "to you; your request is waiting for the next agent.",
+        ),
+        "zh": env.str(
+            "CHATBOT_HANDOFF_CLOSED_TEXT_ZH",
+            default="现在不是人工客服的工作时间（{hours}）。请留下您的邮箱，我们会尽快联系您；您的请求已进入排队。",
+        ),
     },
 }
 

@@ -17,13 +17,13 @@ from kb.text import has_unwanted_characters
 SCHEMA_FILE = settings.BASE_DIR / "docs" / "chat-protocol.schema.json"
 
 
-def _frame_classes() -> dict[str, type]:
-    classes = {}
-    for union in (protocol.ClientFrame, protocol.ServerFrame):
-        for cls in union.__args__:
-            frame_type = cls.__dataclass_fields__["type"].default
-            classes.setdefault(frame_type, cls)
-    return classes
+def _frame_classes() -> list[tuple[str, type]]:
+    """(type, class) of every frame of both directions ("message" and "typing" go both ways)."""
+    return [
+        (cls.__dataclass_fields__["type"].default, cls)
+        for union in (protocol.ClientFrame, protocol.ServerFrame)
+        for cls in union.__args__
+    ]
 
 
 def test_docs_schema_file_is_generated_from_the_protocol_module():
@@ -44,6 +44,7 @@ def test_schema_is_served(client):
         "feedback",
         "rating",
         "identify",
+        "typing",
     }
 
 
@@ -59,10 +60,11 @@ def test_readme_protocol_table_names_every_frame_field_and_error_code():
     section = readme.split("## Chat protocol", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     documented_types = set(re.findall(r'"type": "(\w+)"', section))
-    assert documented_types == set(_frame_classes())
-    for frame_type, cls in _frame_classes().items():
+    assert documented_types == {frame_type for frame_type, _cls in _frame_classes()}
+    for frame_type, cls in _frame_classes():
         text = " ".join(row for row in rows if f'"type": "{frame_type}"' in row)
         for name in cls.__dataclass_fields__:
+            name = name.rstrip("_")  # from_ is sent as "from"
             assert f'"{name}"' in text, f"README's protocol table: {frame_type} frame lacks {name!r}"
     for name in protocol.HistoryItem.__dataclass_fields__:
         assert f"`{name}`" in section, f"README's protocol section does not describe history item field {name!r}"

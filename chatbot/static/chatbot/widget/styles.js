@@ -43,6 +43,10 @@ button { cursor: pointer; }
 .msg.customer { align-self: flex-end; background: var(--sc-primary); color: var(--sc-on-primary);
   border-bottom-right-radius: 4px; white-space: pre-wrap; }
 .msg.bot { align-self: flex-start; background: #fff; border: 1px solid #d0d7de; border-bottom-left-radius: 4px; }
+.msg.agent { align-self: flex-start; background: #dafbe1; border: 1px solid #4ac26b; border-bottom-left-radius: 4px; }
+.msg.agent .from { display: block; font-size: .75rem; font-weight: 600; color: #116329; margin-bottom: .15rem; }
+.agent-typing .who { font-size: .75rem; color: #57606a; margin-right: .3rem; }
+.leave-email label { display: block; margin-bottom: .3rem; } .leave-email input { width: 100%; box-sizing: border-box; }
 .msg.pending { opacity: .75; }
 .msg.notice { align-self: center; background: #fff8c5; color: #4d2d00; font-size: .85rem; text-align: center; }
 .msg.error { align-self: center; background: #ffebe9; color: #82071e; font-size: .85rem; }

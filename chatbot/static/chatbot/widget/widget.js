@@ -42,6 +42,12 @@
   let identity = null;
   let ready = false;
   let latestOffer = null; // the handoff-offer button row still open
+  let agentName = null; // the person holding the chat (the bot is silent meanwhile)
+  let personAsked = false; // a person was asked for and has not joined yet
+  let announcedAgent = null; // whose joining the log already says (reconnects say it again)
+  let typingSentAt = 0; // the customer's typing, told to the agent at most every 2 s
+  let typingStopTimer = 0;
+  let agentTypingTimer = 0;
 
   function load() {
     try {
@@ -161,6 +167,7 @@
   );
   const intro = el("div", { class: "intro" });
   const typing = el("div", { class: "typing" }, el("span", { class: "sr-only" }), el("i"), el("i"), el("i"));
+  const agentTyping = el("div", { class: "typing agent-typing" }, el("span", { class: "who" }), el("i"), el("i"), el("i"));
   root.append(launcher, panel);
   shadow.append(root);
 
@@ -173,10 +180,26 @@
   });
   composer.addEventListener("submit", (event) => {
     event.preventDefault();
+    typingStop();
     send(input.value);
     input.value = "";
     input.focus();
   });
+  // With a person on the other side, they see when the customer is typing.
+  input.addEventListener("input", () => {
+    if (!agentName) return;
+    if (Date.now() - typingSentAt > 2000) {
+      typingSentAt = Date.now();
+      sendFrame({ type: "typing", active: true });
+    }
+    clearTimeout(typingStopTimer);
+    typingStopTimer = setTimeout(typingStop, 4000);
+  });
+  function typingStop() {
+    clearTimeout(typingStopTimer);
+    if (typingSentAt) sendFrame({ type: "typing", active: false });
+    typingSentAt = 0;
+  }
   input.addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
       event.preventDefault();
@@ -199,7 +222,7 @@
 
   function setStatus(key) {
     status.dataset.key = key;
-    status.textContent = t(key);
+    status.textContent = t(key, { name: agentName || t("agent") });
   }
 
   function scrollDown() {
@@ -223,13 +246,53 @@
 
   function updateTyping() {
     const waiting = Array.from(outbox.keys()).some((id) => !streaming.has(id));
-    if (waiting && connected) log.append(typing);
+    // "The assistant is typing" only while the bot answers, not while a person is asked for.
+    if (waiting && connected && !agentName && !personAsked) log.append(typing);
     else typing.remove();
     scrollDown();
   }
 
-  function speaker(role) {
-    return el("span", { class: "sr-only" }, (role === "customer" ? t("you") : t("bot")) + ": ");
+  function speaker(role, name) {
+    return el("span", { class: "sr-only" }, (role === "customer" ? t("you") : role === "agent" ? name || t("agent") : t("bot")) + ": ");
+  }
+
+  // A message from the person holding the chat.
+  function renderAgent(message) {
+    if (shown.has(message.message_id)) return;
+    shown.add(message.message_id);
+    const name = message.agent || agentName || t("agent");
+    log.append(
+      el("div", { class: "msg agent", "data-message-id": message.message_id }, speaker("agent", name), el("span", { class: "from", "aria-hidden": "true" }, name), el("div", { class: "body" }, md.render(message.text))),
+    );
+    agentTyping.remove();
+  }
+
+  function notice(text) {
+    log.append(el("div", { class: "msg notice" }, text));
+    scrollDown();
+  }
+
+  // Outside opening hours: the customer may leave an email; the request waits for the next agent.
+  function showEmailForm() {
+    if (log.querySelector(".leave-email")) return;
+    const id = "sc-email";
+    const email = el("input", { id, type: "email", maxlength: 254, required: true, autocomplete: "email" });
+    const form = el(
+      "form",
+      { class: "msg bot leave-email" },
+      el("label", { for: id }, t("emailLabel")),
+      email,
+      el("div", { class: "row" }, el("button", { type: "submit", class: "primary" }, t("emailSend"))),
+    );
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (!email.checkValidity()) return email.reportValidity();
+      identify({ ...(identity || {}), email: email.value.trim() });
+      form.replaceWith(el("div", { class: "msg notice" }, t("emailThanks", { email: email.value.trim() })));
+    });
+    log.append(form);
+    scrollDown();
+    if (!panel.hidden) email.focus();
   }
 
   function addCustomer(text, clientId) {
@@ -392,6 +455,8 @@
 
   // The customer ended the chat: the next message starts a new conversation.
   function forgetConversation() {
+    agentName = null;
+    personAsked = false;
     delete saved.conversation;
     delete saved.token;
     outbox.clear();
@@ -461,6 +526,7 @@
       case "session": {
         connected = true;
         backoff = 500;
+        agentName = null; // an agent_joined follows when a person still holds the chat
         if (saved.conversation !== frame.conversation) shown.clear();
         saved.conversation = frame.conversation;
         saved.token = frame.resume_token;
@@ -494,6 +560,42 @@
       case "answer":
       case "suggestions":
         return reply(frame);
+      case "received":
+        return received(frame);
+      case "message":
+        if (frame.from === "agent") {
+          renderAgent(frame);
+          emit("message", { role: "agent", text: frame.text, message_id: frame.message_id, agent: frame.agent });
+          scrollDown();
+        }
+        return;
+      case "typing":
+        if (frame.from !== "agent") return;
+        clearTimeout(agentTypingTimer);
+        if (frame.active) {
+          agentTyping.querySelector(".who").textContent = t("agentTyping", { name: agentName || t("agent") });
+          log.append(agentTyping);
+          scrollDown();
+          agentTypingTimer = setTimeout(() => agentTyping.remove(), 6000);
+        } else agentTyping.remove();
+        return;
+      case "agent_joined":
+        if (announcedAgent !== frame.agent) notice(t("agentJoined", { name: frame.agent }));
+        agentName = announcedAgent = frame.agent;
+        personAsked = false;
+        setStatus("withAgent");
+        emit("agent", { joined: true, agent: frame.agent });
+        updateTyping();
+        return;
+      case "agent_left":
+        agentTyping.remove();
+        notice(t({ handed_back: "agentHandedBack", closed: "agentClosed", agent_away: "agentAway" }[frame.reason] || "agentClosed", { name: frame.agent }));
+        agentName = announcedAgent = null;
+        personAsked = frame.reason === "agent_away";
+        setStatus("online");
+        emit("agent", { joined: false, agent: frame.agent, reason: frame.reason });
+        if (frame.reason === "closed") showRating("agent");
+        return;
       case "feedback_saved":
         acknowledge((c) => c.type === "feedback" && c.message_id === frame.message_id);
         feedbackSaved(frame);
@@ -515,6 +617,17 @@
     item.append(el("span", { class: "thanks" }, t("feedbackThanks")));
   }
 
+  // A message stored for a person to answer: it leaves the outbox; no bot reply follows.
+  function received(frame) {
+    const waiting = outbox.get(frame.reply_to);
+    if (waiting) {
+      outbox.delete(frame.reply_to);
+      persist();
+      if (waiting.el) markQueued(waiting.el, false);
+    }
+    updateTyping();
+  }
+
   function reply(frame) {
     const waiting = outbox.get(frame.reply_to);
     const stream = streaming.get(frame.reply_to);
@@ -531,8 +644,9 @@
       renderBot(frame, stream && stream.el, true);
       emit("message", { role: "bot", text: frame.text, message_id: frame.message_id, source: frame.source || "clarify", reply_to: frame.reply_to });
       if (frame.source === "handoff" && frame.handoff === "requested") {
-        emit("handoff", { message_id: frame.message_id, text: frame.text });
-        showRating("handoff");
+        personAsked = true;
+        emit("handoff", { message_id: frame.message_id, text: frame.text, hours: frame.hours || "open" });
+        if (frame.hours === "closed") showEmailForm();
       }
     }
     updateTyping();
@@ -546,7 +660,12 @@
       latestOffer = null;
     }
     const lastBot = messages.filter((m) => m.role !== "customer").pop();
+    if (resume && lastBot) personAsked = lastBot.source === "handoff" && lastBot.handoff === "requested";
     for (const message of messages) {
+      if (message.role === "agent") {
+        renderAgent(message);
+        continue;
+      }
       if (message.role === "customer") {
         const waiting = outbox.get(message.client_id);
         if (waiting && waiting.el) log.append(waiting.el);
