@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from django.core.serializers.json import DjangoJSONEncoder
 
 from chatbot.models import Message
+from chatbot.protocol import agent_name
 from kb.exporting import csv_cell_safe
 from ops.selectors import (
     TranscriptFilter,
+    agent_first_response_ms,
     conversations_filtered,
     conversations_matching,
     first_response_ms,
@@ -33,6 +35,7 @@ CONVERSATION_COLUMNS = [
     "thumbs_down",
     "first_response_ms",
     "agent",
+    "agent_first_response_ms",
 ]
 CHUNK = 2000
 
@@ -50,6 +53,7 @@ def conversations_csv(spec: TranscriptFilter) -> Iterator[str]:
     yield "\ufeff" + writer.writerow(CONVERSATION_COLUMNS)
     for conversation in conversations_filtered(spec).iterator(chunk_size=CHUNK):
         response = first_response_ms(conversation)
+        agent_response = agent_first_response_ms(conversation)
         row = [
             conversation.pk,
             conversation.created_at.isoformat(),
@@ -63,7 +67,8 @@ def conversations_csv(spec: TranscriptFilter) -> Iterator[str]:
             conversation.thumbs_up,
             conversation.thumbs_down,
             "" if response is None else round(response),
-            "",  # agents: the live hand-off is not there yet
+            agent_name(conversation.agent) if conversation.agent_id else "",
+            "" if agent_response is None else round(agent_response),
         ]
         yield writer.writerow([csv_cell_safe(cell) for cell in row])
 
@@ -72,7 +77,7 @@ def messages_jsonl(spec: TranscriptFilter) -> Iterator[str]:
     """One JSON object per message of the conversations matching ``spec``, with its trace."""
     messages = (
         Message.objects.filter(conversation__in=conversations_matching(spec).values("pk"))
-        .select_related("feedback")
+        .select_related("feedback", "agent")
         .order_by("conversation_id", "created_at", "id")
     )
     for message in messages.iterator(chunk_size=CHUNK):
@@ -87,6 +92,7 @@ def messages_jsonl(spec: TranscriptFilter) -> Iterator[str]:
             "entry_id": message.entry_id,
             "score": message.score,
             "citations": message.citations,
+            "agent": agent_name(message.agent) if message.agent_id else None,
             "feedback": {"value": feedback.value, "reason": feedback.reason} if feedback else None,
             "decision": message.decision,
             "retrieval": message.retrieval,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from chatbot.models import Site
@@ -25,13 +26,21 @@ class TranscriptFilterForm(forms.Form):
     )
     language = forms.ChoiceField(required=False, choices=[("", "any language"), *Language.choices])
     site = forms.ModelChoiceField(required=False, queryset=Site.objects.order_by("name"), empty_label="any site")
+    agent = forms.ModelChoiceField(required=False, queryset=get_user_model().objects.none(), empty_label="any agent")
     q = forms.CharField(required=False, label="Text", max_length=200, widget=forms.TextInput(attrs={"type": "search"}))
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Those who have held a conversation.
+        users = get_user_model().objects.filter(conversations_held__isnull=False).distinct()
+        self.fields["agent"].queryset = users.order_by("first_name", "username")
+        self.fields["agent"].label_from_instance = lambda user: user.get_full_name() or user.get_username()
 
     def spec(self) -> TranscriptFilter:
         """The filter the valid fields describe (an invalid field is left out: the list still shows)."""
         self.is_valid()  # an unbound form is not valid and has no cleaned data: no filter at all
         data = getattr(self, "cleaned_data", {})
-        site = data.get("site")
+        site, agent = data.get("site"), data.get("agent")
         return TranscriptFilter(
             since=data.get("since"),
             until=data.get("until"),
@@ -40,6 +49,7 @@ class TranscriptFilterForm(forms.Form):
             thumbs=data.get("thumbs") or "",
             language=data.get("language") or "",
             site_id=site.pk if site else None,
+            agent_id=agent.pk if agent else None,
             text=(data.get("q") or "").strip(),
         )
 

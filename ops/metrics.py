@@ -19,6 +19,7 @@ from chatbot.models import Feedback, Message, Role, Source
 from ops.selectors import (
     OUTCOMES,
     TranscriptFilter,
+    agent_first_response_ms,
     conversations_annotated,
     conversations_matching,
     first_response_ms,
@@ -64,7 +65,7 @@ def dashboard(since: date, until: date) -> Dashboard:
     days = [since + timedelta(days=n) for n in range((until - since).days + 1)]
     index = {day: n for n, day in enumerate(days)}
     per_day = {label: [0] * len(days) for label in OUTCOMES.values()}
-    response_times, conversations = [], 0
+    response_times, agent_times, conversations = [], [], 0
     for conversation in conversations_annotated(matching).annotate(day=TruncDate("created_at")).iterator(2000):
         conversations += 1
         if conversation.day in index:
@@ -72,6 +73,9 @@ def dashboard(since: date, until: date) -> Dashboard:
         response = first_response_ms(conversation)
         if response is not None:
             response_times.append(response)
+        agent_response = agent_first_response_ms(conversation)
+        if agent_response is not None:
+            agent_times.append(agent_response)
 
     replies = Message.objects.filter(conversation__in=matching.values("pk"))
     by_source = dict(replies.filter(role=Role.BOT).values_list("source").annotate(n=Count("id")))
@@ -122,8 +126,7 @@ def dashboard(since: date, until: date) -> Dashboard:
         csat=sum(1 for r in ratings if r >= 4) / len(ratings) if ratings else None,
         mean_rating=sum(ratings) / len(ratings) if ratings else None,
         bot_first_response_ms={"p50": percentile(response_times, 0.5), "p95": percentile(response_times, 0.95)},
-        # Agents reply through the live hand-off, which is not there yet.
-        agent_first_response_ms={"p50": None, "p95": None},
+        agent_first_response_ms={"p50": percentile(agent_times, 0.5), "p95": percentile(agent_times, 0.95)},
         top_hits=[(row["entry_id"], row["entry__question"], row["n"]) for row in hits],
         top_thumbs_down=[(row["message__entry_id"], row["message__entry__question"], row["n"]) for row in disliked],
     )

@@ -42,13 +42,14 @@ def _count(queryset: QuerySet) -> Coalesce:
 def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
     """Conversations with ``has_faq``, ``has_llm``, ``has_offer``, ``has_request``, ``n_messages``,
     ``thumbs_up``/``thumbs_down``, ``language`` (of the first reply), ``first_question_at``,
-    ``first_reply_at`` and ``first_reply_ms`` (for the first response time). Every one is a
+    ``first_reply_at`` and ``first_reply_ms`` (for the first response time), ``agent_first_reply_at``
+    (the first message of a person). Every one is a
     subquery of its own row, so a page of 50 costs 50 rows' worth, however many match."""
     queryset = queryset if queryset is not None else Conversation.objects.all()
     first_reply = _bot().order_by("created_at", "id")
     messages = Message.objects.filter(conversation=OuterRef("pk"))
     first_question = messages.filter(role=Role.CUSTOMER).order_by("created_at", "id")
-    return queryset.select_related("site").annotate(
+    return queryset.select_related("site", "agent").annotate(
         has_faq=Exists(_bot(source=Source.FAQ)),
         has_llm=Exists(_bot(source=Source.LLM)),
         has_offer=Exists(_bot(source=Source.HANDOFF, decision__handoff="offered")),
@@ -60,6 +61,9 @@ def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
         first_question_at=Subquery(first_question.values("created_at")[:1]),
         first_reply_at=Subquery(first_reply.values("created_at")[:1]),
         first_reply_ms=Subquery(first_reply.annotate(ms=KeyTextTransform("total", "timings_ms")).values("ms")[:1]),
+        agent_first_reply_at=Subquery(
+            messages.filter(role=Role.AGENT).order_by("created_at", "id").values("created_at")[:1]
+        ),
     )
 
 
@@ -87,6 +91,15 @@ def first_response_ms(conversation) -> float | None:
     return max(between, recorded)
 
 
+def agent_first_response_ms(conversation) -> float | None:
+    """Milliseconds from the customer's request for a person to the first agent message
+    (annotated); None when no agent wrote after a request."""
+    requested, replied = conversation.handoff_requested_at, conversation.agent_first_reply_at
+    if requested is None or replied is None or replied < requested:
+        return None
+    return (replied - requested).total_seconds() * 1000
+
+
 @dataclass(frozen=True)
 class TranscriptFilter:
     """What the transcripts list is narrowed to; every field optional."""
@@ -98,6 +111,7 @@ class TranscriptFilter:
     thumbs: str = ""  # "up", "down" or "any"
     language: str = ""
     site_id: int | None = None
+    agent_id: int | None = None  # the agent who held the conversation last
     text: str = ""
 
 
@@ -134,6 +148,8 @@ def conversations_matching(spec: TranscriptFilter) -> QuerySet:
         queryset = queryset.filter(site_id=spec.site_id)
     if spec.rating:
         queryset = queryset.filter(rating=spec.rating)
+    if spec.agent_id:
+        queryset = queryset.filter(agent_id=spec.agent_id)
     if spec.text:
         said = Message.objects.filter(conversation=OuterRef("pk"), text__icontains=spec.text)
         queryset = queryset.filter(Exists(said))

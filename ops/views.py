@@ -234,6 +234,7 @@ def inbox(request):
         request,
         "ops/inbox.html",
         title="Inbox",
+        is_nav_sidebar_enabled=False,  # the chat needs the width
         can_search_entries=request.user.has_perm("kb.view_entry"),
         agent_id=request.user.pk,
     )

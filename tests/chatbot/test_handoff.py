@@ -111,7 +111,7 @@ def test_customer_messages_for_a_person_are_stored_once_and_redacted(settings):
 )
 def test_opening_hours(hours, local, expected):
     zone = "Europe/London"
-    at = dt.datetime.fromisoformat(local).replace(tzinfo=dt.timezone.utc)  # London is on UTC in winter
+    at = dt.datetime.fromisoformat(local).replace(tzinfo=dt.UTC)  # London is on UTC in winter
     assert is_open(hours=hours, timezone=zone, at=at) is expected
 
 

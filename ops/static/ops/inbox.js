@@ -154,15 +154,18 @@
       return;
     }
     const data = await response.json();
-    const switched = !current || current.id !== id;
+    if (current && current.id !== id) $("customer-typing").textContent = "";
     current = data;
-    if (switched) {
-      shown.clear();
-      log.replaceChildren();
-      $("customer-typing").textContent = "";
-    }
-    for (const message of data.messages) messageShow(message);
-    if (switched) for (const event of data.events) eventLine(event.label + (event.agent ? " (" + event.agent + ")" : ""), event.created_at);
+    // Drawn afresh from what is stored: turns and the hand-off's steps in time order, then the
+    // agent's messages still on their way.
+    shown.clear();
+    log.replaceChildren();
+    const items = [
+      ...data.messages.map((message) => ({ at: message.created_at, draw: () => messageShow(message) })),
+      ...data.events.map((event) => ({ at: event.created_at, draw: () => eventLine(event.label + (event.agent ? " (" + event.agent + ")" : ""), event.created_at) })),
+    ];
+    items.sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0)).forEach((item) => item.draw());
+    pending.forEach((item) => item.conversation === id && item.el && log.append(item.el));
     head();
     document.querySelectorAll(".inbox-list button.row").forEach((b) => b.setAttribute("aria-current", String(b.dataset.conversation === id)));
     if (current.state === "agent" && current.agent_id === me) replyText.focus();
@@ -223,11 +226,8 @@
         if (frame.active) customerTypingTimer = setTimeout(() => ($("customer-typing").textContent = ""), 6000);
         return;
       case "agent_joined":
-        eventLine(frame.agent + " joined");
-        return open(current.id);
       case "agent_left":
-        eventLine(frame.agent + ({ handed_back: " handed the chat back to the bot", closed: " closed the chat", agent_away: " lost the connection: back in the queue" }[frame.reason] || " left"));
-        return open(current.id);
+        return open(current.id); // the step is stored: drawn with the rest
     }
   }
 

@@ -1,0 +1,92 @@
+"""The hand-off through the real ASGI application (on the tests' channel layer; the cross-process
+run on Redis is tests/integration/test_handoff.py): opening hours and the email left outside them,
+and who may open the agent console's socket."""
+
+import datetime as dt
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from chatbot.models import Conversation, ConversationEvent, Site
+from chatbot.opening_hours import DAYS
+from config.asgi import application
+from tests.chatbot.conftest import ORIGIN
+from tests.chatbot.test_consumer import ask, open_chat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@database_sync_to_async
+def closed_today():
+    """Opening hours of the default site that leave out today (in UTC) altogether."""
+    tomorrow = DAYS[(dt.datetime.now(dt.UTC).weekday() + 1) % 7]
+    Site.objects.filter(key="default").update(opening_hours=f"{tomorrow.title()} 09:00-17:00", timezone="UTC")
+
+
+async def test_outside_opening_hours_the_customer_may_leave_an_email_and_the_request_waits(shop):
+    await closed_today()
+    chat = await open_chat()
+    conversation = (await chat.receive_json_from())["conversation"]
+    answer = await ask(chat, "I want to talk to a person")
+    assert (answer["source"], answer["handoff"], answer["hours"]) == ("handoff", "requested", "closed")
+    assert "opening hours" in answer["text"] and "09:00-17:00, UTC" in answer["text"]
+    await chat.send_json_to({"type": "identify", "email": "Jo@Example.com"})
+    assert await chat.receive_json_from() == {"type": "identified"}
+    stored = await database_sync_to_async(
+        lambda: (
+            Conversation.objects.values_list("state", "customer_email").get(pk=conversation),
+            list(ConversationEvent.objects.filter(conversation_id=conversation).values_list("kind", flat=True)),
+        )
+    )()
+    assert stored == (("waiting", "jo@example.com"), ["requested", "email_left"])
+    await chat.disconnect()
+
+
+async def test_within_opening_hours_no_hours_field_is_sent(shop):
+    chat = await open_chat()
+    await chat.receive_json_from()
+    answer = await ask(chat, "I want to talk to a person")
+    assert answer["handoff"] == "requested" and "hours" not in answer
+    await chat.disconnect()
+
+
+@database_sync_to_async
+def session_cookie(*, staff: bool, agent: bool) -> str:
+    user = get_user_model().objects.create_user("someone", password="pw-12345", is_staff=staff)
+    if agent:
+        user.user_permissions.add(Permission.objects.get(codename="handle_conversation"))
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+@pytest.mark.parametrize(
+    ("staff", "agent", "own_origin", "allowed"),
+    [
+        (True, True, True, True),
+        (True, True, False, False),  # a page elsewhere, with an agent's cookie
+        (True, False, True, False),  # staff without the agents' permission
+        (False, True, True, False),  # not staff
+    ],
+)
+async def test_who_may_open_the_agent_console(staff, agent, own_origin, allowed):
+    cookie = await session_cookie(staff=staff, agent=agent)
+    origin = ORIGIN[0][1] if own_origin else b"https://evil.example"
+    headers = [(b"origin", origin), (b"host", b"localhost"), (b"cookie", f"sessionid={cookie}".encode())]
+    console = WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+    connected, _ = await console.connect()
+    assert connected is allowed
+    if connected:
+        assert (await console.receive_json_from())["type"] == "inbox"
+    await console.disconnect()
+
+
+async def test_an_anonymous_visitor_cannot_open_the_agent_console():
+    console = WebsocketCommunicator(application, "/ws/agent/", headers=ORIGIN)
+    connected, _ = await console.connect()
+    assert not connected
+    await console.disconnect()
