@@ -21,7 +21,7 @@ from django.conf import settings
 from chatbot import metrics, protocol
 from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
 from chatbot.flood_control import CONNECTION_LEASE_SECONDS, Verdict, flood_control
-from chatbot.handoff import customer_message_save
+from chatbot.handoff import customer_message_save, handoff_cancel
 from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, frame_event
 from chatbot.logging_context import conversation_bind
 from chatbot.models import ConversationState
@@ -32,6 +32,8 @@ from chatbot.protocol import (
     FeedbackFrame,
     FeedbackSavedFrame,
     FrameError,
+    HandoffCancelFrame,
+    HandoffCancelledFrame,
     HistoryFrame,
     IdentifiedFrame,
     IdentifyFrame,
@@ -193,6 +195,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         kind = frame.get("type")
         if kind == "agent_joined":
             self.state = ConversationState.AGENT
+        elif kind == "handoff_cancelled":
+            self.state = ConversationState.BOT
         elif kind == "agent_left":
             self.state = {
                 "handed_back": ConversationState.BOT,
@@ -260,6 +264,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._send_error(error)
         elif isinstance(frame, PingFrame):
             await self.send_frame(PongFrame())
+        elif isinstance(frame, HandoffCancelFrame):
+            await self._handoff_cancel()
         elif isinstance(frame, TypingClientFrame):
             if self.state == ConversationState.AGENT:
                 typing = TypingFrame(active=frame.active, from_="customer")
@@ -411,6 +417,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             logger.exception("answering message %s failed", client_id)
             raise FrameError("internal_error", "Sorry, something went wrong; please try again.", client_id) from None
         await self._reply_send(stored)
+
+    async def _handoff_cancel(self) -> None:
+        cancelled = self.conversation.is_stored and await in_pool(handoff_cancel)(conversation=self.conversation)
+        if not cancelled:
+            await self._send_error(FrameError("not_waiting", "No person is being asked for in this chat."))
+            return
+        self.state = ConversationState.BOT
+        done = HandoffCancelledFrame()
+        await self.send_frame(done)
+        # The customer's other tabs, and the inboxes.
+        event = frame_event(
+            done, to=("customer", "agent"), sender=self.channel_name, conversation=str(self.conversation.id)
+        )
+        await self._layer_call("group_send", self.group, event)
+        await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
 
     async def _message_for_person(self, frame: MessageFrame) -> None:
         """A person is asked for or holds the chat: the bot stays silent; the message is stored,

@@ -122,6 +122,18 @@ def customer_message_save(*, conversation: Conversation, client_id: str, text: s
     return CustomerMessage(message=message, duplicate=False)
 
 
+def handoff_cancel(*, conversation: Conversation) -> bool:
+    """The customer no longer waits for a person: back to the bot. False if nobody was asked for
+    (an agent who took the chat meanwhile keeps it)."""
+    with transaction.atomic():
+        cancelled = Conversation.objects.filter(pk=conversation.pk, state=ConversationState.WAITING).update(
+            state=ConversationState.BOT, updated_at=timezone.now()
+        )
+        if cancelled:
+            ConversationEvent.objects.create(conversation=conversation, kind=EventKind.CANCELLED)
+    return bool(cancelled)
+
+
 def conversation_state(*, conversation_id) -> str | None:
     """The stored state of a conversation (None if it is not stored)."""
     return Conversation.objects.filter(id=conversation_id).values_list("state", flat=True).first()

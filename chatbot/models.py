@@ -381,6 +381,7 @@ class EventKind(models.TextChoices):
     HANDED_BACK = "handed_back", "Handed back to the bot"
     CLOSED = "closed", "Closed by the agent"
     AGENT_AWAY = "agent_away", "Agent's connection lost: back in the queue"
+    CANCELLED = "cancelled", "Customer went back to the bot"
 
 
 class ConversationEvent(models.Model):

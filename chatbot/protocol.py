@@ -59,6 +59,7 @@ ERROR_CODES = {
     "invalid_rating": 'a "rating" frame without a score of 1 to 5, with a bad comment, or before any message',
     "invalid_identity": 'an "identify" frame with a bad name or email',
     "invalid_typing": 'a "typing" frame without a boolean "active"',
+    "not_waiting": 'a "handoff_cancel" when no person is asked for (an agent may hold the chat already)',
     "internal_error": "answering failed; the message may be sent again",
 }
 
@@ -157,7 +158,23 @@ class TypingClientFrame:
     type: Literal["typing"] = "typing"
 
 
-ClientFrame = MessageFrame | ChooseFrame | PingFrame | FeedbackFrame | RatingFrame | IdentifyFrame | TypingClientFrame
+@dataclass(frozen=True)
+class HandoffCancelFrame:
+    """The customer no longer waits for a person: the bot answers again."""
+
+    type: Literal["handoff_cancel"] = "handoff_cancel"
+
+
+ClientFrame = (
+    MessageFrame
+    | ChooseFrame
+    | PingFrame
+    | FeedbackFrame
+    | RatingFrame
+    | IdentifyFrame
+    | TypingClientFrame
+    | HandoffCancelFrame
+)
 
 
 # Server → client ---------------------------------------------------------------------------------
@@ -305,6 +322,13 @@ class ReceivedFrame:
 
 
 @dataclass(frozen=True)
+class HandoffCancelledFrame:
+    """The request for a person was withdrawn (on this or another tab): the bot answers again."""
+
+    type: Literal["handoff_cancelled"] = "handoff_cancelled"
+
+
+@dataclass(frozen=True)
 class AgentJoinedFrame:
     """A person took the conversation: the bot is silent until they hand it back."""
 
@@ -355,6 +379,7 @@ ServerFrame = (
     | RatingSavedFrame
     | IdentifiedFrame
     | ReceivedFrame
+    | HandoffCancelledFrame
     | AgentJoinedFrame
     | AgentLeftFrame
     | AgentMessageFrame
@@ -409,6 +434,8 @@ def client_frame_parse(text_data: str | None) -> ClientFrame:
         return _rating_parse(content)
     if frame_type == "identify":
         return _identify_parse(content)
+    if frame_type == "handoff_cancel":
+        return HandoffCancelFrame()
     if frame_type == "typing":
         if not isinstance(content.get("active"), bool):
             raise FrameError("invalid_typing", 'A "typing" frame needs "active": true or false.')

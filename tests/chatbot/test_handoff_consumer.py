@@ -90,3 +90,23 @@ async def test_an_anonymous_visitor_cannot_open_the_agent_console():
     connected, _ = await console.connect()
     assert not connected
     await console.disconnect()
+
+
+async def test_a_waiting_customer_may_go_back_to_the_bot(shop):
+    chat = await open_chat()
+    conversation = (await chat.receive_json_from())["conversation"]
+    assert (await ask(chat, "I want to talk to a person"))["handoff"] == "requested"
+    # Waiting: the bot is silent, the message is kept for the person.
+    waiting = await ask(chat, "Where is my parcel?", client_id="w1")
+    assert (waiting["type"], waiting["reply_to"]) == ("received", "w1")
+    await chat.send_json_to({"type": "handoff_cancel"})
+    assert await chat.receive_json_from() == {"type": "handoff_cancelled"}
+    answer = await ask(chat, "Where is my parcel?")
+    assert (answer["type"], answer["source"]) == ("answer", "faq")
+    await chat.send_json_to({"type": "handoff_cancel"})
+    assert (await chat.receive_json_from())["code"] == "not_waiting"
+    kinds = await database_sync_to_async(
+        lambda: list(ConversationEvent.objects.filter(conversation_id=conversation).values_list("kind", flat=True))
+    )()
+    assert kinds == ["requested", "cancelled"]
+    await chat.disconnect()

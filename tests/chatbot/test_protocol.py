@@ -45,6 +45,7 @@ def test_schema_is_served(client):
         "rating",
         "identify",
         "typing",
+        "handoff_cancel",
     }
 
 

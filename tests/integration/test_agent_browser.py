@@ -58,6 +58,10 @@ def test_an_agent_takes_over_from_the_bot_and_hands_back(tmp_path, chromium, sto
     widget(customer, ".log > .msg.bot:not(.greeting)").first.wait_for(timeout=WAIT_MS)
     ask(customer, "I want to talk to a person")
     widget(customer, ".msg.bot").filter(has_text="asked a member of our team").wait_for(timeout=WAIT_MS)
+    # The customer sees that a person is on the way (and could go back to the bot).
+    waiting = widget(customer, ".waiting-person")
+    waiting.wait_for(timeout=WAIT_MS)
+    assert "Back to the assistant" in waiting.inner_text()
 
     # The request arrives in the inbox by itself, with a sound and the count in the tab's title.
     row = inbox.locator("#list-waiting button.row")
@@ -73,10 +77,8 @@ def test_an_agent_takes_over_from_the_bot_and_hands_back(tmp_path, chromium, sto
     assert "How do I track my order?" in turn.locator(".why").inner_text()
     inbox.click("#take")
     inbox.locator("#reply-form").wait_for(state="visible", timeout=WAIT_MS)
-    widget(
-        customer,
-        ".msg.notice",
-    ).filter(has_text="Alice joined the chat.").wait_for(timeout=WAIT_MS)
+    widget(customer, ".msg.notice").filter(has_text="Alice joined the chat.").wait_for(timeout=WAIT_MS)
+    assert widget(customer, ".waiting-person").count() == 0
 
     # Typing both ways.
     widget(customer, "textarea#sc-input").press_sequentially("my order", delay=20)

@@ -227,6 +227,7 @@
         return;
       case "agent_joined":
       case "agent_left":
+      case "handoff_cancelled":
         return open(current.id); // the step is stored: drawn with the rest
     }
   }

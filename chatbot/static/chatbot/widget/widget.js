@@ -244,7 +244,24 @@
     if (log.firstChild !== intro) log.prepend(intro);
   }
 
+  // While a person is asked for (and none has joined): a bar that says so, with a way back to the bot.
+  const waitingBar = el(
+    "div",
+    { class: "msg notice waiting-person" },
+    el("span", { class: "label" }),
+    " ",
+    el("button", { type: "button", class: "secondary", onclick: () => sendFrame({ type: "handoff_cancel" }) }),
+  );
+  function showWaiting() {
+    if (personAsked && !agentName) {
+      waitingBar.querySelector(".label").textContent = t("waitingPerson");
+      waitingBar.querySelector("button").textContent = t("backToBot");
+      log.append(waitingBar);
+    } else waitingBar.remove();
+  }
+
   function updateTyping() {
+    showWaiting();
     const waiting = Array.from(outbox.keys()).some((id) => !streaming.has(id));
     // "The assistant is typing" only while the bot answers, not while a person is asked for.
     if (waiting && connected && !agentName && !personAsked) log.append(typing);
@@ -562,6 +579,11 @@
         return reply(frame);
       case "received":
         return received(frame);
+      case "handoff_cancelled":
+        if (personAsked) notice(t("backWithBot"));
+        personAsked = false;
+        updateTyping();
+        return;
       case "message":
         if (frame.from === "agent") {
           renderAgent(frame);
@@ -595,6 +617,7 @@
         setStatus("online");
         emit("agent", { joined: false, agent: frame.agent, reason: frame.reason });
         if (frame.reason === "closed") showRating("agent");
+        updateTyping();
         return;
       case "feedback_saved":
         acknowledge((c) => c.type === "feedback" && c.message_id === frame.message_id);
