@@ -180,6 +180,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not self.socket_closed:
             await self.send_json(protocol.frame_dump(frame))
 
+    async def send_json(self, content, close=False):
+        """Send a frame. A client that went away a moment ago makes uvicorn raise on the send; that
+        must not end the consumer before its disconnect (which releases its place under the
+        connection cap): the disconnect follows."""
+        try:
+            await super().send_json(content, close=close)
+        except Exception as error:  # noqa: BLE001 - see above
+            logger.info("client gone before a frame could be sent: %s", type(error).__name__)
+
     async def conversation_exchange(self, event):
         """Another socket of this conversation (another tab, maybe on another web process) stored
         an exchange: show it here too. The event carries the history frame, already dumped."""

@@ -47,11 +47,12 @@ _away_checks: set[asyncio.Task] = set()
 class AgentConsumer(AsyncJsonWebsocketConsumer):
     """One agent console (a browser tab of /ops/inbox/)."""
 
+    heartbeat: asyncio.Task | None = None  # renews the agent's presence while the console is open
+
     async def connect(self):
         self.agent = self.scope.get("user")
         self.watching: set[str] = set()
         self.held: set[str] = set()  # taken on this console: its typing goes to the customer
-        self.heartbeat: asyncio.Task | None = None
         # Only the app's own pages: a page elsewhere must not act with an agent's cookies.
         allowed = origin_allowed(scope_origin(self.scope), self.scope, []) and await in_pool(can_handle_conversations)(
             self.agent
@@ -64,10 +65,29 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         self.heartbeat = asyncio.create_task(self._heartbeat())
         await self._inbox_send()
 
+    async def __call__(self, scope, receive, send):
+        # However the consumer ends (a disconnect, or a send that failed because the client had
+        # gone), the agent's presence stops being renewed and the grace period starts.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._closed()
+
     async def disconnect(self, code):
+        await self._closed()
+
+    async def send_json(self, content, close=False):
+        """Send a frame; a client gone meanwhile is not an error (its disconnect ends the consumer)."""
+        try:
+            await super().send_json(content, close=close)
+        except Exception as error:  # noqa: BLE001 - uvicorn raises on a send after the client closed
+            logger.info("agent console gone before a frame could be sent: %s", type(error).__name__)
+
+    async def _closed(self) -> None:
         if self.heartbeat is None:
             return
         self.heartbeat.cancel()
+        self.heartbeat = None
         for group in [AGENTS_GROUP, *(conversation_group(c) for c in self.watching)]:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)

@@ -10,10 +10,14 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client
+from uvicorn.protocols.utils import ClientDisconnected
 
-from chatbot.models import Conversation, ConversationEvent, Site
+from chatbot.consumers import ChatConsumer
+from chatbot.models import Conversation, ConversationEvent, Site, default_site_id
 from chatbot.opening_hours import DAYS
+from chatbot.protocol import PongFrame
 from config.asgi import application
+from ops.agent_consumer import AgentConsumer
 from tests.chatbot.conftest import ORIGIN
 from tests.chatbot.test_consumer import ask, open_chat
 
@@ -24,6 +28,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def closed_today():
     """Opening hours of the default site that leave out today (in UTC) altogether."""
     tomorrow = DAYS[(dt.datetime.now(dt.UTC).weekday() + 1) % 7]
+    default_site_id()  # a transactional test before this one flushed the migration's row
     Site.objects.filter(key="default").update(opening_hours=f"{tomorrow.title()} 09:00-17:00", timezone="UTC")
 
 
@@ -110,3 +115,19 @@ async def test_a_waiting_customer_may_go_back_to_the_bot(shop):
     )()
     assert kinds == ["requested", "cancelled"]
     await chat.disconnect()
+
+
+async def test_a_send_to_a_client_that_just_left_does_not_end_the_consumer():
+    """uvicorn raises ClientDisconnected on a send after the client closed, and then never delivers
+    the disconnect: a consumer ended by it would keep its connection lease (the customer's) or its
+    presence (an agent's) alive for ever. The send is dropped instead; the disconnect follows."""
+
+    async def gone(_message):
+        raise ClientDisconnected
+
+    for consumer in (ChatConsumer(), AgentConsumer()):
+        consumer.base_send, consumer.socket_closed = gone, False
+        await consumer.send_json({"type": "pong"})
+    chat = ChatConsumer()
+    chat.base_send, chat.socket_closed = gone, False
+    await chat.send_frame(PongFrame())

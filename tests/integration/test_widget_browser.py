@@ -350,7 +350,8 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     # The offer can be rated too: a thumbs-down there shows editors what the FAQ lacks.
     assert widget(page, ".msg.bot").last.locator(".feedback button").count() == 2
     offer.click()
-    page.wait_for_function("window.recorded.some(e => e.type === 'handoff')", timeout=WAIT_MS)
+    widget(page, ".waiting-person").wait_for(timeout=WAIT_MS)  # a person is on the way
+    assert len(recorded(page, "handoff")) == 1
     assert (last_reply(page)["source"], last_reply(page)["handoff"]) == ("handoff", "requested")
     assert widget(page, ".rating").count() == 0  # no rating while the customer waits for a person
     widget(page, ".head button").first.click()  # End chat
