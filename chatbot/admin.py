@@ -102,7 +102,11 @@ class SiteAdmin(admin.ModelAdmin):
         access = ("key", "allowed_origins", "is_active", "llm_enabled")
         if obj is not None:
             access = (*access, "rotate_key", "created_at", "updated_at")
-        return [(None, {"fields": ("name", *access)}), ("Widget", {"fields": appearance})]
+        return [
+            (None, {"fields": ("name", *access)}),
+            ("Widget", {"fields": appearance}),
+            ("Agents", {"fields": ("opening_hours", "timezone")}),
+        ]
 
     @admin.display(description="allowed origins")
     def origins(self, obj):
@@ -133,9 +137,9 @@ class SiteAdmin(admin.ModelAdmin):
 
 @admin.register(Conversation)
 class ConversationAdmin(admin.ModelAdmin):
-    list_display = ("id", "site", "state", "rating", "customer_name", "created_at", "updated_at")
+    list_display = ("id", "site", "state", "agent", "rating", "customer_name", "created_at", "updated_at")
     list_filter = ("state", "site", "rating")
-    list_select_related = ("site",)
+    list_select_related = ("site", "agent")
     search_fields = ("customer_name", "customer_email")
     readonly_fields = (
         "id",
@@ -147,6 +151,11 @@ class ConversationAdmin(admin.ModelAdmin):
         "rating",
         "rating_comment",
         "rated_at",
+        # The hand-off changes these, from the inbox: never by hand.
+        "state",
+        "agent",
+        "handoff_requested_at",
+        "agent_joined_at",
     )
     inlines = [MessageInline]
 

@@ -86,7 +86,10 @@ class Site(models.Model):
         "customer who asks for a person is told so and may leave an email; the request waits in the inbox.",
     )
     timezone = models.CharField(
-        max_length=64, default="UTC", help_text="The time zone of the opening hours, e.g. Europe/London."
+        max_length=64,
+        default="UTC",
+        blank=True,
+        help_text="The time zone of the opening hours, e.g. Europe/London (empty: UTC).",
     )
     is_active = models.BooleanField(default=True, help_text="Off: the widget and the chat refuse this key.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -118,6 +121,7 @@ class Site(models.Model):
         self.starter_questions = [question.strip() for question in self.starter_questions if question.strip()]
         self.primary_colour = (self.primary_colour or "").lower()
         errors = {}
+        self.timezone = (self.timezone or "").strip() or "UTC"
         if not timezone_valid(self.timezone):
             errors["timezone"] = "an IANA time zone name, e.g. Europe/London or Asia/Shanghai"
         try:
