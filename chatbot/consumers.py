@@ -288,6 +288,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self.send_frame(await in_pool(self._record)(frame))
             except FrameError as record_error:
                 await self._send_error(record_error)
+            else:
+                if isinstance(frame, IdentifyFrame) and frame.email and self.state == ConversationState.WAITING:
+                    # An email left while waiting (outside opening hours): the inbox says so.
+                    await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
         else:
             await self._enqueue(frame)
 
@@ -457,8 +461,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         )
         if not stored.duplicate:
             await self._history_share([history_item(stored.message)])
-            if self.state == ConversationState.WAITING:
-                await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
+            # The inbox shows each chat's latest message (and marks it new for the agent).
+            await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
 
     async def _choose(self, frame: ChooseFrame) -> None:
         try:

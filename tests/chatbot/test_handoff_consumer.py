@@ -131,3 +131,23 @@ async def test_a_send_to_a_client_that_just_left_does_not_end_the_consumer():
     chat = ChatConsumer()
     chat.base_send, chat.socket_closed = gone, False
     await chat.send_frame(PongFrame())
+
+
+async def test_an_email_left_outside_hours_shows_in_the_inbox_at_once(shop):
+    await closed_today()
+    cookie = await session_cookie(staff=True, agent=True)
+    headers = [*ORIGIN, (b"cookie", f"sessionid={cookie}".encode())]
+    console = WebsocketCommunicator(application, "/ws/agent/", headers=headers)
+    assert (await console.connect())[0]
+    assert (await console.receive_json_from())["waiting"] == []
+    chat = await open_chat()
+    conversation = (await chat.receive_json_from())["conversation"]
+    assert (await ask(chat, "I want to talk to a person"))["hours"] == "closed"
+    row = (await console.receive_json_from(timeout=5))["waiting"][0]
+    assert (row["id"], row["email_left"]) == (conversation, False)
+    await chat.send_json_to({"type": "identify", "email": "jo@example.com"})
+    assert await chat.receive_json_from() == {"type": "identified"}
+    row = (await console.receive_json_from(timeout=5))["waiting"][0]
+    assert (row["email"], row["email_left"]) == ("jo@example.com", True)
+    await chat.disconnect()
+    await console.disconnect()

@@ -15,6 +15,7 @@
   let inbox = { waiting: [], mine: [], others: [] };
   let seenWaiting = null; // ids already announced (null until the first inbox)
   const shown = new Set(); // message ids drawn in the log
+  const read = new Map(); // conversation id -> the latest customer message's time the agent has seen
   const pending = new Map(); // client id -> {conversation, text, el}: sent, not yet stored
   let typingTimer = 0;
   let typingSent = 0;
@@ -120,10 +121,16 @@
       " ",
       row.email_left ? el("span", { class: "tag" }, "left an email") : null,
       row.returned ? el("span", { class: "tag" }, "agent lost") : null,
+      list === "mine" && unread(row) ? el("span", { class: "tag new" }, "new message") : null,
       list === "others" ? el("span", { class: "tag" }, row.agent) : null,
       el("span", { class: "last" }, row.last_text || "…"),
     );
     return el("li", null, button);
+  }
+
+  function unread(row) {
+    if (current && current.id === row.id) read.set(row.id, row.last_at);
+    return Boolean(row.last_at) && read.has(row.id) && read.get(row.id) < row.last_at;
   }
 
   let audio = null;
@@ -155,6 +162,8 @@
     }
     const data = await response.json();
     if (current && current.id !== id) $("customer-typing").textContent = "";
+    const customerTurns = data.messages.filter((m) => m.role === "customer");
+    if (customerTurns.length) read.set(id, customerTurns[customerTurns.length - 1].created_at);
     current = data;
     // Drawn afresh from what is stored: turns and the hand-off's steps in time order, then the
     // agent's messages still on their way.

@@ -212,7 +212,7 @@
     title.textContent = config ? config.name || t("title") : t("title");
     endButton.textContent = t("endChat");
     closeButton.setAttribute("aria-label", t("close"));
-    input.placeholder = t("placeholder");
+    input.placeholder = agentName ? t("placeholderAgent", { name: agentName }) : t("placeholder");
     inputLabel.textContent = t("inputLabel");
     sendButton.textContent = t("send");
     typing.firstChild.textContent = t("typing");
@@ -606,6 +606,7 @@
         agentName = announcedAgent = frame.agent;
         personAsked = false;
         setStatus("withAgent");
+        input.placeholder = t("placeholderAgent", { name: agentName });
         emit("agent", { joined: true, agent: frame.agent });
         updateTyping();
         return;
@@ -615,6 +616,7 @@
         agentName = announcedAgent = null;
         personAsked = frame.reason === "agent_away";
         setStatus("online");
+        input.placeholder = t("placeholder");
         emit("agent", { joined: false, agent: frame.agent, reason: frame.reason });
         if (frame.reason === "closed") showRating("agent");
         updateTyping();
