@@ -57,7 +57,15 @@ def generate(conversations: int, seed: int = 15) -> dict:
     """Write the conversations, their messages and some feedback with COPY; returns what was made."""
     from django.db import connection
 
-    from chatbot.models import Conversation, Feedback, Message, Site
+    from chatbot.models import Conversation, Feedback, Message, Outcome, Site
+
+    # As chatbot.services.reply_outcome keeps it for live conversations.
+    OUTCOME_OF_REPLY = {
+        ("faq", None): Outcome.FAQ,
+        ("llm", None): Outcome.LLM,
+        ("handoff", "offered"): Outcome.UNANSWERED,
+        ("handoff", "requested"): Outcome.HANDED_OFF,
+    }
 
     rng = random.Random(seed)
     site_id = Site.objects.get(key="default").pk
@@ -72,6 +80,7 @@ def generate(conversations: int, seed: int = 15) -> dict:
         requested = rng.random() < 0.03
         state = "waiting" if requested else "bot"
         at = started
+        outcome, requested_at = Outcome.NONE, None
         for turn in range(MESSAGES_PER_CONVERSATION // 2):
             words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
             message_id += 1
@@ -91,6 +100,7 @@ def generate(conversations: int, seed: int = 15) -> dict:
                     "{}",
                     "[]",
                     "{}",
+                    None,
                     at,
                 )
             )
@@ -140,14 +150,20 @@ def generate(conversations: int, seed: int = 15) -> dict:
                     json.dumps(decision),
                     "[]",
                     json.dumps(timings),
+                    None,
                     at,
                 )
             )
+            outcome = max(outcome, OUTCOME_OF_REPLY.get((source, decision.get("handoff")), Outcome.NONE))
+            if decision.get("handoff") == "requested":
+                requested_at = at
             if rng.random() < 0.05:
                 value = "down" if rng.random() < 0.4 else "up"
                 feedback_rows.append((message_id, value, "", at, at))
             at += timedelta(seconds=rng.uniform(5, 120))
-        conversation_rows.append((conversation_id, site_id, state, started, at, "", "", rating, "", None))
+        conversation_rows.append(
+            (conversation_id, site_id, state, started, at, "", "", rating, "", None, requested_at, None, None, outcome)
+        )
     with connection.cursor() as cursor:
         raw = cursor.cursor
         # Rows are built in the models' field order: every column, primary keys included.

@@ -15,7 +15,16 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chatbot.models import AgentPresence, Conversation, ConversationEvent, ConversationState, EventKind, Message, Role
+from chatbot.models import (
+    AgentPresence,
+    Conversation,
+    ConversationEvent,
+    ConversationState,
+    EventKind,
+    Message,
+    Outcome,
+    Role,
+)
 from chatbot.opening_hours import is_open
 from chatbot.pii import pii_redact
 from chatbot.pipeline import reply_text
@@ -63,7 +72,8 @@ def conversation_take(*, conversation_id, agent) -> tuple[Conversation, bool]:
             raise HandoffRefused("taken", f"{holder} is already chatting with this customer.")
         now = timezone.now()
         conversation.state, conversation.agent, conversation.agent_joined_at = ConversationState.AGENT, agent, now
-        conversation.save(update_fields=["state", "agent", "agent_joined_at", "updated_at"])
+        conversation.outcome = Outcome.HANDED_OFF
+        conversation.save(update_fields=["state", "agent", "agent_joined_at", "outcome", "updated_at"])
         ConversationEvent.objects.create(conversation=conversation, kind=EventKind.JOINED, agent=agent)
     return conversation, False
 

@@ -28,6 +28,16 @@ class ConversationState(models.TextChoices):
     CLOSED = "closed", "Closed"
 
 
+class Outcome(models.IntegerChoices):
+    """What a conversation came to, by its most telling reply: each value outranks those below it."""
+
+    NONE = 0, "no reply"  # no answer yet ("did you mean" only, or nothing)
+    FAQ = 1, "FAQ"
+    LLM = 2, "LLM"
+    UNANSWERED = 3, "unanswered"  # neither the FAQ nor the LLM could answer: a person was offered
+    HANDED_OFF = 4, "handed off"  # the customer asked for a person, or one took the chat
+
+
 # The site of the app's own demo page and of sockets that name no site: its key never changes.
 DEFAULT_SITE_KEY = "default"
 
@@ -167,6 +177,9 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations_held"
     )
     agent_joined_at = models.DateTimeField(null=True, blank=True)
+    # Kept as replies are stored (it only rises), so the ops console filters by it through an index
+    # instead of looking into every conversation's messages.
+    outcome = models.PositiveSmallIntegerField(choices=Outcome.choices, default=Outcome.NONE)
 
     class Meta:
         ordering = ["-updated_at"]
@@ -178,6 +191,7 @@ class Conversation(models.Model):
                 condition=models.Q(state__in=["waiting", "agent"]),
                 name="chatbot_conversation_live",
             ),
+            models.Index(fields=["outcome", "-created_at"], name="chatbot_conversation_outcome"),
         ]
 
     def __str__(self) -> str:

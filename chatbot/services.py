@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from chatbot.decision_record import DecisionRecord
@@ -16,6 +18,7 @@ from chatbot.models import (
     EventKind,
     Feedback,
     Message,
+    Outcome,
     PromptText,
     Role,
     Site,
@@ -79,6 +82,9 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
     same client id was stored meanwhile (a resend racing on another connection), that reply wins.
     """
     was_stored = conversation.is_stored
+    outcome = reply_outcome(reply)
+    if not was_stored:
+        conversation.outcome = max(conversation.outcome, outcome)
     # Inside a caller's transaction a failed statement would abort it: there, the savepoint path.
     # A hand-off also records its event and puts the chat in the inbox: rare, so the plain path.
     one_statement = (
@@ -110,7 +116,9 @@ def exchange_save(*, conversation: Conversation, client_id: str, customer_text: 
                     ignore_conflicts=True,
                 )
             now = timezone.now()
-            Conversation.objects.filter(pk=conversation.pk).update(updated_at=now)
+            Conversation.objects.filter(pk=conversation.pk).update(
+                updated_at=now, outcome=Greatest("outcome", Value(outcome))
+            )
             if _state_after(reply) is not None:
                 # Into the agents' queue, unless an agent holds the chat already.
                 queued = (
@@ -168,6 +176,19 @@ def _exchange_messages(
     return question, message
 
 
+def reply_outcome(reply: BotReply) -> int:
+    """What this reply makes of its conversation (chatbot.models.Outcome); the conversation keeps the
+    highest of its replies'."""
+    return outcome_of_reply(reply.source, reply.record.handoff)
+
+
+def outcome_of_reply(source: str, handoff: str | None) -> int:
+    """:func:`reply_outcome` of a reply from ``source`` (with its ``handoff`` kind, for a hand-off)."""
+    if source == Source.HANDOFF:
+        return Outcome.HANDED_OFF if handoff == "requested" else Outcome.UNANSWERED
+    return {Source.LLM: Outcome.LLM, Source.FAQ: Outcome.FAQ}.get(source, Outcome.NONE)
+
+
 def _state_after(reply: BotReply) -> str | None:
     """The conversation's new state after this reply, if it changes: a hand-off the customer asked
     for puts it in the agents' waiting queue."""
@@ -191,8 +212,8 @@ def _exchange_insert_one_statement(
     table = connection.ops.quote_name(Message._meta.db_table)
     conversations = connection.ops.quote_name(Conversation._meta.db_table)
     if conversation.is_stored:
-        conversation_sql = f"UPDATE {conversations} SET updated_at = %s WHERE id = %s"
-        conversation_params = [now, conversation.pk]
+        conversation_sql = f"UPDATE {conversations} SET updated_at = %s, outcome = GREATEST(outcome, %s) WHERE id = %s"
+        conversation_params = [now, reply_outcome(reply), conversation.pk]
     else:
         # As bulk_create(ignore_conflicts=True) would: another tab may have stored it meanwhile. The
         # messages' foreign keys are checked at the end of the statement, after this insert.

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, F, OuterRef, QuerySet, Subquery, Value
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from chatbot.models import Conversation, ConversationState, Message, Role, Source
+from chatbot.models import Conversation, Message, Outcome, Role
 
 # What happened in a conversation, most telling first: the label of one that had several.
 HANDED_OFF = "handed_off"  # the customer asked for a person (or is with one)
@@ -26,6 +26,15 @@ OUTCOMES = {
     FAQ: "FAQ",
     NO_REPLY: "no reply",
 }
+# The console's names for the values of Conversation.outcome (kept as replies are stored).
+OUTCOME_VALUES = {
+    HANDED_OFF: Outcome.HANDED_OFF,
+    UNANSWERED: Outcome.UNANSWERED,
+    LLM: Outcome.LLM,
+    FAQ: Outcome.FAQ,
+    NO_REPLY: Outcome.NONE,
+}
+_OUTCOME_NAMES = {value: name for name, value in OUTCOME_VALUES.items()}
 
 
 def _bot(**filters) -> QuerySet:
@@ -40,7 +49,7 @@ def _count(queryset: QuerySet) -> Coalesce:
 
 
 def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
-    """Conversations with ``has_faq``, ``has_llm``, ``has_offer``, ``has_request``, ``n_messages``,
+    """Conversations with ``n_messages``,
     ``thumbs_up``/``thumbs_down``, ``language`` (of the first reply), ``first_question_at``,
     ``first_reply_at`` and ``first_reply_ms`` (for the first response time), ``agent_first_reply_at``
     (the first message of a person). Every one is a
@@ -50,10 +59,6 @@ def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
     messages = Message.objects.filter(conversation=OuterRef("pk"))
     first_question = messages.filter(role=Role.CUSTOMER).order_by("created_at", "id")
     return queryset.select_related("site", "agent").annotate(
-        has_faq=Exists(_bot(source=Source.FAQ)),
-        has_llm=Exists(_bot(source=Source.LLM)),
-        has_offer=Exists(_bot(source=Source.HANDOFF, decision__handoff="offered")),
-        has_request=Exists(_bot(source=Source.HANDOFF, decision__handoff="requested")),
         n_messages=_count(messages),
         thumbs_up=_count(_bot(feedback__value="up")),
         thumbs_down=_count(_bot(feedback__value="down")),
@@ -68,16 +73,8 @@ def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
 
 
 def outcome_of(conversation) -> str:
-    """The outcome label of an annotated conversation (conversations_annotated)."""
-    if conversation.has_request or conversation.state in {ConversationState.WAITING, ConversationState.AGENT}:
-        return HANDED_OFF
-    if conversation.has_offer:
-        return UNANSWERED
-    if conversation.has_llm:
-        return LLM
-    if conversation.has_faq:
-        return FAQ
-    return NO_REPLY
+    """The outcome's name (a key of OUTCOMES) of a conversation."""
+    return _OUTCOME_NAMES.get(conversation.outcome, NO_REPLY)
 
 
 def first_response_ms(conversation) -> float | None:
@@ -163,21 +160,9 @@ def conversations_matching(spec: TranscriptFilter) -> QuerySet:
 
 
 def _outcome_filtered(queryset: QuerySet, outcome: str) -> QuerySet:
-    handed_off = Q(state__in=[ConversationState.WAITING, ConversationState.AGENT]) | Exists(
-        _bot(source=Source.HANDOFF, decision__handoff="requested")
-    )
-    offered = Exists(_bot(source=Source.HANDOFF, decision__handoff="offered"))
-    llm = Exists(_bot(source=Source.LLM))
-    if outcome == HANDED_OFF:
-        return queryset.filter(handed_off)
-    if outcome == UNANSWERED:
-        return queryset.filter(offered).exclude(handed_off)
-    if outcome == LLM:
-        return queryset.filter(llm).exclude(handed_off).exclude(offered)
-    if outcome == FAQ:
-        return queryset.filter(Exists(_bot(source=Source.FAQ))).exclude(handed_off).exclude(offered).exclude(llm)
-    if outcome == NO_REPLY:
-        return queryset.exclude(Exists(_bot()))
+    # Conversation.outcome is indexed with created_at: a page of any outcome is an index scan.
+    if outcome in OUTCOME_VALUES:
+        return queryset.filter(outcome=OUTCOME_VALUES[outcome])
     return queryset
 
 

@@ -2,12 +2,15 @@
 on PostgreSQL an exchange (the conversation's insert or update included) is one statement, and must
 store exactly what the transaction path does."""
 
+from importlib import import_module
+
 import pytest
+from django.apps import apps as django_apps
 from django.db import connection, transaction
 
 from chatbot.decision_record import DecisionRecord
 from chatbot.decisions import Kind
-from chatbot.models import Conversation, Message, Site, default_site_id
+from chatbot.models import Conversation, Message, Outcome, Site, default_site_id
 from chatbot.services import BotReply, conversation_new, exchange_save
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -124,3 +127,56 @@ def test_on_postgresql_a_first_message_is_one_statement(django_assert_num_querie
         exchange_save(conversation=conversation, client_id="c1", customer_text="hello", reply=reply("hi"))
     with django_assert_num_queries(1):
         exchange_save(conversation=conversation, client_id="c2", customer_text="more", reply=reply("sure"))
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["one statement", "transaction"])
+def test_the_conversation_keeps_its_most_telling_outcome(in_transaction):
+    """Conversation.outcome only rises: FAQ < LLM < unanswered (a person offered) < handed off."""
+    conversation = conversation_new(site=Site.objects.get(pk=default_site_id()))
+
+    def save(client_id, **kwargs):
+        if in_transaction:  # inside a caller's transaction exchange_save takes the savepoint path
+            with transaction.atomic():
+                exchange_save(
+                    conversation=conversation, client_id=client_id, customer_text="q", reply=reply("a", **kwargs)
+                )
+        else:
+            exchange_save(conversation=conversation, client_id=client_id, customer_text="q", reply=reply("a", **kwargs))
+        return Conversation.objects.get(pk=conversation.pk).outcome
+
+    assert save("c1") == Outcome.FAQ  # the first message stores the conversation with it
+    assert save("c2", source="llm") == Outcome.LLM
+    assert save("c3") == Outcome.LLM
+    assert save("c4", source="handoff", handoff="offered") == Outcome.UNANSWERED
+    assert save("c5", source="handoff", handoff="requested") == Outcome.HANDED_OFF
+    assert save("c6") == Outcome.HANDED_OFF
+
+
+def test_the_migration_gives_stored_conversations_their_outcome():
+    backfill = import_module("chatbot.migrations.0013_conversation_outcome").outcome_backfill
+    made = {}
+    for name, replies, state in [
+        ("none", [], "bot"),
+        ("faq", [("faq", None)], "bot"),
+        ("llm", [("faq", None), ("llm", None)], "bot"),
+        ("unanswered", [("llm", None), ("handoff", "offered"), ("faq", None)], "bot"),
+        ("legacy offer", [("handoff", None)], "bot"),  # first-release hand-offs have no kind
+        ("requested", [("handoff", "requested")], "bot"),
+        ("with an agent", [("faq", None)], "agent"),
+    ]:
+        conversation = Conversation.objects.create(state=state)
+        for source, handoff in replies:
+            decision = {"handoff": handoff} if handoff else {}
+            Message.objects.create(conversation=conversation, role="bot", text="a", source=source, decision=decision)
+        made[name] = conversation.pk
+    backfill(django_apps, None)
+    outcomes = dict(Conversation.objects.values_list("pk", "outcome"))
+    assert {name: outcomes[pk] for name, pk in made.items()} == {
+        "none": Outcome.NONE,
+        "faq": Outcome.FAQ,
+        "llm": Outcome.LLM,
+        "unanswered": Outcome.UNANSWERED,
+        "legacy offer": Outcome.UNANSWERED,
+        "requested": Outcome.HANDED_OFF,
+        "with an agent": Outcome.HANDED_OFF,
+    }

@@ -10,12 +10,14 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db.models import Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 from django.utils.html import escape
 
 from chatbot.models import Conversation, ConversationState, Feedback, Message, PromptText, Site
 from chatbot.pipeline import answer_question
-from chatbot.services import BotReply, exchange_save
+from chatbot.services import BotReply, exchange_save, outcome_of_reply
 from ops.selectors import TranscriptFilter, conversations_filtered
 from tests.factories import entries_create, kb_embed_and_publish
 
@@ -52,6 +54,9 @@ def exchange(conversation, question, *, source, text="…", decision=None, entry
     Message.objects.filter(pk=reply.pk).update(created_at=at + timedelta(milliseconds=240))
     if feedback:
         Feedback.objects.create(message=reply, value=feedback, reason="wrong" if feedback == "down" else "")
+    # As exchange_save keeps it.
+    outcome = outcome_of_reply(source, (decision or {}).get("handoff"))
+    Conversation.objects.filter(pk=conversation.pk).update(outcome=Greatest("outcome", Value(outcome)))
     return reply
 
 
