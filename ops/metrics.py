@@ -20,8 +20,8 @@ from ops.selectors import (
     OUTCOMES,
     TranscriptFilter,
     agent_first_response_ms,
-    conversations_annotated,
     conversations_matching,
+    conversations_timed,
     first_response_ms,
     outcome_of,
 )
@@ -66,7 +66,9 @@ def dashboard(since: date, until: date) -> Dashboard:
     index = {day: n for n, day in enumerate(days)}
     per_day = {label: [0] * len(days) for label in OUTCOMES.values()}
     response_times, agent_times, conversations = [], [], 0
-    for conversation in conversations_annotated(matching).annotate(day=TruncDate("created_at")).iterator(2000):
+    # Only what the figures read: the list's other annotations would cost a subquery each per row.
+    timed = conversations_timed(matching.only("pk", "created_at", "outcome", "handoff_requested_at"))
+    for conversation in timed.annotate(day=TruncDate("created_at")).iterator(2000):
         conversations += 1
         if conversation.day in index:
             per_day[OUTCOMES[outcome_of(conversation)]][index[conversation.day]] += 1

@@ -49,20 +49,28 @@ def _count(queryset: QuerySet) -> Coalesce:
 
 
 def conversations_annotated(queryset: QuerySet | None = None) -> QuerySet:
-    """Conversations with ``n_messages``,
-    ``thumbs_up``/``thumbs_down``, ``language`` (of the first reply), ``first_question_at``,
-    ``first_reply_at`` and ``first_reply_ms`` (for the first response time), ``agent_first_reply_at``
-    (the first message of a person). Every one is a
+    """Conversations with ``n_messages``, ``thumbs_up``/``thumbs_down``, ``language`` (of the first
+    reply) and the response times' annotations (:func:`conversations_timed`). Every one is a
     subquery of its own row, so a page of 50 costs 50 rows' worth, however many match."""
     queryset = queryset if queryset is not None else Conversation.objects.all()
     first_reply = _bot().order_by("created_at", "id")
     messages = Message.objects.filter(conversation=OuterRef("pk"))
-    first_question = messages.filter(role=Role.CUSTOMER).order_by("created_at", "id")
-    return queryset.select_related("site", "agent").annotate(
+    return conversations_timed(queryset.select_related("site", "agent")).annotate(
         n_messages=_count(messages),
         thumbs_up=_count(_bot(feedback__value="up")),
         thumbs_down=_count(_bot(feedback__value="down")),
         language=Subquery(first_reply.annotate(lang=KeyTextTransform("language", "decision")).values("lang")[:1]),
+    )
+
+
+def conversations_timed(queryset: QuerySet) -> QuerySet:
+    """Conversations with what their first response times are read from (:func:`first_response_ms`,
+    :func:`agent_first_response_ms`): ``first_question_at``, ``first_reply_at``, ``first_reply_ms``
+    and ``agent_first_reply_at`` (the first message of a person)."""
+    first_reply = _bot().order_by("created_at", "id")
+    messages = Message.objects.filter(conversation=OuterRef("pk"))
+    first_question = messages.filter(role=Role.CUSTOMER).order_by("created_at", "id")
+    return queryset.annotate(
         first_question_at=Subquery(first_question.values("created_at")[:1]),
         first_reply_at=Subquery(first_reply.values("created_at")[:1]),
         first_reply_ms=Subquery(first_reply.annotate(ms=KeyTextTransform("total", "timings_ms")).values("ms")[:1]),
