@@ -144,11 +144,6 @@ def handoff_cancel(*, conversation: Conversation) -> bool:
     return bool(cancelled)
 
 
-def conversation_state(*, conversation_id) -> str | None:
-    """The stored state of a conversation (None if it is not stored)."""
-    return Conversation.objects.filter(id=conversation_id).values_list("state", flat=True).first()
-
-
 def handoff_reply_in_hours(reply: BotReply, *, site) -> BotReply:
     """The bot's reply to a request for a person, told (outside ``site``'s opening hours) that
     nobody is there now and that an email may be left; the request still waits in the inbox."""

@@ -123,7 +123,7 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             content = json.loads(text_data or "")
             if not isinstance(content, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):
             await self._error("invalid_frame", "Send JSON objects.")
             return
         kind = content.get("type")
@@ -150,6 +150,9 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
             await handler(conversation, content)
         except handoff.HandoffRefused as refused:
             await self._error(refused.code, refused.detail, conversation, reply_to=content.get("id"))
+        except Exception:  # noqa: BLE001 - the database or Redis away: say so, keep the console open
+            logger.exception("agent console frame %s failed", kind)
+            await self._error("internal_error", "That did not work; please try again.", conversation, content.get("id"))
 
     async def _ping(self, _conversation, _content):
         await self.send_json({"type": "pong"})

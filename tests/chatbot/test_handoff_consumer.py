@@ -151,3 +151,32 @@ async def test_an_email_left_outside_hours_shows_in_the_inbox_at_once(shop):
     assert (row["email"], row["email_left"]) == ("jo@example.com", True)
     await chat.disconnect()
     await console.disconnect()
+
+
+async def test_the_agent_console_answers_bad_frames_with_errors(shop):
+    cookie = await session_cookie(staff=True, agent=True)
+    console = WebsocketCommunicator(
+        application, "/ws/agent/", headers=[*ORIGIN, (b"cookie", f"sessionid={cookie}".encode())]
+    )
+    assert (await console.connect())[0]
+    await console.receive_json_from()  # the inbox
+    for frame, code in [
+        ("not json", "invalid_frame"),
+        ("[" * 100_000, "invalid_frame"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "take", "conversation": "nope"}', "invalid_conversation"),
+        ('{"type": "take", "conversation": "00000000-0000-0000-0000-000000000000"}', "not_found"),
+        (
+            '{"type": "message", "conversation": "00000000-0000-0000-0000-000000000000", "id": "a1", "text": "hi"}',
+            "not_found",
+        ),
+        (
+            '{"type": "message", "conversation": "00000000-0000-0000-0000-000000000000", "id": "", "text": "hi"}',
+            "invalid_id",
+        ),
+    ]:
+        await console.send_to(text_data=frame)
+        assert (await console.receive_json_from())["code"] == code, frame[:40]
+    await console.send_to(text_data='{"type": "ping"}')
+    assert await console.receive_json_from() == {"type": "pong"}
+    await console.disconnect()
