@@ -147,7 +147,12 @@ class Stack:
         self._say(f"Web: uvicorn, {processes} process{'es' if processes > 1 else ''} on port {port} (WEB_CONCURRENCY)")
         url = f"http://{'localhost' if host in ('127.0.0.1', '0.0.0.0') else host}:{port}/"
         self._wait_ready(url, ready_timeout)
-        self.stdout.write(self.style.SUCCESS(f"\n  Chat demo:  {url}\n  Admin:      {url}admin/   {login}\n"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n  Chat demo:  {url}\n  Admin:      {url}admin/   {login}\n"
+                f"  Ops:        {url}ops/ (transcripts), {url}ops/inbox/ (agents' inbox)\n"
+            )
+        )
         self._say("Press Ctrl-C to stop.")
 
     def _admin_login(self) -> str:
