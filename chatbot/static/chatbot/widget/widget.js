@@ -544,6 +544,7 @@
         connected = true;
         backoff = 500;
         agentName = null; // an agent_joined follows when a person still holds the chat
+        input.placeholder = t("placeholder");
         if (saved.conversation !== frame.conversation) shown.clear();
         saved.conversation = frame.conversation;
         saved.token = frame.resume_token;
