@@ -7,6 +7,7 @@ back and the bot answers again. Saves the README's inbox screenshot."""
 from __future__ import annotations
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
@@ -105,6 +106,9 @@ def test_an_agent_takes_over_from_the_bot_and_hands_back(tmp_path, chromium, sto
     agent_bubble.first.wait_for(timeout=WAIT_MS)
     assert "Alice" in agent_bubble.first.inner_text()
     assert track_answer.split("\n")[0][:40] in agent_bubble.first.inner_text()
+    # axe-core on the inbox as the agent works in it.
+    results = Axe().run(inbox)
+    assert results.violations_count == 0, results.generate_report()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     inbox.screenshot(path=str(SCREENSHOTS / "ops-inbox.png"), full_page=True)
     customer.screenshot(path=str(tmp_path / "customer-with-agent.png"))
