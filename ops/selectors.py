@@ -178,7 +178,7 @@ def conversation_messages(conversation: Conversation) -> QuerySet:
     """A conversation's messages in order, with their feedback and the entry answered from."""
     return (
         Message.objects.filter(conversation=conversation)
-        .select_related("feedback", "entry", "review", "reply_to")
+        .select_related("feedback", "entry", "review", "reply_to", "agent")
         .order_by("created_at", "id")
         .annotate(entry_question=F("entry__question"))
     )

@@ -112,3 +112,11 @@ def test_the_dashboard_reports_the_agents_first_response_and_their_replies(held)
     figures = dashboard(today - timedelta(days=1), today)
     assert figures.agent_first_response_ms == {"p50": 120000.0, "p95": 120000.0}
     assert figures.answered_by["a person"] == 1
+
+
+def test_the_transcript_shows_the_agent_and_the_hand_off_steps(admin_client, held):
+    conversation, _alice = held
+    page = admin_client.get(f"/ops/conversations/{conversation.pk}/").content.decode()
+    assert "agent Alice (first reply after 120000 ms)" in page
+    assert "Hand-off: Agent joined (Alice)" in page
+    assert "Agent Alice" in page and "Hi, Alice here" in page
