@@ -26,9 +26,9 @@ from ops.models import GapCluster, GapRun
 from ops.roles import can_handle_conversations, can_view_transcripts
 from ops.selectors import (
     OUTCOMES,
+    agent_first_response_ms,
     conversation_messages,
     conversations_annotated,
-    agent_first_response_ms,
     first_response_ms,
     outcome_of,
     transcripts_page,
