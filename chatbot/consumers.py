@@ -15,7 +15,6 @@ import time
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chatbot import metrics, protocol
@@ -23,6 +22,7 @@ from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
 from chatbot.flood_control import CONNECTION_LEASE_SECONDS, Verdict, flood_control
 from chatbot.handoff import customer_message_save, handoff_cancel
 from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, frame_event
+from chatbot.json_socket import JsonSocketConsumer
 from chatbot.logging_context import conversation_bind
 from chatbot.models import ConversationState
 from chatbot.protocol import (
@@ -74,7 +74,7 @@ CLOSE_POLICY_VIOLATION = 1008
 FLOOD_WINDOW_SECONDS = 60
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
+class ChatConsumer(JsonSocketConsumer):
     """One customer's connection."""
 
     async def connect(self):
@@ -179,15 +179,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """Send one protocol frame (nothing, once the socket has closed)."""
         if not self.socket_closed:
             await self.send_json(protocol.frame_dump(frame))
-
-    async def send_json(self, content, close=False):
-        """Send a frame. A client that went away a moment ago makes uvicorn raise on the send; that
-        must not end the consumer before its disconnect (which releases its place under the
-        connection cap): the disconnect follows."""
-        try:
-            await super().send_json(content, close=close)
-        except Exception as error:  # noqa: BLE001 - see above
-            logger.info("client gone before a frame could be sent: %s", type(error).__name__)
 
     async def conversation_exchange(self, event):
         """Another socket of this conversation (another tab, maybe on another web process) stored

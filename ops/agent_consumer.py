@@ -17,7 +17,6 @@ import json
 import logging
 import uuid
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chatbot import handoff
@@ -29,6 +28,7 @@ from chatbot.handoff_events import (
     frame_event,
     group_send,
 )
+from chatbot.json_socket import JsonSocketConsumer
 from chatbot.origins import origin_allowed, scope_origin
 from chatbot.protocol import AgentJoinedFrame, AgentLeftFrame, AgentMessageFrame, TypingFrame, agent_name
 from chatbot.runtime import in_pool
@@ -44,7 +44,7 @@ AGENT_MESSAGE_MAX_CHARS = 8000
 _away_checks: set[asyncio.Task] = set()
 
 
-class AgentConsumer(AsyncJsonWebsocketConsumer):
+class AgentConsumer(JsonSocketConsumer):
     """One agent console (a browser tab of /ops/inbox/)."""
 
     heartbeat: asyncio.Task | None = None  # renews the agent's presence while the console is open
@@ -66,8 +66,8 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
         await self._inbox_send()
 
     async def __call__(self, scope, receive, send):
-        # However the consumer ends (a disconnect, or a send that failed because the client had
-        # gone), the agent's presence stops being renewed and the grace period starts.
+        # However the consumer ends (a disconnect, or an error in a handler), the agent's presence
+        # stops being renewed and the grace period starts.
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -75,13 +75,6 @@ class AgentConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         await self._closed()
-
-    async def send_json(self, content, close=False):
-        """Send a frame; a client gone meanwhile is not an error (its disconnect ends the consumer)."""
-        try:
-            await super().send_json(content, close=close)
-        except Exception as error:  # noqa: BLE001 - uvicorn raises on a send after the client closed
-            logger.info("agent console gone before a frame could be sent: %s", type(error).__name__)
 
     async def _closed(self) -> None:
         if self.heartbeat is None:

@@ -38,32 +38,26 @@ from ops.trace import traces_of
 PAGE_SIZE = 50
 
 
-def transcripts_required(view):
-    """Sign-in first (the admin's login page), then the permission to read transcripts (403)."""
+def _role_required(allowed):
+    """A view decorator: sign-in first (the admin's login page), then ``allowed(user)`` (else 403)."""
 
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path(), "admin:login")
-        if not can_view_transcripts(request.user):
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
+    def decorator(view):
+        @wraps(view)
+        def checked(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path(), "admin:login")
+            if not allowed(request.user):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
 
-    return checked
+        return checked
+
+    return decorator
 
 
-def agents_required(view):
-    """Sign-in first, then the permission to chat with customers (403)."""
-
-    @wraps(view)
-    def checked(request, *args, **kwargs):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path(), "admin:login")
-        if not can_handle_conversations(request.user):
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
-
-    return checked
+# Reading transcripts; chatting with customers in the inbox.
+transcripts_required = _role_required(can_view_transcripts)
+agents_required = _role_required(can_handle_conversations)
 
 
 def _page(request, template: str, **context) -> TemplateResponse:
