@@ -47,11 +47,21 @@ class _Prepared:
     context: ConversationContext | None
 
 
-def _prepare(conversation: Conversation, client_id: str, text: str, *, look_up_resend: bool = True) -> _Prepared:
+NO_CONTEXT = ConversationContext(turns=[], previous_entry_id=None, previous_question="")
+
+
+def _prepare(
+    conversation: Conversation, client_id: str, text: str, *, look_up_resend: bool = True, with_llm: bool = True
+) -> _Prepared:
     previous = stored_reply(conversation=conversation, client_id=client_id) if look_up_resend else None
     if previous is not None:
         return _Prepared(previous, "", {}, None)
     redaction = pii_redact(text)
+    if not with_llm and not cues.looks_like_follow_up(redaction.text):
+        # Without an LLM, memory serves only a follow-up (it leans on the previous answer's entry):
+        # any other message is answered alone, and most messages are not follow-ups, so most skip
+        # the conversation's read (a database round trip and a redaction per remembered turn).
+        return _Prepared(None, redaction.text, redaction.found, NO_CONTEXT)
     context = conversation_context(conversation=conversation, turns=settings.CHATBOT_MEMORY_TURNS)
     return _Prepared(None, redaction.text, redaction.found, context)
 
@@ -123,7 +133,7 @@ def _reply_without_llm(conversation: Conversation, client_id: str, text: str) ->
     # No look-up for a resend first: answering again costs little here, and storing a client id
     # answered before hits the unique constraint, which makes exchange_save return the stored reply.
     # (With an LLM the look-up comes first: a second LLM call is slow and costs money.)
-    prepared = _prepare(conversation, client_id, text, look_up_resend=False)
+    prepared = _prepare(conversation, client_id, text, look_up_resend=False, with_llm=False)
     answer = _decide(prepared, _history(prepared), prepared.redacted, None, False)
     return _store(conversation, client_id, text, prepared, _reply(answer))
 

@@ -46,7 +46,7 @@ def pytest_configure(config):
     and the Redis tests skipped; with CI=true pytest_sessionstart stops the run instead."""
     database = settings.DATABASES["default"]
     host = database.get("HOST") or "127.0.0.1"
-    settings.POSTGRES_AVAILABLE = database["ENGINE"] == "django.db.backends.postgresql" and (
+    settings.POSTGRES_AVAILABLE = database["ENGINE"].endswith("postgresql") and (
         # A unix socket directory cannot be probed this way; the first connection will tell.
         host.startswith("/") or _reachable(host, int(database.get("PORT") or 5432))
     )

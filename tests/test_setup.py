@@ -92,7 +92,7 @@ def test_test_settings_open_no_connection_at_import():
     result = run_python(code, DJANGO_SETTINGS_MODULE="config.settings.test")
     assert result.returncode == 0, result.stderr
     # tests/conftest.py probes and decides; a process that only imports the settings never does.
-    assert result.stdout.split() == ["django.db.backends.postgresql", "None", "None"]
+    assert result.stdout.split() == ["config.db.postgresql", "None", "None"]
 
 
 def test_urls_switch_to_postgres_and_redis():
@@ -103,7 +103,7 @@ def test_urls_switch_to_postgres_and_redis():
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/shop",
         REDIS_URL="redis://127.0.0.1:6379/3",
     )
-    assert result.stdout.split() == ["django.db.backends.postgresql", "shop", "False", "redis://127.0.0.1:6379/3"]
+    assert result.stdout.split() == ["config.db.postgresql", "shop", "False", "redis://127.0.0.1:6379/3"]
 
 
 def test_production_refuses_to_start_without_a_secret_key():

@@ -95,6 +95,9 @@ def database_config(url: str) -> dict:
     config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
     if config["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with a health check that reads the socket instead of asking the server
+        # (config/db/postgresql/base.py): one round trip less for every customer message.
+        config["ENGINE"] = "config.db.postgresql"
         # Server-side parameters let psycopg prepare a statement it has run five times on a
         # connection: PostgreSQL then skips parsing and planning the few statements every customer
         # message runs (a persistent connection per pool thread makes that pay).

@@ -10,6 +10,8 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.management import call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from chatbot.llm import CANARY, INSTRUCTIONS
 from chatbot.models import Conversation, DecisionThresholds, Message
@@ -295,6 +297,30 @@ async def test_follow_up_without_an_llm_uses_the_previous_entry(demo_kb):
     stored = (await bot_messages())[-1]
     assert stored.decision["memory"]["method"] == "previous_entry"
     await chat.disconnect()
+
+
+def test_without_an_llm_only_a_follow_up_reads_the_conversations_past(demo_kb):
+    """Memory serves follow-ups alone when no LLM is set: any other message is answered without
+    reading the conversation's earlier messages (a round trip saved on most messages)."""
+    from chatbot.answering import _reply_without_llm
+    from chatbot.services import conversation_new
+    from chatbot.sites import DEFAULT_SITE_KEY, site_for_key
+
+    conversation = conversation_new(site=site_for_key(DEFAULT_SITE_KEY))
+    _reply_without_llm(conversation, "m1", "Do you ship internationally?")
+    message_table = Message._meta.db_table
+
+    def reads_of_past_messages(text, client_id):
+        with CaptureQueriesContext(connection) as queries:
+            stored = _reply_without_llm(conversation, client_id, text)
+        selects = [q["sql"] for q in queries.captured_queries if q["sql"].lstrip().upper().startswith("SELECT")]
+        return stored, [sql for sql in selects if message_table in sql]
+
+    stored, reads = reads_of_past_messages("Can I pay with PayPal?", "m2")
+    assert reads == [] and stored.message.decision.get("memory") is None
+    stored, reads = reads_of_past_messages("and how long does it take?", "m3")
+    assert len(reads) == 1, reads
+    assert stored.message.decision["memory"]["method"] == "previous_entry"
 
 
 async def test_follow_up_with_an_llm_is_rewritten_first(demo_kb, llm_server):

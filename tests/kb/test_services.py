@@ -4,7 +4,7 @@ import pytest
 from kb import services
 from kb.embedders import get_embedder
 from kb.models import EmbeddingState, IndexVersion, Variant
-from kb.selectors import entry_search
+from kb.selectors import entry_search, published_entry_rows
 from tests.factories import entries_create, kb_embed_and_publish
 
 pytestmark = pytest.mark.django_db
@@ -201,3 +201,15 @@ def test_an_edit_sends_one_kb_refresh_by_the_task_name(settings, monkeypatch, dj
     with django_capture_on_commit_callbacks(execute=True):
         services.entry_create(question="How do I track my order?", answer="Account > Orders.")
     assert sent == [kb_refresh.name]
+
+
+def test_published_entry_rows_reads_published_entries_with_their_translations():
+    track, returns, *_ = entries_create()
+    services.entry_update(entry=track, translations={"zh": "在账户里查看订单"})
+    services.entry_update(entry=returns, is_published=False)
+    rows = {row[0]: row for row in published_entry_rows({track.id, returns.id, 10**9})}
+    assert list(rows) == [track.id]  # unpublished and missing entries are left out
+    entry_id, question, answer, language, translations = rows[track.id]
+    assert (question, answer, language) == (track.question, track.answer, track.language)
+    assert translations == {"zh": "在账户里查看订单"}
+    assert published_entry_rows(set()) == []
