@@ -19,7 +19,7 @@ from django.conf import settings
 
 from chatbot import metrics, protocol
 from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
-from chatbot.flood_control import CONNECTION_LEASE_SECONDS, Verdict, flood_control
+from chatbot.flood_control import CONNECTION_LEASE_SECONDS, SocketRates, Verdict, flood_control
 from chatbot.handoff import customer_message_save, handoff_cancel
 from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, frame_event
 from chatbot.json_socket import JsonSocketConsumer
@@ -83,7 +83,8 @@ class ChatConsumer(JsonSocketConsumer):
         self.pending: collections.deque[MessageFrame | ChooseFrame] = collections.deque()
         self.answering: asyncio.Task | None = None
         self.lease: asyncio.Task | None = None
-        # Until when each limit refused this socket: refusing again before then needs no Redis.
+        self.rates = SocketRates()
+        # Until when each limit refused this socket: a frame refused meanwhile is refused alike.
         self.refused_until: dict[str, float] = {}
         self.counted = False  # in the active connections gauge
         self.refusals, self.refusals_since = 0, time.monotonic()
@@ -247,7 +248,7 @@ class ChatConsumer(JsonSocketConsumer):
         except FrameError as parse_error:
             frame, error = None, parse_error
         is_message = isinstance(frame, (MessageFrame, ChooseFrame))
-        verdict = await self._rate_check(message=is_message)
+        verdict = self._rate_check(message=is_message)
         if not verdict.allowed:
             metrics.rate_limit_hit(verdict.limit)
             reply_to = frame.id if is_message else (error.reply_to if error else None)
@@ -333,13 +334,13 @@ class ChatConsumer(JsonSocketConsumer):
         self.refusals += 1
         return self.refusals > settings.CHATBOT_FLOOD_CLOSE_REFUSALS
 
-    async def _rate_check(self, *, message: bool) -> Verdict:
+    def _rate_check(self, *, message: bool) -> Verdict:
         now = time.monotonic()
         for limit in ("frames", "messages") if message else ("frames",):
             until = self.refused_until.get(limit, 0.0)
             if now < until:
                 return Verdict(allowed=False, limit=limit, retry_after_ms=max(1, round((until - now) * 1000)))
-        verdict = await flood_control().frame_check(self.channel_name, message=message)
+        verdict = self.rates.charge(message=message, now=now)
         if not verdict.allowed:
             self.refused_until[verdict.limit] = now + verdict.retry_after_ms / 1000
         return verdict

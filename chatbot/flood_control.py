@@ -1,18 +1,24 @@
-"""Flood control for the chat socket, kept in Redis so that it holds across web processes.
+"""Flood control for the chat socket.
 
-Two rates per socket (every frame, and messages), each a token bucket with a burst, checked in one
-Redis round trip (GCRA: one timestamp per bucket, no timer), and a cap on the sockets open from
-one client address (a sorted set of socket ids, each scored with the time it lapses unless its
-socket refreshes it: a web process that dies leaves nothing behind for longer than that).
+Two rates per socket (every frame, and messages), each a token bucket with a burst (GCRA: one
+timestamp per bucket, no timer), kept by the socket's own consumer: a socket lives on one web
+process for its whole life, so its buckets need no shared store, and checking them costs no round
+trip (one per frame used to be a Redis script call, a sixth of a web process's time under load).
 
-Redis is the limiter's memory, not a dependency of the chat: while it is unreachable every frame
-and connection is let through (and a warning logged), as answering itself goes on without Redis.
+What spans sockets is kept in Redis, so that it holds across web processes: the cap on the sockets
+open from one client address (a sorted set of socket ids, each scored with the time it lapses
+unless its socket refreshes it: a web process that dies leaves nothing behind for longer than that)
+and the ban of an address one of whose sockets kept flooding.
+
+Redis is the limiter's memory, not a dependency of the chat: while it is unreachable every
+connection is let through (and a warning logged), as answering itself goes on without Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import weakref
 from dataclasses import dataclass
@@ -29,29 +35,9 @@ KEY_PREFIX = "chatbot:flood"
 CONNECTION_LEASE_SECONDS = 300
 # How soon a refused connection is told to try again: sockets close at the customers' pace.
 CONNECTION_RETRY_MS = 10_000
-# After Redis failed, how long to let everything through before asking it again (a refused
-# connection costs each frame a connect attempt otherwise).
+# After Redis failed, how long to let every connection through before asking it again (otherwise
+# each new socket would wait for a connect attempt).
 REDIS_RETRY_SECONDS = 2.0
-
-# KEYS: one bucket per key; ARGV: per key, the interval between tokens (ms) and the burst. Each
-# bucket's value is its "theoretical arrival time": a frame is allowed while that stays within
-# burst x interval of now. The first bucket that refuses ends the check: the ones after it are not
-# charged, the ones before it are (a refused message still was a frame).
-_RATE_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i, key in ipairs(KEYS) do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', key)) or now
-  if tat < now then tat = now end
-  local next_tat = tat + interval
-  local wait = next_tat - now - interval * burst
-  if wait > 0 then return {i, wait} end
-  redis.call('SET', key, string.format('%d', next_tat), 'PX', next_tat - now + 1000)
-end
-return {0, 0}
-"""
 
 # KEYS[1]: the address's set, KEYS[2]: the address's ban; ARGV: socket id, cap, lease (ms). Returns
 # 1 (let through), 0 (over the cap) or minus the ban's remaining milliseconds. A socket already in
@@ -105,25 +91,34 @@ def message_rate() -> Rate:
     )
 
 
+class SocketRates:
+    """One socket's buckets: every frame (:func:`frame_rate`) and messages (:func:`message_rate`)."""
+
+    def __init__(self):
+        self._due_ms: dict[str, float] = {}  # per bucket, its "theoretical arrival time"
+
+    def charge(self, *, message: bool, now: float | None = None) -> Verdict:
+        """Charge one frame (and one message, if it is one). A frame is allowed while its bucket's
+        arrival time stays within burst x interval of now. The first bucket that refuses ends the
+        check: the ones after it are not charged, the ones before it are (a refused message still
+        was a frame). ``now``: time.monotonic() seconds (tests pass their own)."""
+        now_ms = (time.monotonic() if now is None else now) * 1000
+        for rate in (frame_rate(), message_rate()) if message else (frame_rate(),):
+            due = max(self._due_ms.get(rate.name, now_ms), now_ms) + rate.interval_ms
+            wait = due - now_ms - rate.interval_ms * rate.burst
+            if wait > 0:
+                return Verdict(allowed=False, limit=rate.name, retry_after_ms=max(1, math.ceil(wait)))
+            self._due_ms[rate.name] = due
+        return ALLOWED
+
+
 class FloodControl:
     """The limiter of one event loop (redis.asyncio connections belong to the loop that made them)."""
 
     def __init__(self, url: str):
         self._redis = aioredis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        self._rate = self._redis.register_script(_RATE_SCRIPT)
         self._connection = self._redis.register_script(_CONNECTION_SCRIPT)
         self._down_until = 0.0
-
-    async def frame_check(self, socket_id: str, *, message: bool) -> Verdict:
-        """Charge one frame (and one message, if it is one) to this socket's buckets."""
-        rates = [frame_rate(), message_rate()] if message else [frame_rate()]
-        keys = [f"{KEY_PREFIX}:{rate.name}:{socket_id}" for rate in rates]
-        args = [value for rate in rates for value in (rate.interval_ms, rate.burst)]
-        result = await self._call(self._rate, keys, args)
-        if result is None or int(result[0]) == 0:
-            return ALLOWED
-        refused = rates[int(result[0]) - 1]
-        return Verdict(allowed=False, limit=refused.name, retry_after_ms=int(result[1]))
 
     async def connection_open(self, address: str, socket_id: str) -> Verdict:
         """Count this socket against its address's cap (or refresh it); refused over the cap, and
