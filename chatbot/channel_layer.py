@@ -52,6 +52,10 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._memberships: dict[str, set[str]] = {}
+        # How many times this process lost Redis: an announcement sent meanwhile may be lost, so a
+        # consumer that relies on one (chatbot.consumers: a socket alone in its conversation) stops
+        # relying on it once this changes.
+        self.outages = 0
         self._closed: dict[str, float] = {}
         self.receive_buffer = _ReceiveBuffers(self.receive_buffer.default_factory, self._closed)
 
@@ -128,6 +132,7 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 if failing_since is None:
                     failing_since = asyncio.get_running_loop().time()
+                    self.outages += 1
                     logger.warning("channel layer: Redis unreachable (%s); retrying", error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)

@@ -12,6 +12,8 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
+from functools import partial
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
@@ -21,7 +23,7 @@ from chatbot import metrics, protocol
 from chatbot.answering import ChoiceInvalid, message_reply, suggestion_choose
 from chatbot.flood_control import CONNECTION_LEASE_SECONDS, SocketRates, Verdict, flood_control
 from chatbot.handoff import customer_message_save, handoff_cancel
-from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, frame_event
+from chatbot.handoff_events import AGENTS_GROUP, INBOX_CHANGED, conversation_group, conversation_join, frame_event
 from chatbot.json_socket import JsonSocketConsumer
 from chatbot.logging_context import conversation_bind
 from chatbot.models import ConversationState
@@ -72,6 +74,8 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_POLICY_VIOLATION = 1008
 # Refusals are counted in windows of this long (see CHATBOT_FLOOD_CLOSE_REFUSALS).
 FLOOD_WINDOW_SECONDS = 60
+# Exchanges kept for a tab that may join (the latest ones; older ones it reads with its history).
+UNSHARED_ITEMS = 40
 
 
 class ChatConsumer(JsonSocketConsumer):
@@ -106,9 +110,10 @@ class ChatConsumer(JsonSocketConsumer):
         await self._conversation_open(protocol.connect_query_parse(self.scope.get("query_string", b"")))
 
     async def _conversation_open(self, query: protocol.ConnectQuery) -> None:
-        resumed = False
+        resumed = joining = False
         site = self.scope["chat_site"]
         if query.conversation and resume_token_valid(query.conversation, query.resume_token):
+            joining = True  # other tabs of this conversation may be open
             self.conversation, resumed = await in_pool(conversation_resume)(
                 conversation_id=query.conversation, site=site
             )
@@ -127,7 +132,17 @@ class ChatConsumer(JsonSocketConsumer):
         # Joined before the first frame goes out, so that nothing stored after the client saw its
         # session is missed.
         self.group = conversation_group(conversation_id)
-        await self._layer_call("group_add", self.group, self.channel_name)
+        # A new conversation's id is known to this socket alone until another joins its group (a tab
+        # resuming it, an agent watching it), which says so: until then exchanges wait in
+        # ``unshared`` instead of costing a Redis call each to find nobody (most conversations
+        # never have a second socket). A tab that resumes may have company: it shares at once.
+        self.alone = not joining
+        self.outages_seen = getattr(self.channel_layer, "outages", 0)
+        self.unshared: collections.deque[protocol.HistoryItem] = collections.deque(maxlen=UNSHARED_ITEMS)
+        if joining:
+            await self._layer_call(conversation_join, self.group, self.channel_name)
+        else:
+            await self._layer_call("group_add", self.group, self.channel_name)
         await self.send_frame(
             SessionFrame(conversation=conversation_id, resumed=resumed, resume_token=resume_token(conversation_id))
         )
@@ -185,6 +200,7 @@ class ChatConsumer(JsonSocketConsumer):
         """Another socket of this conversation (another tab, maybe on another web process) stored
         an exchange: show it here too. The event carries the history frame, already dumped."""
         if event["sender"] != self.channel_name and not self.socket_closed:
+            self.alone = False  # proof of company, should its announcement have been lost
             if any(item.get("handoff") == "requested" for item in event["frame"].get("messages", [])):
                 self.state = ConversationState.WAITING  # another tab asked for a person
             await self.send_json(event["frame"])
@@ -217,7 +233,24 @@ class ChatConsumer(JsonSocketConsumer):
             self.state = ConversationState.WAITING
             await self._layer_call("group_send", AGENTS_GROUP, INBOX_CHANGED)
 
+    async def conversation_joined(self, event):
+        """Another socket joined this conversation: from now on exchanges are shared, and the ones
+        stored while this socket was alone go to it now (clients show a message id once)."""
+        if event["sender"] == self.channel_name or self.socket_closed:
+            return
+        self.alone = False
+        if self.unshared:
+            await self._history_share([])
+
     async def _history_share(self, items: list[protocol.HistoryItem]) -> None:
+        if self.alone and getattr(self.channel_layer, "outages", 0) != self.outages_seen:
+            self.alone = False  # Redis went away meanwhile: a tab's announcement may have been lost
+        if self.alone and self.state == ConversationState.BOT:
+            self.unshared.extend(items)
+            return
+        if self.unshared:
+            items = [*self.unshared, *items]
+            self.unshared.clear()
         frame = HistoryFrame(messages=items)
         event = {
             "type": "conversation.exchange",
@@ -230,13 +263,18 @@ class ChatConsumer(JsonSocketConsumer):
         else:
             await self._layer_call("group_send", self.group, event)
 
-    async def _layer_call(self, method: str, *args, **kwargs) -> None:
-        """A channel-layer call that may fail while Redis is away: the customer's chat goes on (the
-        layer restores group memberships when Redis is back; a missed broadcast shows on reload)."""
+    async def _layer_call(self, method: str | Callable, *args, **kwargs) -> None:
+        """A channel-layer call (a layer method's name, or a function taking the layer first) that
+        may fail while Redis is away: the customer's chat goes on (the layer restores group
+        memberships when Redis is back; a missed broadcast shows on reload)."""
         try:
-            await getattr(self.channel_layer, method)(*args, **kwargs)
+            call = (
+                getattr(self.channel_layer, method) if isinstance(method, str) else partial(method, self.channel_layer)
+            )
+            await call(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - Redis down must not close a customer's socket
             logger.warning("channel layer %s failed: %s", method, error)
+            self.alone = False  # an announcement may have been lost too: share from now on
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.socket_closed:

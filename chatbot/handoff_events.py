@@ -6,6 +6,8 @@ agents watching it); ``agents`` holds every agent console (the inbox). Events:
 
 - ``conversation.exchange`` — messages stored on one socket, as a history frame (chatbot.consumers);
 - ``conversation.frame`` — one server frame for the customer's sockets and/or the agents';
+- ``conversation.joined`` — a socket joined a conversation that may have others already (a tab
+  resuming it, an agent watching it): the customer sockets there start sharing their exchanges;
 - ``inbox.changed`` — the queue changed: agent consoles read their inbox again.
 """
 
@@ -48,6 +50,18 @@ async def group_send(layer, group: str, event: dict) -> None:
         await layer.group_send(group, event)
     except Exception as error:  # noqa: BLE001 - Redis down must not close a socket
         logger.warning("channel layer group_send to %s failed: %s", group, error)
+
+
+async def conversation_join(layer, group: str, channel: str) -> None:
+    """Add ``channel`` to a conversation's group and tell the sockets already there
+    (``conversation.joined``): a customer socket that believed itself alone shares what it stored
+    meanwhile and every exchange from then on (chatbot.consumers)."""
+    await layer.group_add(group, channel)
+    event = {"type": "conversation.joined", "sender": channel}
+    if hasattr(layer, "group_send_others"):
+        await layer.group_send_others(group, event, sender=channel)
+    else:
+        await layer.group_send(group, event)
 
 
 async def agents_away_announce(layer, released: list[tuple[str, str]]) -> None:

@@ -25,6 +25,7 @@ from chatbot.handoff_events import (
     INBOX_CHANGED,
     agents_away_announce,
     conversation_group,
+    conversation_join,
     frame_event,
     group_send,
 )
@@ -108,6 +109,9 @@ class AgentConsumer(JsonSocketConsumer):
         if "agent" in event["to"] and event["sender"] != self.channel_name:
             await self.send_json({"type": "event", "conversation": event["conversation"], "frame": event["frame"]})
 
+    async def conversation_joined(self, event):
+        """Another socket joined a watched conversation: nothing for the console to show."""
+
     async def conversation_exchange(self, event):
         await self.send_json({"type": "event", "conversation": event.get("conversation", ""), "frame": event["frame"]})
 
@@ -153,7 +157,8 @@ class AgentConsumer(JsonSocketConsumer):
     async def _watch(self, conversation: str, _content) -> None:
         if conversation not in self.watching:
             self.watching.add(conversation)
-            await self.channel_layer.group_add(conversation_group(conversation), self.channel_name)
+            # Announced, so that the customer's socket shares its exchanges from now on.
+            await conversation_join(self.channel_layer, conversation_group(conversation), self.channel_name)
         await self.send_json({"type": "watching", "conversation": conversation})
 
     async def _unwatch(self, conversation: str, _content) -> None:

@@ -211,6 +211,69 @@ async def test_a_conversation_is_stored_with_its_first_message_not_at_connect(sh
     await tab.disconnect()
 
 
+@pytest.fixture
+def exchange_sends(monkeypatch):
+    """Every conversation.exchange event the application hands to the channel layer."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    sent = []
+    original = layer.group_send
+
+    async def group_send(group, message):
+        if message["type"] == "conversation.exchange":
+            sent.append(message)
+        await original(group, message)
+
+    monkeypatch.setattr(layer, "group_send", group_send)
+    return layer, sent
+
+
+async def history_client_ids_until(tab, client_id):
+    """The client ids of every history frame ``tab`` receives until one carries ``client_id``."""
+    seen = []
+    while client_id not in seen:
+        frame = await tab.receive_json_from(timeout=10)
+        if frame["type"] == "history":
+            seen += [item["client_id"] for item in frame["messages"] if item["role"] == "customer"]
+    return seen
+
+
+async def test_a_socket_alone_in_its_conversation_shares_nothing_until_a_tab_joins(shop, exchange_sends):
+    layer, sent = exchange_sends
+    chat = await open_chat()
+    session = await chat.receive_json_from()
+    for n in (1, 2):
+        assert (await ask(chat, "where is my parcel?", client_id=f"m{n}"))["type"] == "answer"
+    assert sent == []  # no channel-layer call per message for a conversation nobody else has open
+    tab = await open_chat(f"?conversation={session['conversation']}&resume={session['resume_token']}")
+    assert (await tab.receive_json_from())["type"] == "session"
+    await ask(chat, "can I pay with paypal?", client_id="m3")
+    # The tab sees every message: stored before it joined (its history, and what the first socket
+    # kept for a joiner) and after (live).
+    assert {"m1", "m2", "m3"} <= set(await history_client_ids_until(tab, "m3"))
+    assert sent  # shared now that it has company
+    # Both sockets now share: the tab's message reaches the first socket.
+    await ask(tab, "how do I return an item?", client_id="t1")
+    assert "t1" in await history_client_ids_until(chat, "t1")
+    await chat.disconnect()
+    await tab.disconnect()
+
+
+async def test_a_socket_alone_shares_again_once_its_process_lost_the_channel_layer(shop, exchange_sends):
+    """A tab's announcement may be lost while Redis is away: after an outage nothing is kept back."""
+    layer, sent = exchange_sends
+    chat = await open_chat()
+    await chat.receive_json_from()
+    await ask(chat, "where is my parcel?", client_id="m1")
+    assert sent == []
+    layer.outages = getattr(layer, "outages", 0) + 1
+    await ask(chat, "can I pay with paypal?", client_id="m2")
+    shared = [item["client_id"] for event in sent for item in event["frame"]["messages"] if item["role"] == "customer"]
+    assert shared == ["m1", "m2"]  # what was kept back goes too
+    await chat.disconnect()
+
+
 async def test_repeated_client_id_is_answered_once(shop):
     chat = await open_chat()
     await chat.receive_json_from()

@@ -133,6 +133,37 @@ def test_another_tab_of_the_conversation_sees_each_exchange_through_redis(shop, 
         assert (bot["role"], bot["message_id"], bot["text"]) == ("bot", answer["message_id"], password.answer)
 
 
+def test_tabs_opened_after_a_conversation_began_see_every_later_exchange_through_redis(shop, servers):
+    """A socket alone in its conversation shares nothing until another joins; tabs joining later (on
+    either web process) are announced over Redis and see every exchange from then on, both ways."""
+    server = servers(redis_url=settings.TEST_REDIS_URL, processes=2)
+
+    async def scenario():
+        first = await Chat.open(server)
+        session = await first.next()
+        await first.ask("early-1", "where is my parcel?")
+        await first.ask("early-2", "I forgot my password")
+        query = f"?conversation={session['conversation']}&resume={session['resume_token']}"
+        tabs = [await Chat.open(server, query) for _ in range(3)]
+        histories = []
+        for tab in tabs:
+            assert (await tab.next())["resumed"] is True
+            histories.append(await tab.until(lambda f: f["type"] == "history"))
+        await first.ask("later-1", "Which payment methods do you accept?")
+        for tab in tabs:
+            await tab.until(lambda f: f["type"] == "history" and "later-1" in [m["client_id"] for m in f["messages"]])
+        await tabs[-1].ask("from-tab", "How do I track my order?")
+        await first.until(lambda f: f["type"] == "history" and "from-tab" in [m["client_id"] for m in f["messages"]])
+        for chat in (first, *tabs):
+            await chat.close()
+        return session, histories
+
+    session, histories = asyncio.run(scenario())
+    for history in histories:
+        assert [m["client_id"] for m in history["messages"] if m["role"] == "customer"] == ["early-1", "early-2"]
+    assert stored_exactly_once(session["conversation"], ["early-1", "early-2", "later-1", "from-tab"])
+
+
 def test_an_llm_answer_streaming_for_more_than_ten_seconds_arrives_whole(shop, servers, llm_server):
     payment = shop["Which payment methods do you accept?"]
     chunks = [f"Part {n} of a slow answer. " for n in range(12)]
