@@ -35,7 +35,17 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
         if self.connection.closed:
             return False
         try:
-            readable, _, _ = select.select([self.connection.fileno()], [], [], 0)
+            return not fd_readable(self.connection.fileno())
         except (OSError, ValueError):  # a socket closed under us
             return False
-        return not readable
+
+
+def fd_readable(fd: int) -> bool:
+    """Whether reading ``fd`` would not block (data, end of file or an error waits). poll, not
+    select: a web process with hundreds of sockets hands out descriptors past select's limit of
+    1,024, where select raises."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)  # a hang-up or an error is reported whether asked or not
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
