@@ -113,7 +113,7 @@ class ChatConsumer(JsonSocketConsumer):
         resumed = joining = False
         site = self.scope["chat_site"]
         if query.conversation and resume_token_valid(query.conversation, query.resume_token):
-            joining = True  # other tabs of this conversation may be open
+            joining = True  # other tabs of this conversation may be open: it will ask
             self.conversation, resumed = await in_pool(conversation_resume)(
                 conversation_id=query.conversation, site=site
             )
@@ -132,15 +132,16 @@ class ChatConsumer(JsonSocketConsumer):
         # Joined before the first frame goes out, so that nothing stored after the client saw its
         # session is missed.
         self.group = conversation_group(conversation_id)
-        # A new conversation's id is known to this socket alone until another joins its group (a tab
+        # A socket alone in its conversation shares nothing until another joins its group (a tab
         # resuming it, an agent watching it), which says so: until then exchanges wait in
         # ``unshared`` instead of costing a Redis call each to find nobody (most conversations
-        # never have a second socket). A tab that resumes may have company: it shares at once.
-        self.alone = not joining
+        # never have a second socket). A new conversation's id is this socket's alone; one that
+        # resumes (a page reload, another tab) is alone if its announcement found nobody.
+        self.alone = True
         self.outages_seen = getattr(self.channel_layer, "outages", 0)
         self.unshared: collections.deque[protocol.HistoryItem] = collections.deque(maxlen=UNSHARED_ITEMS)
         if joining:
-            await self._layer_call(conversation_join, self.group, self.channel_name)
+            self.alone = await self._layer_call(conversation_join, self.group, self.channel_name) == 0
         else:
             await self._layer_call("group_add", self.group, self.channel_name)
         await self.send_frame(
@@ -263,18 +264,20 @@ class ChatConsumer(JsonSocketConsumer):
         else:
             await self._layer_call("group_send", self.group, event)
 
-    async def _layer_call(self, method: str | Callable, *args, **kwargs) -> None:
+    async def _layer_call(self, method: str | Callable, *args, **kwargs):
         """A channel-layer call (a layer method's name, or a function taking the layer first) that
         may fail while Redis is away: the customer's chat goes on (the layer restores group
-        memberships when Redis is back; a missed broadcast shows on reload)."""
+        memberships when Redis is back; a missed broadcast shows on reload). Its result, or None
+        when it failed."""
         try:
             call = (
                 getattr(self.channel_layer, method) if isinstance(method, str) else partial(method, self.channel_layer)
             )
-            await call(*args, **kwargs)
+            return await call(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - Redis down must not close a customer's socket
             logger.warning("channel layer %s failed: %s", method, error)
             self.alone = False  # an announcement may have been lost too: share from now on
+            return None
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.socket_closed:

@@ -52,16 +52,19 @@ async def group_send(layer, group: str, event: dict) -> None:
         logger.warning("channel layer group_send to %s failed: %s", group, error)
 
 
-async def conversation_join(layer, group: str, channel: str) -> None:
+async def conversation_join(layer, group: str, channel: str) -> int | None:
     """Add ``channel`` to a conversation's group and tell the sockets already there
     (``conversation.joined``): a customer socket that believed itself alone shares what it stored
-    meanwhile and every exchange from then on (chatbot.consumers)."""
+    meanwhile and every exchange from then on (chatbot.consumers).
+
+    Returns how many sockets were told, or None when the layer cannot say. Joining is added first,
+    looked up second: of two sockets joining at once, at least one finds (and tells) the other."""
     await layer.group_add(group, channel)
     event = {"type": "conversation.joined", "sender": channel}
     if hasattr(layer, "group_send_others"):
-        await layer.group_send_others(group, event, sender=channel)
-    else:
-        await layer.group_send(group, event)
+        return await layer.group_send_others(group, event, sender=channel)
+    await layer.group_send(group, event)
+    return None
 
 
 async def agents_away_announce(layer, released: list[tuple[str, str]]) -> None:

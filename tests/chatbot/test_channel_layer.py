@@ -84,3 +84,16 @@ async def test_a_socket_leaving_mid_receive_does_not_stop_the_others(redis_clien
     assert layer.receive_count == 0 and layer.receive_lock is None
     await layer.flush()
     await layer.close_pools()
+
+
+async def test_joining_a_conversation_tells_the_sockets_already_there_and_counts_them(redis_client):
+    from chatbot.handoff_events import conversation_join
+
+    config = channel_layers(settings.TEST_REDIS_URL)["default"]["CONFIG"]
+    layer = ResilientRedisChannelLayer(**{**config, "prefix": "test-join"})
+    first, tab = await layer.new_channel(), await layer.new_channel()
+    assert await conversation_join(layer, "conversation.j", first) == 0  # alone: nobody to tell
+    assert await conversation_join(layer, "conversation.j", tab) == 1
+    assert await layer.receive(first) == {"type": "conversation.joined", "sender": tab}
+    await layer.flush()
+    await layer.close_pools()

@@ -260,6 +260,31 @@ async def test_a_socket_alone_in_its_conversation_shares_nothing_until_a_tab_joi
     await tab.disconnect()
 
 
+async def test_a_reloaded_page_that_finds_nobody_in_its_conversation_is_alone(shop, monkeypatch):
+    """A resumed socket (a page reload) announces itself; if nobody heard it, it shares nothing."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    calls = []
+
+    async def group_send_others(group, message, *, sender):
+        calls.append(message["type"])
+        return 0  # nobody else in the conversation
+
+    monkeypatch.setattr(layer, "group_send_others", group_send_others, raising=False)
+    chat = await open_chat()
+    session = await chat.receive_json_from()
+    await ask(chat, "where is my parcel?", client_id="m1")
+    await chat.disconnect()
+    reloaded = await open_chat(f"?conversation={session['conversation']}&resume={session['resume_token']}")
+    assert (await reloaded.receive_json_from())["resumed"] is True
+    assert (await reloaded.receive_json_from())["type"] == "history"
+    for n in (2, 3):
+        assert (await ask(reloaded, "can I pay with paypal?", client_id=f"m{n}"))["type"] == "answer"
+    assert calls == ["conversation.joined"]  # its announcement, and no call per message
+    await reloaded.disconnect()
+
+
 async def test_a_socket_alone_shares_again_once_its_process_lost_the_channel_layer(shop, exchange_sends):
     """A tab's announcement may be lost while Redis is away: after an outage nothing is kept back."""
     layer, sent = exchange_sends

@@ -164,6 +164,34 @@ def test_tabs_opened_after_a_conversation_began_see_every_later_exchange_through
     assert stored_exactly_once(session["conversation"], ["early-1", "early-2", "later-1", "from-tab"])
 
 
+def test_a_reloaded_page_alone_in_its_conversation_still_reaches_a_tab_opened_later(shop, servers):
+    """A page reload resumes the conversation; alone there, it shares nothing, until a tab joins."""
+    server = servers(redis_url=settings.TEST_REDIS_URL, processes=2)
+
+    async def scenario():
+        first = await Chat.open(server)
+        session = await first.next()
+        await first.ask("before-reload", "where is my parcel?")
+        await first.close()
+        query = f"?conversation={session['conversation']}&resume={session['resume_token']}"
+        reloaded = await Chat.open(server, query)
+        assert (await reloaded.next())["resumed"] is True
+        await reloaded.ask("alone-1", "I forgot my password")
+        tab = await Chat.open(server, query)
+        assert (await tab.next())["resumed"] is True
+        await reloaded.ask("after-tab", "Which payment methods do you accept?")
+        seen = await tab.until(
+            lambda f: f["type"] == "history" and "after-tab" in [m["client_id"] for m in f["messages"]]
+        )
+        for chat in (reloaded, tab):
+            await chat.close()
+        return session, seen
+
+    session, seen = asyncio.run(scenario())
+    assert "after-tab" in [m["client_id"] for m in seen["messages"]]
+    assert stored_exactly_once(session["conversation"], ["before-reload", "alone-1", "after-tab"])
+
+
 def test_an_llm_answer_streaming_for_more_than_ten_seconds_arrives_whole(shop, servers, llm_server):
     payment = shop["Which payment methods do you accept?"]
     chunks = [f"Part {n} of a slow answer. " for n in range(12)]
