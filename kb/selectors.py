@@ -379,8 +379,8 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
 def published_entry_rows(entry_ids: Collection[int]) -> list[tuple[int, str, str, str, dict]]:
     """(id, question, answer, language, translations) of those of ``entry_ids`` that are published.
 
-    Plain SQL: this runs for every customer message, and building the ORM query cost twice the
-    round trip itself (0.58 against 0.25 ms, measured on PostgreSQL)."""
+    Plain SQL: this runs for every customer message, and through the ORM the same query took 0.58 ms
+    against 0.25 ms sent directly (measured on PostgreSQL): building the query cost more than running it."""
     if not entry_ids:
         return []
     quote = connection.ops.quote_name
