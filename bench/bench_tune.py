@@ -1,119 +1,203 @@
-"""KB-tuned embeddings on BANKING77 (issue 12, item 5): the base English model against the same
-model fine-tuned on the knowledge base's phrasings by kb_tune's recipe (kb.tuning.contrastive_train).
+"""KB-tuned embeddings and the entry classifier on BANKING77 (issue 12, items 1 and 5): the base
+English model against the same model fine-tuned on the knowledge base's phrasings by kb_tune's
+recipe (kb.tuning.contrastive_train), each ranked by cosine alone and with the entry classifier
+that publishing an index fits (kb.entry_head).
 
 The knowledge base is BANKING77's 10,003 training questions (77 entries, one per intent); the
-questions are its 3,080 test questions, never trained on. Ranking as live search ranks: an entry
-scores its best phrasing's cosine. Reported for both models: top-1, recall@5 and MRR over entries,
-McNemar's exact test on per-question top-1, and the training time on this machine (2 cores, torch
-on every core as kb_tune uses it).
+questions are its 3,080 test questions, never trained on. Everything runs through the product:
+phrasings and questions are embedded by the configured embedder (the language-routed one, questions
+on the 8-bit model), the classifier is fitted by kb.entry_head.entry_head_fit exactly as
+kb.services.index_publish fits it (its weight chosen on held-out *training* phrasings), and
+questions are ranked by kb.selectors.index_entries_rank. Reported: top-1, recall@5 and MRR over
+entries, McNemar's exact test on per-question top-1, the training and fitting times on this machine
+(2 cores, torch on every core as kb_tune uses it).
 
-Run: .venv/bin/python bench/bench_tune.py [--epochs N] [--hard-negatives]   (part of `make bench`)
+Run: .venv/bin/python bench/bench_tune.py [--epochs N] [--hard-negatives] [--no-tuning | --tuned-from DIR]
+(part of `make bench`)
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import dataclasses
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import DATA, Timer, save, table  # noqa: E402
+from bench.common import Timer, save, table  # noqa: E402
+from bench.retrieval_common import (  # noqa: E402
+    RankConfig,
+    banking77_load,
+    django_setup,
+    index_load,
+    mcnemar,
+    queries_rank_many,
+    rankings_score,
+    texts_encode,
+)
 
 
-def _rows(path: Path) -> list[tuple[str, str]]:
-    with path.open(newline="") as handle:
-        return [(row["text"], row["category"]) for row in csv.DictReader(handle)]
+def _measure(embedder, kb) -> dict:
+    """Cosine alone and cosine + entry classifier for ``embedder``, through the product's steps."""
+    import numpy as np
+
+    from kb.entry_head import entry_head_fit, phrasing_head_rows, question_head_inputs
+
+    vectors, phrasing_seconds = texts_encode(embedder, kb.phrasings)
+    questions, question_seconds = texts_encode(embedder, kb.queries, queries=True)
+    index = index_load(vectors=vectors, kb=kb, keyword=False)
+    with Timer() as fit_timer:
+        rows, row_queries, row_phrasing = phrasing_head_rows(embedder, vectors, kb.phrasings)
+        fitted = entry_head_fit(vectors, kb.phrasing_entry_ids, rows, row_queries, row_phrasing)
+    with Timer() as inputs_timer:
+        head_inputs = question_head_inputs(embedder, kb.queries, questions)
+    print(f"  classifier: {fitted.report}", flush=True)
+    configs = [RankConfig(index=index, vectors=questions, hybrid=False)]
+    if fitted.head is not None:
+        configs.append(
+            RankConfig(
+                index=dataclasses.replace(index, head=fitted.head),
+                vectors=questions,
+                hybrid=False,
+                head_inputs=head_inputs,
+            )
+        )
+    ranked = queries_rank_many(configs=configs, queries=kb.queries, k=10)
+    out = {}
+    for name, result in zip(("cosine", "classifier"), ranked, strict=False):
+        right = np.array(
+            [bool(r) and r[0].entry_id == e for r, e in zip(result.entries, kb.query_entry_ids, strict=True)]
+        )
+        out[name] = {
+            **rankings_score(result.entries, kb.query_entry_ids),
+            "right": right,
+            "rank_ms_p50": round(float(np.percentile(result.latency_ms, 50)), 3),
+        }
+    out["fit"] = {**fitted.report, "wall_seconds": round(fit_timer.seconds, 1)}
+    # The classifier's input costs a USE call per English question on top of the query.
+    out["head_input_ms_per_question"] = round(inputs_timer.seconds * 1000 / max(len(kb.queries), 1), 3)
+    out["embed_seconds"] = round(phrasing_seconds + question_seconds, 1)
+    return out
 
 
-def _measure(encode, kb: list, questions: list) -> dict:
-    """kb.tuning.ranking_evaluate with BANKING77's test questions as the held-out ones (no
-    out-of-scope questions here), timed."""
-    from kb.tuning import TuningSplit, ranking_evaluate
+def _train(kb, training) -> tuple[str, dict, float]:
+    """kb_tune's recipe on every BANKING77 training phrasing; the model saved as a model version
+    directory under a temporary KB_MODEL_DIR. Returns the directory name, the run and its seconds."""
+    import torch
+    from django.conf import settings
+    from sentence_transformers import SentenceTransformer
 
+    from kb.embedders import model_path_resolve
+    from kb.tuning import Phrasing, contrastive_train
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    phrasings = [Phrasing(text, int(entry)) for text, entry in zip(kb.phrasings, kb.phrasing_entry_ids, strict=True)]
+    model = SentenceTransformer(
+        str(model_path_resolve(settings.KB_EMBEDDER_MODEL)), device="cpu", local_files_only=True
+    )
+    base_vectors = None
+    if training.hard_negatives:
+        base_vectors = model.encode([p.text for p in phrasings], batch_size=64, normalize_embeddings=True)
     with Timer() as timer:
-        scores = ranking_evaluate(encode, TuningSplit(train=kb, held_out=questions, out_of_scope=[]))
-    return {
-        "top1": scores.top1,
-        "recall5": scores.recall5,
-        "mrr": scores.mrr,
-        "right": scores.right,
-        "embed_seconds": round(timer.seconds, 1),
-    }
+        run = contrastive_train(
+            model,
+            phrasings,
+            settings=training,
+            base_vectors=base_vectors,
+            progress=lambda step, steps, loss: (
+                None if step % 20 else print(f"  step {step}/{steps} loss {loss:.3f}", flush=True)
+            ),
+        )
+    settings.KB_MODEL_DIR = Path(tempfile.mkdtemp(prefix="bench-tune-"))
+    model.save(str(settings.KB_MODEL_DIR / "tuned"))
+    torch.set_num_threads(1)
+    return "tuned", run, timer.seconds
+
+
+def _row(name: str, scores: dict, extra: str) -> tuple:
+    return (name, f"{scores['top1']:.2%}", f"{scores['recall5']:.2%}", f"{scores['mrr']:.4f}", extra)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--hard-negatives", action="store_true")
+    parser.add_argument(
+        "--no-tuning", action="store_true", help="the base model only (with and without the classifier)"
+    )
+    parser.add_argument(
+        "--tuned-from",
+        type=Path,
+        help="measure the tuned model saved by an earlier run (a folder holding tuned/) instead of training",
+    )
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import django
-
-    django.setup()
-    import torch
+    django_setup()
     from django.conf import settings
-    from sentence_transformers import SentenceTransformer
 
-    from kb.embedders import model_path_resolve
-    from kb.tuning import Phrasing, TrainingSettings, contrastive_train, mcnemar_p
+    from kb.embedders import embedder_for
+    from kb.tuning import TrainingSettings
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    train, test = _rows(DATA / "banking77" / "train.csv"), _rows(DATA / "banking77" / "test.csv")
-    ids = {name: i for i, name in enumerate(sorted({label for _, label in train}))}
-    phrasings = [Phrasing(text, ids[label]) for text, label in train]
-    questions = [Phrasing(text, ids[label]) for text, label in test]
-    path = str(model_path_resolve(settings.KB_EMBEDDER_MODEL))
-
-    def encoder(model):
-        return lambda texts: model.encode(
-            list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
-
-    base_model = SentenceTransformer(path, device="cpu", local_files_only=True)
-    base = _measure(encoder(base_model), phrasings, questions)
-    print(f"base: top-1 {base['top1']:.2%}")
-
-    defaults = TrainingSettings()
-    training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=args.hard_negatives)
-    tuned_model = SentenceTransformer(path, device="cpu", local_files_only=True)
-    base_vectors = encoder(base_model)([p.text for p in phrasings]) if training.hard_negatives else None
-    steps_done = []
-    with Timer() as training_timer:
-        run = contrastive_train(
-            tuned_model,
-            phrasings,
-            settings=training,
-            base_vectors=base_vectors,
-            progress=lambda step, steps, loss: (
-                steps_done.append(step) if step % 20 else print(f"  step {step}/{steps} loss {loss:.3f}", flush=True)
-            ),
-        )
-    tuned = _measure(encoder(tuned_model), phrasings, questions)
-    p = mcnemar_p(base["right"], tuned["right"])
+    kb = banking77_load()
+    print("base model", flush=True)
+    base = _measure(embedder_for(""), kb)
     rows = [
-        ("base (all-MiniLM-L6-v2)", f"{base['top1']:.2%}", f"{base['recall5']:.2%}", f"{base['mrr']:.4f}", "-"),
-        (
-            f"tuned ({training.epochs} epoch, {'hard negatives' if training.hard_negatives else 'in-batch only'})",
-            f"{tuned['top1']:.2%}",
-            f"{tuned['recall5']:.2%}",
-            f"{tuned['mrr']:.4f}",
-            f"{training_timer.seconds / 60:.1f} min",
-        ),
+        _row("base (all-MiniLM-L6-v2), cosine", base["cosine"], "-"),
+        _row("base + entry classifier", base.get("classifier", base["cosine"]), f"fit {base['fit']['wall_seconds']} s"),
     ]
-    print()
-    print(table(rows, ("model", "top-1", "recall@5", "MRR", "training")))
-    print(f"McNemar p = {p:.3g} (top-1, paired by question); {run['steps']} steps")
     result = {
-        "data": {"kb_phrasings": len(train), "entries": len(ids), "test_questions": len(test)},
-        "training": {**training.__dict__, **run, "wall_seconds": round(training_timer.seconds, 1)},
-        "base": {k: v for k, v in base.items() if k != "right"},
-        "tuned": {k: v for k, v in tuned.items() if k != "right"},
-        "mcnemar_p": p,
+        "data": {"kb_phrasings": len(kb.phrasings), "entries": len(kb.entry_names), "test_questions": len(kb.queries)},
+        "base": base,
     }
+    comparisons = {"base: classifier vs cosine": ("base", "cosine", "base", "classifier")}
+    if not args.no_tuning:
+        defaults = TrainingSettings()
+        training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=args.hard_negatives)
+        print(f"training ({training.epochs} epoch(s))", flush=True)
+        if args.tuned_from:
+            settings.KB_MODEL_DIR, directory, run, seconds = (
+                args.tuned_from,
+                "tuned",
+                {"reused": str(args.tuned_from)},
+                0.0,
+            )
+        else:
+            directory, run, seconds = _train(kb, training)
+        tuned = _measure(embedder_for(directory), kb)
+        label = f"tuned ({training.epochs} epoch, {'hard negatives' if training.hard_negatives else 'in-batch only'})"
+        rows += [
+            _row(f"{label}, cosine", tuned["cosine"], f"training {seconds / 60:.1f} min"),
+            _row(
+                f"{label} + entry classifier",
+                tuned.get("classifier", tuned["cosine"]),
+                f"fit {tuned['fit']['wall_seconds']} s",
+            ),
+        ]
+        result["training"] = {**training.__dict__, **run, "wall_seconds": round(seconds, 1)}
+        result["tuned"] = tuned
+        comparisons.update(
+            {
+                "cosine: tuned vs base": ("base", "cosine", "tuned", "cosine"),
+                "tuned: classifier vs cosine": ("tuned", "cosine", "tuned", "classifier"),
+                "tuned + classifier vs base cosine": ("base", "cosine", "tuned", "classifier"),
+            }
+        )
+    print()
+    print(table(rows, ("model", "top-1", "recall@5", "MRR", "time")))
+    result["mcnemar"] = {}
+    for name, (a, a_kind, b, b_kind) in comparisons.items():
+        first, second = result[a].get(a_kind), result[b].get(b_kind)
+        if first is None or second is None:
+            continue
+        result["mcnemar"][name] = mcnemar(first["right"], second["right"])
+        print(f"McNemar {name}: {result['mcnemar'][name]}")
+    for part in ("base", "tuned"):
+        for kind in ("cosine", "classifier"):
+            if part in result and kind in result[part]:
+                result[part][kind].pop("right")
     print(f"saved {save('tune', result).relative_to(settings.BASE_DIR)}")
 
 

@@ -172,6 +172,9 @@ class RankConfig:
     vectors: np.ndarray | None
     hybrid: bool | Callable[[str], bool]
     fusion: object = None
+    # What the index's entry classifier reads per query (kb.entry_head.question_head_inputs);
+    # None = the vectors themselves.
+    head_inputs: np.ndarray | None = None
 
 
 def queries_rank(
@@ -200,7 +203,13 @@ def queries_rank_many(*, configs: Sequence[RankConfig], queries: Sequence[str], 
             vector = None if config.vectors is None else config.vectors[number]
             ranked[slot].append(
                 index_entries_rank(
-                    index=config.index, vector=vector, tokens=tokens, k=k, hybrid=hybrid, fusion=config.fusion
+                    index=config.index,
+                    vector=vector,
+                    tokens=tokens,
+                    k=k,
+                    hybrid=hybrid,
+                    fusion=config.fusion,
+                    head_input=None if config.head_inputs is None else config.head_inputs[number],
                 )
             )
             latency[slot, number] = (time.perf_counter() - started) * 1000

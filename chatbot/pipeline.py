@@ -103,6 +103,9 @@ def answer_question(
             unused = "a follow-up is ranked with the previous question: the score decides"
         elif result.features is None:
             unused = "no retrieval features (no hit, or an approximate index): the score decides"
+        elif missing := [name for name in model.features if name not in result.features]:
+            # e.g. fitted with the entry classifier's features on an index published without one
+            unused = f"the index gives no {', '.join(missing)}: the score decides until kb_calibrate runs again"
         else:
             confidence = model.probability(result.features)
     decision = decide(

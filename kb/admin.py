@@ -614,7 +614,34 @@ class EntryAdmin(SimpleHistoryAdmin):
 
 @admin.register(IndexVersion)
 class IndexVersionAdmin(admin.ModelAdmin):
-    list_display = ("id", "created_at", "kind", "vector_count", "entry_count", "embedder", "dimension", "kb_revision")
+    list_display = (
+        "id",
+        "created_at",
+        "kind",
+        "vector_count",
+        "entry_count",
+        "classifier",
+        "embedder",
+        "dimension",
+        "kb_revision",
+    )
+
+    @admin.display(description="entry classifier")
+    def classifier(self, obj: IndexVersion) -> str:
+        """Whether the entry classifier ranks this version, and what held-out phrasings said."""
+        report = obj.entry_head or {}
+        if not report:
+            return "-"
+        measured = ""
+        if "top1_cosine" in report:
+            measured = (
+                f"held-out top-1 {report['top1_cosine']:.1%} by cosine, {report['top1_with_head']:.1%} with it"
+                f" (p = {report['p_value']:.2g})"
+            )
+        if report.get("kept"):
+            reused = ", refitted with the weight chosen before" if report.get("reused") else ""
+            return f"ranks (weight {report['weight']}{reused}); {measured}".rstrip("; ")
+        return f"not used: {report.get('reason', '')}"
 
     def has_add_permission(self, request):
         return False

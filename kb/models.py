@@ -224,6 +224,9 @@ class IndexVersion(models.Model):
     embedding_model = models.ForeignKey(
         EmbeddingModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
+    # What publishing learned about the entry classifier (kb.entry_head.entry_head_fit's report):
+    # whether it ranks this version, its weight, held-out top-1 with and without it, or why not.
+    entry_head = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

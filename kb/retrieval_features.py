@@ -34,6 +34,12 @@ FEATURES = (
     "self_gap",  # top1 - the best entry's typical phrasing-to-nearest-sibling cosine
     "tokens",  # words (runs of letters or CJK) in the question
 )
+# Only where the index has an entry classifier (kb.entry_head), which says how sure it is:
+HEAD_FEATURES = (
+    "head_logp",  # log P(the best entry) by the classifier
+    "head_margin",  # that minus the best other entry's log P
+    "head_entropy",  # the entropy of P over the entries, over its maximum (log of their number)
+)
 
 _WORD = re.compile(r"\w+")
 
@@ -45,12 +51,14 @@ def retrieval_features(
     *,
     scores: np.ndarray | None = None,
     entry_id: int | None = None,
+    log_probabilities: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The features of one question (its unit query vector and its text) against ``scan``'s
     phrasings, named as in FEATURES, for the entry ``entry_id`` (the one the bot would answer with;
     by default the best by cosine). ``scores``: the query's ``scan.phrasing_scores`` when the search
     computed them already. An index with one entry has no second entry: its margins are taken
-    against a score of 0."""
+    against a score of 0. ``log_probabilities``: the entry classifier's log P per entry (in
+    ``scan.entry_ids`` order), which adds HEAD_FEATURES."""
     by_entry = scan.phrasing_scores(query) if scores is None else scores
     best_of_entry = np.maximum.reduceat(by_entry, scan.entry_starts)
     ranked = np.argsort(-best_of_entry, kind="stable")[:TOP_ENTRIES]
@@ -88,4 +96,11 @@ def retrieval_features(
         top[0] - scan.typical_similarity[best],
         len(_WORD.findall(text)),
     )
-    return {name: float(value) for name, value in zip(FEATURES, values, strict=True)}
+    features = {name: float(value) for name, value in zip(FEATURES, values, strict=True)}
+    if log_probabilities is not None:
+        others = np.delete(log_probabilities, best)
+        features["head_logp"] = float(log_probabilities[best])
+        features["head_margin"] = float(log_probabilities[best] - (others.max() if len(others) else 0.0))
+        entropy = -float((np.exp(log_probabilities) * log_probabilities).sum())
+        features["head_entropy"] = entropy / np.log(len(log_probabilities)) if len(log_probabilities) > 1 else 0.0
+    return features

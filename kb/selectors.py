@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 from kb.embedders import embedder_for, get_embedder, process_model_set
+from kb.entry_head import question_head_inputs
 from kb.keyword import keyword_warm_up, text_tokenize
 from kb.language import detect_language
 from kb.models import Entry, IndexVersion, answer_for
@@ -51,7 +52,8 @@ class EntryHit:
     keyword search found; 0.0 when the embedder could not read the question (the phrasing is then
     the best keyword match). In hybrid mode ``keyword_score`` is the BM25 score of its best phrasing
     (None when keyword search did not rank it) and ``fused_score`` what the ranking used (see
-    :class:`Fusion`); both are None in dense mode."""
+    :class:`Fusion`); both are None in dense mode. Ranked with the entry classifier
+    (kb.entry_head), ``fused_score`` is cosine + weight x log P(entry)."""
 
     entry_id: int
     question: str
@@ -87,7 +89,7 @@ class SearchResult:
     index_version: int | None
     readable: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
-    mode: str = "dense"
+    mode: str = "dense"  # "dense", "dense+classifier" (kb.entry_head) or "hybrid"
     # The best hit's retrieval features (kb.retrieval_features), when asked for and the index is flat.
     features: dict[str, float] | None = None
 
@@ -238,6 +240,7 @@ def index_entries_rank(
     keep: Callable[[set[int]], Collection[int]] | None = None,
     timings_ms: dict[str, float] | None = None,
     scan_scores: np.ndarray | None = None,
+    head_input: np.ndarray | None = None,
 ) -> list[FusedEntry]:
     """The search step shared by live search and the benchmarks: dense and (if ``hybrid`` and the
     index has keyword data) keyword candidates, ``keep`` (which of their entries may answer),
@@ -245,13 +248,24 @@ def index_entries_rank(
     (computed from its phrasings' stored vectors: before fusion for score fusion, which needs it,
     after it for the returned entries otherwise). ``vector`` None = the embedder cannot read the
     question: keyword results only (if hybrid), with no dense score. ``scan_scores``: the query's
-    EntryScan.phrasing_scores when the caller computed them (to reuse them for retrieval features)."""
+    EntryScan.phrasing_scores when the caller computed them (to reuse them for retrieval features).
+    ``head_input``: what the index's entry classifier reads for this question
+    (kb.entry_head.question_head_inputs; default ``vector``): with a classifier, dense questions
+    rank by cosine + weight x log P(entry)."""
     fusion = fusion or Fusion()
     hybrid = hybrid and index.keyword is not None
     depth = max(k, fusion.depth) if hybrid else k
     timings = timings_ms if timings_ms is not None else {}
     started = time.perf_counter()
-    dense = index.dense_candidates(vector, entries=depth, scan_scores=scan_scores) if vector is not None else []
+    # The entry classifier ranks dense questions only: hybrid fusion was tuned on cosines.
+    bonus = None
+    if vector is not None and not hybrid:
+        bonus = index.head_bonus(vector if head_input is None else head_input)
+    dense = (
+        index.dense_candidates(vector, entries=depth, scan_scores=scan_scores, bonus=bonus)
+        if vector is not None
+        else []
+    )
     searched = time.perf_counter()
     keyword = index.keyword_candidates(tokens, entries=depth) if hybrid else []
     keyword_done = time.perf_counter()
@@ -263,6 +277,10 @@ def index_entries_rank(
         dense = [hit for hit in dense if hit[1] in allowed]
         keyword = [hit for hit in keyword if hit[1] in allowed]
     fuse_started = time.perf_counter()
+    if bonus is not None:
+        ranked = _classifier_ranked(index, dense, bonus, k)
+        timings["fuse"] = (time.perf_counter() - fuse_started) * 1000
+        return ranked
     dense_extra, keyword_bound = None, None
     if hybrid and fusion.method == "score":
         ranked_densely = {entry_id for _, entry_id, _ in dense}
@@ -283,6 +301,16 @@ def index_entries_rank(
         ]
     timings["fuse"] = (time.perf_counter() - fuse_started) * 1000
     return ranked
+
+
+def _classifier_ranked(index: LoadedIndex, dense: Sequence[PhrasingHit], bonus: np.ndarray, k: int) -> list[FusedEntry]:
+    """The top-k of ``dense`` (already in cosine + bonus order, one hit per entry) with what ranked
+    them as the fused score."""
+    groups = np.searchsorted(index.scan.entry_ids, [entry_id for _, entry_id, _ in dense[:k]])
+    return [
+        FusedEntry(entry_id, score, variant_id, fused_score=score + float(bonus[group]))
+        for (variant_id, entry_id, score), group in zip(dense[:k], groups.tolist(), strict=True)
+    ]
 
 
 def query_hybrid(query: str) -> bool:
@@ -333,6 +361,12 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         entries.update((entry_id, rest) for entry_id, *rest in published_entry_rows(entry_ids))
         return entries.keys()
 
+    classified = index.head is not None and vector is not None and not hybrid
+    head_input = None
+    if classified:
+        head_started = time.perf_counter()
+        head_input = question_head_inputs(embedder, [query], vector[None])[0]
+        timings["classifier_input"] = (time.perf_counter() - head_started) * 1000
     scan_scores = None
     if features and index.scan is not None and vector is not None:
         scan_scores = index.scan.phrasing_scores(vector)
@@ -346,6 +380,7 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         keep=published,
         timings_ms=timings,
         scan_scores=scan_scores,
+        head_input=head_input,
     )
     hits = [
         EntryHit(
@@ -364,14 +399,21 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
     values = None
     if scan_scores is not None and hits:
         features_started = time.perf_counter()
-        values = retrieval_features(index.scan, vector, query, scores=scan_scores, entry_id=hits[0].entry_id)
+        values = retrieval_features(
+            index.scan,
+            vector,
+            query,
+            scores=scan_scores,
+            entry_id=hits[0].entry_id,
+            log_probabilities=index.head.log_probabilities(head_input) if classified else None,
+        )
         timings["features"] = (time.perf_counter() - features_started) * 1000
     return SearchResult(
         hits=hits,
         index_version=index.version,
         readable=readable,
         timings_ms=timings,
-        mode="hybrid" if hybrid else "dense",
+        mode="hybrid" if hybrid else ("dense+classifier" if classified else "dense"),
         features=values,
     )
 

@@ -31,6 +31,7 @@ from kb.embedding_models import (
     model_vectors_copy_out,
     model_vectors_store,
 )
+from kb.entry_head import EntryHead, HeadFit, entry_head_fit, phrasing_head_rows
 from kb.keyword import keyword_index_from_texts
 from kb.models import (
     EmbeddingModel,
@@ -592,13 +593,61 @@ def index_publish(*, revision: int | None = None) -> IndexVersion:
         # the same phrasings of the same version.
         texts = [row[3] for row in rows]
         keyword = keyword_index_from_texts(texts=texts, variant_ids=variant_ids, entry_ids=entry_ids)
+        head = None
+        if kind == "flat" and settings.KB_ENTRY_CLASSIFIER:
+            fitted = _entry_head_fit(embedder, vectors, entry_ids, texts, previous=_previous_index(version, model))
+            head, version.entry_head = fitted.head, fitted.report
         write_index_file(
-            settings.KB_INDEX_DIR / version.filename, index, variant_ids, entry_ids, keyword=keyword, texts=texts
+            settings.KB_INDEX_DIR / version.filename,
+            index,
+            variant_ids,
+            entry_ids,
+            keyword=keyword,
+            texts=texts,
+            head=head,
         )
-        version.save(update_fields=["filename", "kind"])
+        version.save(update_fields=["filename", "kind", "entry_head"])
     _remove_old_index_files(keep=settings.KB_INDEX_KEEP_VERSIONS)
     logger.info("published index %s", version)
     return version
+
+
+def _previous_index(version: IndexVersion, model: EmbeddingModel) -> IndexVersion | None:
+    """The index version published before ``version`` for the same model version, if its file is
+    still there (its entry classifier can be refitted instead of chosen again)."""
+    previous = IndexVersion.objects.filter(id__lt=version.id).order_by("-id").first()
+    if previous is None or previous.embedding_model_id != model.id or previous.embedder != version.embedder:
+        return None
+    return previous if (settings.KB_INDEX_DIR / previous.filename).exists() else None
+
+
+def _entry_head_fit(
+    embedder, vectors: np.ndarray, entry_ids: np.ndarray, texts: list[str], *, previous: IndexVersion | None
+) -> HeadFit:
+    """The entry classifier for an index being published (kb.entry_head), learned from its
+    phrasings as questions would be embedded. A failure to fit never stops the publication: the
+    index then ranks by cosine alone, and the report says why."""
+    rows, queries, row_phrasing = phrasing_head_rows(embedder, vectors, texts)
+    previous_head = None
+    if previous is not None and previous.entry_head.get("kept"):
+        try:
+            with np.load(settings.KB_INDEX_DIR / previous.filename) as data:
+                previous_head = EntryHead.from_arrays(data)
+        except (OSError, ValueError, KeyError):
+            logger.warning("could not read the entry classifier of %s; choosing again", previous, exc_info=True)
+    try:
+        return entry_head_fit(
+            vectors,
+            entry_ids,
+            rows,
+            queries,
+            row_phrasing,
+            previous=previous_head,
+            previous_report=previous.entry_head if previous is not None else None,
+        )
+    except (ValueError, ArithmeticError, MemoryError) as exc:
+        logger.exception("fitting the entry classifier failed; the index ranks by cosine")
+        return HeadFit(None, {"kept": False, "reason": f"fitting failed: {exc}"})
 
 
 def _remove_old_index_files(*, keep: int) -> None:

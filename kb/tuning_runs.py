@@ -36,6 +36,7 @@ from django.utils.module_loading import import_string
 from kb import services
 from kb.embedders import USE_ADAPTER_FILE, LanguageRoutedEmbedder, embedder_for, model_path_resolve
 from kb.embedding_models import embedding_model_active, model_vectors_store
+from kb.held_out import mcnemar_p
 from kb.language import detect_language
 from kb.models import EmbeddingModel, Variant
 from kb.tuning import (
@@ -49,7 +50,6 @@ from kb.tuning import (
     adapter_train,
     contrastive_train,
     f1_difference_p,
-    mcnemar_p,
     ranking_evaluate,
     split_questions_only,
     tuning_split,

@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from kb.entry_head import EntryHead
 from kb.keyword import TOKENIZER_VERSION, KeywordIndex, keyword_index_from_texts, strings_pack, strings_unpack
 
 logger = logging.getLogger(__name__)
@@ -75,14 +76,24 @@ class EntryScan:
         )
         return scores[self.row_order]
 
-    def entries_best(self, query: np.ndarray, *, entries: int, scores: np.ndarray | None = None) -> list[PhrasingHit]:
+    def entries_best(
+        self,
+        query: np.ndarray,
+        *,
+        entries: int,
+        scores: np.ndarray | None = None,
+        bonus: np.ndarray | None = None,
+    ) -> list[PhrasingHit]:
         """The best phrasing of the ``entries`` best entries (all if fewer), best first.
-        ``scores``: the query's :meth:`phrasing_scores` when the caller has them already."""
+        ``scores``: the query's :meth:`phrasing_scores` when the caller has them already.
+        ``bonus``: added to each entry's cosine for ranking only (the entry classifier's weighted
+        log P, in entry_ids order); the hits still carry the cosine."""
         by_entry = self.phrasing_scores(query) if scores is None else scores
         best = np.maximum.reduceat(by_entry, self.entry_starts)
+        rank = best if bonus is None else best + bonus
         count = min(entries, len(best))
-        top = np.argpartition(-best, count - 1)[:count] if count < len(best) else np.arange(len(best))
-        top = top[np.argsort(-best[top], kind="stable")]
+        top = np.argpartition(-rank, count - 1)[:count] if count < len(best) else np.arange(len(best))
+        top = top[np.argsort(-rank[top], kind="stable")]
         ends = np.append(self.entry_starts[1:], len(by_entry))
         hits = []
         for group in top.tolist():
@@ -128,6 +139,8 @@ class LoadedIndex:
     # The model version its vectors are of (kb.models.EmbeddingModel.directory; "" = the base model):
     # questions searched in it must be embedded by that version.
     model_directory: str = ""
+    # The entry classifier fitted on these phrasings (kb.entry_head), when it earned its place.
+    head: EntryHead | None = None
 
     @classmethod
     def create(
@@ -138,22 +151,37 @@ class LoadedIndex:
         variant_ids: np.ndarray,
         entry_ids: np.ndarray,
         keyword: KeywordIndex | None = None,
+        head: EntryHead | None = None,
     ) -> LoadedIndex:
-        """Wrap a dense index (and optionally its keyword index) with the id maps searches need."""
+        """Wrap a dense index (and optionally its keyword index and entry classifier) with the id
+        maps searches need. A classifier is kept only over an exact index of the same entries (it
+        ranks through EntryScan)."""
         variant_ids = np.asarray(variant_ids, dtype=np.int64)
         entry_ids = np.asarray(entry_ids, dtype=np.int64)
         order = np.argsort(entry_ids, kind="stable")
         entries, starts = np.unique(entry_ids[order], return_index=True)
         groups = np.split(variant_ids[order], starts[1:]) if len(entries) else []
         entry_by_variant = dict(zip(variant_ids.tolist(), entry_ids.tolist(), strict=True))
+        scan = EntryScan.of(index, entry_by_variant)
+        if head is not None and (scan is None or not np.array_equal(head.entry_ids, scan.entry_ids)):
+            logger.warning("index v%s: its entry classifier does not match its entries; ranking by cosine", version)
+            head = None
         return cls(
             version=version,
             index=index,
             entry_by_variant=entry_by_variant,
             keyword=keyword,
             variants_by_entry=dict(zip(entries.tolist(), groups, strict=True)),
-            scan=EntryScan.of(index, entry_by_variant),
+            scan=scan,
+            head=head,
         )
+
+    def head_bonus(self, query: np.ndarray) -> np.ndarray | None:
+        """The entry classifier's ranking bonus (weight x log P) per entry in scan order, or None
+        without a classifier."""
+        if self.head is None:
+            return None
+        return self.head.weight * self.head.log_probabilities(query)
 
     def search(self, query: np.ndarray, k: int) -> list[PhrasingHit]:
         """Top variants for one unit-length query vector as (variant_id, entry_id, score)."""
@@ -172,13 +200,19 @@ class LoadedIndex:
         ]
 
     def dense_candidates(
-        self, query: np.ndarray, *, entries: int, scan_scores: np.ndarray | None = None
+        self,
+        query: np.ndarray,
+        *,
+        entries: int,
+        scan_scores: np.ndarray | None = None,
+        bonus: np.ndarray | None = None,
     ) -> list[PhrasingHit]:
         """The best phrasing by cosine of at least ``entries`` entries (all if fewer), best first.
-        ``scan_scores``: the query's EntryScan.phrasing_scores, if computed already (flat index)."""
+        ``scan_scores``: the query's EntryScan.phrasing_scores, if computed already (flat index);
+        ``bonus``: :meth:`head_bonus`, to rank by cosine + bonus (flat index only)."""
         if self.scan is not None:
             # A few more than asked: callers drop entries unpublished since the index was built.
-            return self.scan.entries_best(query, entries=max(entries * 2, entries + 8), scores=scan_scores)
+            return self.scan.entries_best(query, entries=max(entries * 2, entries + 8), scores=scan_scores, bonus=bonus)
         return _entries_covering(lambda limit: self.search(query, limit), entries=entries, total=self.index.ntotal)
 
     def keyword_candidates(self, tokens: Sequence[str], *, entries: int) -> list[PhrasingHit]:
@@ -257,6 +291,7 @@ def write_index_file(
     *,
     keyword: KeywordIndex | None = None,
     texts: Sequence[str] | None = None,
+    head: EntryHead | None = None,
 ) -> None:
     """Write atomically: readers see the old file or the complete new one, never a partial one.
 
@@ -269,6 +304,8 @@ def write_index_file(
         extra.update(keyword.arrays())
     if texts is not None:
         extra["texts"], extra["text_offsets"] = strings_pack(texts)
+    if head is not None:
+        extra.update(head.arrays())
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -287,8 +324,9 @@ def read_index_file(path: Path, version: int) -> LoadedIndex:
         index = faiss.deserialize_index(data["index"])
         variant_ids, entry_ids = data["variant_ids"], data["entry_ids"]
         keyword = _keyword_index_read(data, variant_ids=variant_ids, entry_ids=entry_ids, path=path)
+        head = EntryHead.from_arrays(data)
     return LoadedIndex.create(
-        version=version, index=index, variant_ids=variant_ids, entry_ids=entry_ids, keyword=keyword
+        version=version, index=index, variant_ids=variant_ids, entry_ids=entry_ids, keyword=keyword, head=head
     )
 
 

@@ -300,6 +300,9 @@ KB_SEARCH_TOP_K = env.int("KB_SEARCH_TOP_K", default=5)
 # "auto" builds an exact flat index below the threshold and HNSW (approximate) above it.
 KB_INDEX_TYPE = env.str("KB_INDEX_TYPE", default="auto")
 KB_INDEX_HNSW_THRESHOLD = env.int("KB_INDEX_HNSW_THRESHOLD", default=100_000)
+# Fit the entry classifier (kb.entry_head) when an exact index is published; it ranks dense
+# questions only where it beat the cosine on held-out phrasings.
+KB_ENTRY_CLASSIFIER = env.bool("KB_ENTRY_CLASSIFIER", default=True)
 KB_DEMO_FILE = BASE_DIR / "kb" / "fixtures" / "demo_kb.json"
 # How long an uploaded import file waits for its preview to be confirmed; older ones are removed.
 KB_IMPORT_STAGING_SECONDS = env.int("KB_IMPORT_STAGING_SECONDS", default=86400)

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from kb.held_out import mcnemar_p
 from kb.tuning import (
     MIN_ENTRIES,
     NotEnoughPhrasings,
@@ -16,7 +17,6 @@ from kb.tuning import (
     _answer_f1,
     _batches,
     f1_difference_p,
-    mcnemar_p,
     ranking_evaluate,
     tuning_split,
 )

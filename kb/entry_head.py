@@ -1,0 +1,257 @@
+"""The entry classifier: a multinomial logistic regression over the knowledge base's phrasings that
+says which entry a question belongs to, learned each time an index is published (issue 12).
+
+Dense search ranks an entry by its best phrasing's cosine. Every phrasing is also a labelled
+example, and a classifier trained on all of an entry's phrasings sees what they share where the
+nearest phrasing sees one sentence. Live ranking adds the two: ``cosine + weight x log P(entry)``;
+the reported score (what the answer thresholds compare) stays the cosine. Measured on BANKING77's
+test questions (docs/BENCHMARKS.md): best cosine 91.95%, the classifier alone 93.1%, both 93.7%.
+
+The classifier must earn its place on every knowledge base: :func:`entry_head_fit` holds out a
+share of each entry's phrasings, fits on the rest, picks the weight on the held-out ones and keeps
+the classifier only when held-out top-1 beats the cosine's beyond noise (McNemar's exact test);
+otherwise the index ranks by cosine alone, as before, and the report says why. Fitting takes
+scikit-learn (the worker); applying it is one small matrix product (numpy, any process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from kb.held_out import HOLD_OUT_SHARE, MIN_ENTRIES, MIN_HELD_OUT, MIN_PHRASINGS, mcnemar_p
+
+# The weights tried on held-out phrasings. log P spans ~0 (sure) to ~-10 (ruled out), cosines ~0.3
+# to 1: on BANKING77 0.02-0.05 were best, 0.1 already worse.
+WEIGHTS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+REGULARISATION_C = 10.0  # scikit-learn's inverse strength; 3 and 30 measured no better on BANKING77
+MAX_ITERATIONS = 300
+MAX_ROWS = 60_000  # above this the rows are sampled: fitting time grows with them, accuracy barely
+SIGNIFICANCE = 0.05
+
+
+@dataclass(frozen=True)
+class EntryHead:
+    """A fitted classifier: ``log P(entry | query) = log_softmax(coef @ query + intercept)`` over
+    ``entry_ids`` (sorted), and the weight of that in the ranking."""
+
+    entry_ids: np.ndarray  # int64, sorted: the same order as kb.vector_index.EntryScan.entry_ids
+    coef: np.ndarray  # float32 (entries, dimension)
+    intercept: np.ndarray  # float32 (entries,)
+    weight: float
+
+    def log_probabilities(self, query: np.ndarray) -> np.ndarray:
+        """log P(entry) for each of ``entry_ids`` given one query vector."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        logits = np.empty(len(self.coef), dtype=np.float32)
+        # FAISS's single-threaded loop, as EntryScan's: a numpy product may start BLAS threads that
+        # spin against the other processes on the cores.
+        faiss.fvec_inner_products_ny(
+            faiss.swig_ptr(logits), faiss.swig_ptr(query), faiss.swig_ptr(self.coef), len(query), len(self.coef)
+        )
+        logits += self.intercept
+        logits -= logits.max()
+        return logits - np.log(np.exp(logits).sum())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """What the index file stores (kb.vector_index.write_index_file)."""
+        return {
+            "head_entry_ids": self.entry_ids,
+            "head_coef": self.coef,
+            "head_intercept": self.intercept,
+            "head_weight": np.array([self.weight], dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, data: Mapping[str, np.ndarray]) -> EntryHead | None:
+        """The head stored in an index file; None in files without one."""
+        if "head_coef" not in getattr(data, "files", data):
+            return None
+        return cls(
+            entry_ids=np.asarray(data["head_entry_ids"], dtype=np.int64),
+            coef=np.ascontiguousarray(data["head_coef"], dtype=np.float32),
+            intercept=np.asarray(data["head_intercept"], dtype=np.float32),
+            weight=float(data["head_weight"][0]),
+        )
+
+
+@dataclass(frozen=True)
+class HeadFit:
+    """What :func:`entry_head_fit` did: the head (None when declined or not earned) and a report for
+    the index version (held-out top-1 with and without, the weight, the paired test, sizes, time)."""
+
+    head: EntryHead | None
+    report: dict
+
+
+def entries_key(entry_ids: np.ndarray) -> str:
+    """A short fingerprint of a set of entries: a head fitted on the same entries can reuse the
+    weight chosen last time instead of choosing it again."""
+    unique = np.unique(np.asarray(entry_ids, dtype=np.int64))
+    return hashlib.sha1(unique.tobytes()).hexdigest()[:16]
+
+
+def phrasing_head_rows(embedder, vectors: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows the classifier learns from, the same rows as questions embedded for the cosine, and
+    each row's phrasing: ``embedder.phrasing_head_rows`` (the stored phrasing vectors in the forms
+    questions arrive in); for an embedder without one (a single model, which embeds a question as it
+    embeds a phrasing and gives the classifier that vector), the vectors themselves."""
+    rows_of = getattr(embedder, "phrasing_head_rows", None)
+    if rows_of is None:
+        return vectors, vectors, np.arange(len(vectors))
+    return rows_of(vectors, texts)
+
+
+def question_head_inputs(embedder, texts: list[str], queries: np.ndarray) -> np.ndarray:
+    """What the classifier reads for questions ``texts`` embedded as ``queries`` (by
+    ``embedder.encode_queries``): the embedder's ``head_inputs``, or the queries themselves."""
+    inputs_of = getattr(embedder, "head_inputs", None)
+    return queries if inputs_of is None else inputs_of(texts, queries)
+
+
+def _split(entry_ids: np.ndarray, seed: int) -> np.ndarray | None:
+    """Which phrasings are held out (HOLD_OUT_SHARE of each entry with MIN_PHRASINGS or more), or
+    None when too few can be."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(entry_ids), dtype=bool)
+    trainable = 0
+    for entry in np.unique(entry_ids):
+        rows = np.flatnonzero(entry_ids == entry)
+        if len(rows) < MIN_PHRASINGS:
+            continue
+        trainable += 1
+        held[rng.permutation(rows)[: max(1, round(len(rows) * HOLD_OUT_SHARE))]] = True
+    if trainable < MIN_ENTRIES or held.sum() < MIN_HELD_OUT:
+        return None
+    return held
+
+
+def _best_cosines(vectors: np.ndarray, entry_ids: np.ndarray, classes: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's best phrasing cosine per entry (columns in ``classes`` order), in chunks to
+    bound memory."""
+    order = np.argsort(entry_ids, kind="stable")
+    starts = np.searchsorted(entry_ids[order], classes)
+    matrix = np.ascontiguousarray(vectors[order])
+    out = np.empty((len(queries), len(classes)), dtype=np.float32)
+    for start in range(0, len(queries), 1024):
+        scores = queries[start : start + 1024] @ matrix.T
+        out[start : start + 1024] = np.maximum.reduceat(scores, starts, axis=1)
+    return out
+
+
+def _fit(rows: np.ndarray, labels: np.ndarray, warm: EntryHead | None = None):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=REGULARISATION_C, max_iter=MAX_ITERATIONS, warm_start=warm is not None)
+    if warm is not None:
+        model.coef_, model.intercept_ = warm.coef.astype(np.float64), warm.intercept.astype(np.float64)
+    model.fit(rows, labels)
+    return model
+
+
+def _head(model, weight: float) -> EntryHead:
+    return EntryHead(
+        entry_ids=np.asarray(model.classes_, dtype=np.int64),
+        coef=np.ascontiguousarray(model.coef_, dtype=np.float32),
+        intercept=np.asarray(model.intercept_, dtype=np.float32),
+        weight=float(weight),
+    )
+
+
+def _sample(count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(count, MAX_ROWS, replace=False)) if count > MAX_ROWS else np.arange(count)
+
+
+def entry_head_fit(
+    vectors: np.ndarray,
+    entry_ids: np.ndarray,
+    head_rows: np.ndarray,
+    query_rows: np.ndarray,
+    row_phrasing: np.ndarray,
+    *,
+    previous: EntryHead | None = None,
+    previous_report: Mapping | None = None,
+    seed: int = 0,
+) -> HeadFit:
+    """Fit the entry classifier for an index.
+
+    ``vectors`` / ``entry_ids``: the index's phrasing vectors and their entries (what the cosine
+    ranks). ``head_rows``: the phrasings in the forms questions reach the classifier, and
+    ``query_rows`` the same rows as the cosine gets them (:func:`phrasing_head_rows`; a phrasing
+    may give several rows, e.g. one per model that may embed a question); ``row_phrasing`` the
+    phrasing of each row.
+
+    ``previous`` / ``previous_report``: the last index's head and report. When they were fitted on
+    the same entries, the weight (or the decision to go without a head) is kept and the classifier
+    is refitted from the previous coefficients, which is several times faster than choosing again."""
+    started = time.perf_counter()
+    entry_ids = np.asarray(entry_ids, dtype=np.int64)
+    key = entries_key(entry_ids)
+    report: dict = {"entries_key": key, "phrasings": int(len(entry_ids)), "rows": int(len(head_rows))}
+    rng = np.random.default_rng(seed)
+    labels = entry_ids[row_phrasing]
+    same_entries = previous_report is not None and previous_report.get("entries_key") == key
+    if same_entries and previous_report.get("kept") is False and previous_report.get("reason"):
+        # Chosen on these entries already: do not spend the fit on every edit of a phrasing.
+        return HeadFit(None, {**report, "kept": False, "reason": previous_report["reason"], "reused": True})
+    if same_entries and previous is not None and np.array_equal(previous.entry_ids, np.unique(entry_ids)):
+        sample = _sample(len(head_rows), rng)
+        model = _fit(head_rows[sample], labels[sample], warm=previous)
+        report.update(
+            {
+                key_: previous_report[key_]
+                for key_ in ("held_out", "top1_cosine", "top1_with_head", "top1_head_alone", "p_value")
+                if key_ in previous_report
+            }
+        )
+        report.update(kept=True, weight=previous.weight, reused=True, seconds=round(time.perf_counter() - started, 2))
+        return HeadFit(_head(model, previous.weight), report)
+
+    held = _split(entry_ids, seed)
+    if held is None:
+        reason = (
+            f"too few phrasings to measure a classifier: needs {MIN_ENTRIES}+ entries with {MIN_PHRASINGS}+ "
+            f"phrasings each and {MIN_HELD_OUT}+ to hold out"
+        )
+        return HeadFit(None, {**report, "kept": False, "reason": reason})
+    train_rows = ~held[row_phrasing]
+    sample = np.flatnonzero(train_rows)[_sample(int(train_rows.sum()), rng)]
+    model = _fit(head_rows[sample], labels[sample])
+    classes = model.classes_
+    asked = np.flatnonzero(held[row_phrasing])
+    truth = np.searchsorted(classes, labels[asked])
+    cosine = _best_cosines(vectors[~held], entry_ids[~held], classes, query_rows[asked])
+    log_p = model.predict_log_proba(head_rows[asked])
+    base_right = cosine.argmax(axis=1) == truth
+    accuracy = {w: float(((cosine + w * log_p).argmax(axis=1) == truth).mean()) for w in WEIGHTS}
+    weight = max(WEIGHTS, key=lambda w: (accuracy[w], -w))
+    head_right = (cosine + weight * log_p).argmax(axis=1) == truth
+    p_value = mcnemar_p(base_right, head_right)
+    report.update(
+        held_out=int(len(asked)),
+        top1_cosine=round(float(base_right.mean()), 4),
+        top1_with_head=round(accuracy[weight], 4),
+        top1_head_alone=round(float((log_p.argmax(axis=1) == truth).mean()), 4),
+        weight=weight,
+        p_value=round(p_value, 4),
+    )
+    if accuracy[weight] <= base_right.mean() or p_value >= SIGNIFICANCE:
+        report.update(
+            kept=False,
+            reason=(
+                f"held-out top-1 {base_right.mean():.2%} by cosine, {accuracy[weight]:.2%} with the classifier "
+                f"(p = {p_value:.2f}): not better beyond noise"
+            ),
+            seconds=round(time.perf_counter() - started, 2),
+        )
+        return HeadFit(None, report)
+    # Every phrasing now, starting from the held-out fit (same entries: each keeps training phrasings).
+    sample = _sample(len(head_rows), rng)
+    final = _fit(head_rows[sample], labels[sample], warm=_head(model, weight))
+    report.update(kept=True, seconds=round(time.perf_counter() - started, 2))
+    return HeadFit(_head(final, weight), report)
