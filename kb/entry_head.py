@@ -33,6 +33,9 @@ REGULARISATION_C = 10.0  # scikit-learn's inverse strength; 3 and 30 measured no
 MAX_ITERATIONS = 300
 MAX_ROWS = 60_000  # above this the rows are sampled: fitting time grows with them, accuracy barely
 SIGNIFICANCE = 0.05
+# A measured "no" is reused for the same entries while their phrasings grow by less than this share:
+# more phrasings may give the classifier what it lacked.
+REUSE_SIZE_CHANGE = 0.1
 
 
 @dataclass(frozen=True)
@@ -196,8 +199,13 @@ def entry_head_fit(
     rng = np.random.default_rng(seed)
     labels = entry_ids[row_phrasing]
     same_entries = previous_report is not None and previous_report.get("entries_key") == key
-    if same_entries and previous_report.get("kept") is False and previous_report.get("reason"):
-        # Chosen on these entries already: do not spend the fit on every edit of a phrasing.
+    if (
+        same_entries
+        and previous_report.get("kept") is False
+        and "held_out" in previous_report  # measured, not declined for size or a failure
+        and abs(previous_report.get("phrasings", 0) - len(entry_ids)) <= REUSE_SIZE_CHANGE * len(entry_ids)
+    ):
+        # Measured on these entries already: do not spend the fit on every edit of a phrasing.
         return HeadFit(None, {**report, "kept": False, "reason": previous_report["reason"], "reused": True})
     if same_entries and previous is not None and np.array_equal(previous.entry_ids, np.unique(entry_ids)):
         sample = _sample(len(head_rows), rng)

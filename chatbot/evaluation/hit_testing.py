@@ -141,6 +141,9 @@ class HitShown:
     phrasing: str
     score: float
     verdict: str  # the score against the answer and clarify thresholds
+    # What ranked it when the entry classifier did (cosine + weight x log P(entry)): the hits are
+    # then not in score order, and the editor sees why.
+    ranking_score: float | None = None
 
     @property
     def matched_question(self) -> bool:
@@ -186,6 +189,7 @@ def hits_shown(answers: Iterable[Answer]) -> list[list[HitShown]]:
                     phrasing=phrasings.get(hit.matched_variant_id, hit.question),
                     score=hit.score,
                     verdict=_verdict(hit.score, answer),
+                    ranking_score=hit.fused_score if answer.decision.search_mode == "dense+classifier" else None,
                 )
             )
         shown.append(rows)

@@ -75,7 +75,13 @@ class SearchHitSerializer(serializers.Serializer):
     score = serializers.FloatField(help_text="Dense (cosine) score of its best phrasing: the decision compares it.")
     variant_id = serializers.IntegerField(source="matched_variant_id")
     keyword_score = serializers.FloatField(allow_null=True, help_text="BM25 score, when keyword search took part.")
-    fused_score = serializers.FloatField(allow_null=True, help_text="Hybrid ranking score, when keywords took part.")
+    fused_score = serializers.FloatField(
+        allow_null=True,
+        help_text=(
+            "What ranked the entry: the hybrid score when keywords took part, "
+            "cosine + weight x log P(entry) with the entry classifier."
+        ),
+    )
 
 
 class SearchResultSerializer(serializers.Serializer):

@@ -106,9 +106,20 @@ def test_same_entries_reuse_the_choice_and_new_entries_choose_again():
     assert again.report["reused"] is True and again.head is not None
     assert again.head.weight == first.head.weight and again.report["top1_with_head"] == first.report["top1_with_head"]
 
-    declined = {"entries_key": first.report["entries_key"], "kept": False, "reason": "not better"}
+    declined = {
+        "entries_key": first.report["entries_key"],
+        "kept": False,
+        "reason": "not better",
+        "held_out": 60,
+        "phrasings": TOPICS * PHRASINGS,
+    }
     skipped, _, _ = _fit(_texts(), previous_report=declined)
     assert skipped.head is None and skipped.report["reused"] is True and skipped.report["reason"] == "not better"
+    # Many more phrasings since, or a decline for size: measured again.
+    assert "reused" not in _fit(_texts(phrasings=40), previous_report=declined)[0].report
+    too_small = {"entries_key": first.report["entries_key"], "kept": False, "reason": "too few phrasings"}
+    again_measured, _, _ = _fit(_texts(), previous_report=too_small)
+    assert "reused" not in again_measured.report and again_measured.head is not None
 
     grown, _, _ = _fit(_texts(topics=TOPICS + 1), previous=first.head, previous_report=first.report)
     assert "reused" not in grown.report and grown.report["entries_key"] != first.report["entries_key"]
@@ -190,6 +201,9 @@ def test_publishing_fits_it_and_live_search_ranks_with_it(cluster_kb, settings, 
     assert loaded.version == version.pk and loaded.head is not None
     page = admin_client.get("/admin/kb/indexversion/").content.decode()
     assert f"ranks (weight {version.entry_head['weight']}" in page and "by cosine" in page
+    # Hit testing tells the editor what ranked the entries, since that is not their score order.
+    page = admin_client.post("/admin/kb/entry/hit-testing/", {"questions": "topic 4 #2000"}).content.decode()
+    assert page.count("with the entry classifier") == len(result.hits)
 
     # A phrasing edited: same entries, so the weight is kept and the classifier refitted.
     variant = Variant.objects.filter(entry__question="topic 3 #0").exclude(text="topic 3 #0").first()

@@ -76,6 +76,20 @@ def test_ranking_measures_and_paired_tests_tell_a_better_model_from_a_worse():
     assert good.f1 > bad.f1
     assert f1_difference_p(bad, good, split, resamples=200) < 0.05
     assert f1_difference_p(good, bad, split, resamples=200) > 0.5
+    # Decided as live chat decides: by an answer confidence fitted out of fold on these questions.
+    # (The bad model gets too few right, 5 of 72, to learn a confidence from: its F1 is the score's.)
+    assert good.decided_by == "confidence" and bad.decided_by == "score" and bad.f1 == bad.score_f1
+    assert good.best_scores.min() >= 0 and good.best_scores.max() <= 1 and good.score_f1 is not None
+    assert good.as_dict()["decided_by"] == "confidence"
+
+
+def test_f1_falls_back_to_the_score_when_a_confidence_cannot_be_fitted():
+    """With every question right and none out of scope there is no "wrong" class to learn."""
+    split = tuning_split(_phrasings(40, 10), seed=2)
+    in_scope_only = TuningSplit(train=split.train, held_out=split.held_out, out_of_scope=[])
+    scores = ranking_evaluate(_encoder(0.3), in_scope_only)
+    assert scores.top1 == 1.0 and scores.decided_by == "score" and scores.f1 == scores.score_f1
+    assert np.all(scores.best_scores > 0.5)  # cosines
 
 
 def test_answer_f1_respects_the_cap_and_cuts_only_between_scores():
