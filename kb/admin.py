@@ -634,10 +634,10 @@ class IndexVersionAdmin(admin.ModelAdmin):
             return "-"
         measured = ""
         if "top1_cosine" in report:
-            measured = (
-                f"held-out top-1 {report['top1_cosine']:.1%} by cosine, {report['top1_with_head']:.1%} with it"
-                f" (p = {report['p_value']:.2g})"
-            )
+            p_value = report["p_value"]  # rounded to 4 places when stored
+            p_text = "p < 0.0001" if p_value < 0.0001 else f"p = {p_value:.2g}"
+            cosine, with_head = report["top1_cosine"], report["top1_with_head"]
+            measured = f"held-out top-1 {cosine:.1%} by cosine, {with_head:.1%} with it ({p_text})"
         if report.get("kept"):
             reused = ", refitted with the weight chosen before" if report.get("reused") else ""
             return f"ranks (weight {report['weight']}{reused}); {measured}".rstrip("; ")

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connections
 
 from chatbot.models import Conversation, Message, Site
+from tests.axe_summary import axe_summary
 from tests.factories import entries_create, kb_embed_and_publish
 from tests.integration.servers import web_server_start
 from tests.integration.widget_hosts import HostSite, TcpProxy
@@ -389,7 +390,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
 
     # axe-core: no violations on the host page with the widget open; no CSP violation at any point.
     results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
+    assert results.violations_count == 0, axe_summary(results)
     assert not [line for line in page.console if "Content Security Policy" in line or "Refused to" in line]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "widget-desktop.png"))
@@ -412,7 +413,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     ask(phone, "可以开发票吗")
     wait_for_bubbles(phone, 2)
     results = Axe().run(phone)
-    assert results.violations_count == 0, results.generate_report()
+    assert results.violations_count == 0, axe_summary(results)
     phone.screenshot(path=str(SCREENSHOTS / "widget-phone.png"))
 
     # A page on an origin the site does not list: no widget, and the socket is refused.
@@ -513,4 +514,4 @@ def test_the_demo_page_is_a_host_page_of_the_widget(tmp_path, chromium, stop_aft
         {"kind": "bot", "text": entries["How do I reset my password?"].answer, "pending": False},
     ]
     results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
+    assert results.violations_count == 0, axe_summary(results)
