@@ -43,30 +43,34 @@ def _measure(embedder, kb) -> dict:
     """Cosine alone and cosine + entry classifier for ``embedder``, through the product's steps."""
     import numpy as np
 
-    from kb.entry_head import entry_head_fit, phrasing_head_rows, question_head_inputs
+    from kb.entry_head import INPUTS, entry_head_fit, phrasing_head_rows, question_head_inputs
 
     vectors, phrasing_seconds = texts_encode(embedder, kb.phrasings)
     questions, question_seconds = texts_encode(embedder, kb.queries, queries=True)
     index = index_load(vectors=vectors, kb=kb, keyword=False)
-    with Timer() as fit_timer:
-        rows, row_queries, row_phrasing = phrasing_head_rows(embedder, vectors, kb.phrasings)
-        fitted = entry_head_fit(vectors, kb.phrasing_entry_ids, rows, row_queries, row_phrasing)
-    with Timer() as inputs_timer:
-        head_inputs = question_head_inputs(embedder, kb.queries, questions)
-    print(f"  classifier: {fitted.report}", flush=True)
-    configs = [RankConfig(index=index, vectors=questions, hybrid=False)]
-    if fitted.head is not None:
-        configs.append(
-            RankConfig(
-                index=dataclasses.replace(index, head=fitted.head),
-                vectors=questions,
-                hybrid=False,
-                head_inputs=head_inputs,
+    configs, names, out = [RankConfig(index=index, vectors=questions, hybrid=False)], ["cosine"], {}
+    # The classifier reading each input (KB_ENTRY_CLASSIFIER_INPUT), side by side.
+    for reads in INPUTS:
+        with Timer() as fit_timer:
+            rows, row_queries, row_phrasing = phrasing_head_rows(embedder, vectors, kb.phrasings, reads)
+            fitted = entry_head_fit(vectors, kb.phrasing_entry_ids, rows, row_queries, row_phrasing, reads=reads)
+        with Timer() as inputs_timer:
+            head_inputs = question_head_inputs(embedder, kb.queries, questions, reads)
+        print(f"  classifier reading {reads}: {fitted.report}", flush=True)
+        out[f"fit_{reads}"] = {**fitted.report, "wall_seconds": round(fit_timer.seconds, 1)}
+        out[f"head_input_ms_per_question_{reads}"] = round(inputs_timer.seconds * 1000 / max(len(kb.queries), 1), 3)
+        if fitted.head is not None:
+            names.append(f"classifier_{reads}")
+            configs.append(
+                RankConfig(
+                    index=dataclasses.replace(index, head=fitted.head),
+                    vectors=questions,
+                    hybrid=False,
+                    head_inputs=head_inputs,
+                )
             )
-        )
     ranked = queries_rank_many(configs=configs, queries=kb.queries, k=10)
-    out = {}
-    for name, result in zip(("cosine", "classifier"), ranked, strict=False):
+    for name, result in zip(names, ranked, strict=True):
         right = np.array(
             [bool(r) and r[0].entry_id == e for r, e in zip(result.entries, kb.query_entry_ids, strict=True)]
         )
@@ -75,9 +79,6 @@ def _measure(embedder, kb) -> dict:
             "right": right,
             "rank_ms_p50": round(float(np.percentile(result.latency_ms, 50)), 3),
         }
-    out["fit"] = {**fitted.report, "wall_seconds": round(fit_timer.seconds, 1)}
-    # The classifier's input costs a USE call per English question on top of the query.
-    out["head_input_ms_per_question"] = round(inputs_timer.seconds * 1000 / max(len(kb.queries), 1), 3)
     out["embed_seconds"] = round(phrasing_seconds + question_seconds, 1)
     return out
 
@@ -116,6 +117,16 @@ def _train(kb, training) -> tuple[str, dict, float]:
     return "tuned", run, timer.seconds
 
 
+def _classifier_rows(label: str, measured: dict) -> list[tuple]:
+    rows = []
+    for reads in ("question", "both"):
+        fit = measured[f"fit_{reads}"]
+        if f"classifier_{reads}" in measured:
+            time_note = f"fit {fit['wall_seconds']} s"
+            rows.append(_row(f"{label} + entry classifier reading {reads}", measured[f"classifier_{reads}"], time_note))
+    return rows
+
+
 def _row(name: str, scores: dict, extra: str) -> tuple:
     return (name, f"{scores['top1']:.2%}", f"{scores['recall5']:.2%}", f"{scores['mrr']:.4f}", extra)
 
@@ -139,20 +150,21 @@ def main() -> None:
     from django.conf import settings
 
     from kb.embedders import embedder_for
+    from kb.entry_head import INPUTS
     from kb.tuning import TrainingSettings
 
     kb = banking77_load()
     print("base model", flush=True)
     base = _measure(embedder_for(""), kb)
-    rows = [
-        _row("base (all-MiniLM-L6-v2), cosine", base["cosine"], "-"),
-        _row("base + entry classifier", base.get("classifier", base["cosine"]), f"fit {base['fit']['wall_seconds']} s"),
-    ]
+    rows = [_row("base (all-MiniLM-L6-v2), cosine", base["cosine"], "-")] + _classifier_rows("base", base)
     result = {
         "data": {"kb_phrasings": len(kb.phrasings), "entries": len(kb.entry_names), "test_questions": len(kb.queries)},
         "base": base,
     }
-    comparisons = {"base: classifier vs cosine": ("base", "cosine", "base", "classifier")}
+    comparisons = {
+        f"base: classifier ({reads}) vs cosine": ("base", "cosine", "base", f"classifier_{reads}") for reads in INPUTS
+    }
+    comparisons["base: classifier both vs question"] = ("base", "classifier_question", "base", "classifier_both")
     if not args.no_tuning:
         defaults = TrainingSettings()
         training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=args.hard_negatives)
@@ -168,23 +180,20 @@ def main() -> None:
             directory, run, seconds = _train(kb, training)
         tuned = _measure(embedder_for(directory), kb)
         label = f"tuned ({training.epochs} epoch, {'hard negatives' if training.hard_negatives else 'in-batch only'})"
-        rows += [
-            _row(f"{label}, cosine", tuned["cosine"], f"training {seconds / 60:.1f} min"),
-            _row(
-                f"{label} + entry classifier",
-                tuned.get("classifier", tuned["cosine"]),
-                f"fit {tuned['fit']['wall_seconds']} s",
-            ),
-        ]
+        rows += [_row(f"{label}, cosine", tuned["cosine"], f"training {seconds / 60:.1f} min")]
+        rows += _classifier_rows(label, tuned)
         result["training"] = {**training.__dict__, **run, "wall_seconds": round(seconds, 1)}
         result["tuned"] = tuned
-        comparisons.update(
-            {
-                "cosine: tuned vs base": ("base", "cosine", "tuned", "cosine"),
-                "tuned: classifier vs cosine": ("tuned", "cosine", "tuned", "classifier"),
-                "tuned + classifier vs base cosine": ("base", "cosine", "tuned", "classifier"),
-            }
-        )
+        comparisons["cosine: tuned vs base"] = ("base", "cosine", "tuned", "cosine")
+        for reads in INPUTS:
+            comparisons[f"tuned: classifier ({reads}) vs cosine"] = ("tuned", "cosine", "tuned", f"classifier_{reads}")
+            comparisons[f"tuned + classifier ({reads}) vs base cosine"] = (
+                "base",
+                "cosine",
+                "tuned",
+                f"classifier_{reads}",
+            )
+        comparisons["tuned: classifier both vs question"] = ("tuned", "classifier_question", "tuned", "classifier_both")
     print()
     print(table(rows, ("model", "top-1", "recall@5", "MRR", "time")))
     result["mcnemar"] = {}
@@ -195,7 +204,7 @@ def main() -> None:
         result["mcnemar"][name] = mcnemar(first["right"], second["right"])
         print(f"McNemar {name}: {result['mcnemar'][name]}")
     for part in ("base", "tuned"):
-        for kind in ("cosine", "classifier"):
+        for kind in ("cosine", *(f"classifier_{reads}" for reads in INPUTS)):
             if part in result and kind in result[part]:
                 result[part][kind].pop("right")
     print(f"saved {save('tune', result).relative_to(settings.BASE_DIR)}")

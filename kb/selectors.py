@@ -365,7 +365,7 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
     head_input = None
     if classified:
         head_started = time.perf_counter()
-        head_input = question_head_inputs(embedder, [query], vector[None])[0]
+        head_input = question_head_inputs(embedder, [query], vector[None], index.head.reads)[0]
         timings["classifier_input"] = (time.perf_counter() - head_started) * 1000
     scan_scores = None
     if features and index.scan is not None and vector is not None:

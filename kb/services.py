@@ -627,7 +627,8 @@ def _entry_head_fit(
     """The entry classifier for an index being published (kb.entry_head), learned from its
     phrasings as questions would be embedded. A failure to fit never stops the publication: the
     index then ranks by cosine alone, and the report says why."""
-    rows, queries, row_phrasing = phrasing_head_rows(embedder, vectors, texts)
+    reads = settings.KB_ENTRY_CLASSIFIER_INPUT
+    rows, queries, row_phrasing = phrasing_head_rows(embedder, vectors, texts, reads)
     previous_head = None
     if previous is not None and previous.entry_head.get("kept"):
         try:
@@ -644,6 +645,7 @@ def _entry_head_fit(
             row_phrasing,
             previous=previous_head,
             previous_report=previous.entry_head if previous is not None else None,
+            reads=reads,
         )
     except (ValueError, ArithmeticError, MemoryError) as exc:
         logger.exception("fitting the entry classifier failed; the index ranks by cosine")

@@ -121,6 +121,10 @@ def test_same_entries_reuse_the_choice_and_new_entries_choose_again():
     again_measured, _, _ = _fit(_texts(), previous_report=too_small)
     assert "reused" not in again_measured.report and again_measured.head is not None
 
+    # Another input: chosen again (the weight was chosen for what the classifier read then).
+    other_input, _, _ = _fit(_texts(), previous=first.head, previous_report=first.report, reads="question")
+    assert "reused" not in other_input.report and other_input.head.reads == "question"
+
     grown, _, _ = _fit(_texts(topics=TOPICS + 1), previous=first.head, previous_report=first.report)
     assert "reused" not in grown.report and grown.report["entries_key"] != first.report["entries_key"]
 
@@ -129,11 +133,13 @@ def test_the_index_file_keeps_the_classifier_and_a_mismatched_one_is_dropped(tmp
     fitted, vectors, entry_ids = _fit(_texts())
     variant_ids = np.arange(1, len(vectors) + 1, dtype=np.int64)
     path = tmp_path / "index.npz"
-    write_index_file(
-        path, build_index(vectors, variant_ids, vectors.shape[1]), variant_ids, entry_ids, head=fitted.head
-    )
+    index = build_index(vectors, variant_ids, vectors.shape[1])
+    write_index_file(path, index, variant_ids, entry_ids, head=fitted.head)
     loaded = read_index_file(path, 7)
     assert np.array_equal(loaded.head.coef, fitted.head.coef) and loaded.head.weight == fitted.head.weight
+    assert loaded.head.reads == "both"
+    write_index_file(path, index, variant_ids, entry_ids, head=dataclasses.replace(fitted.head, reads="question"))
+    assert read_index_file(path, 8).head.reads == "question"
     assert np.array_equal(loaded.head.entry_ids, loaded.scan.entry_ids)
 
     other = dataclasses.replace(fitted.head, entry_ids=fitted.head.entry_ids + 100)
@@ -169,6 +175,11 @@ def test_routed_rows_are_the_phrasings_as_questions_reach_the_classifier():
     assert np.allclose(rows[2:, :english], 0) and np.allclose(rows[2:, english:], use * np.sqrt(2), atol=1e-5)
     assert np.allclose(queries[2:], rows[2:])
     assert np.allclose(rows[3], asked[1], atol=1e-5)
+
+    # Reading the question alone: rows and inputs are the query forms (no USE call for English).
+    rows, queries, _ = phrasing_head_rows(embedder, stored, texts, "question")
+    assert np.array_equal(rows, queries)
+    assert np.array_equal(question_head_inputs(embedder, texts, asked, "question"), asked)
 
 
 @pytest.fixture
