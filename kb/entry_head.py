@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from kb.held_out import HOLD_OUT_SHARE, MIN_ENTRIES, MIN_HELD_OUT, MIN_PHRASINGS, mcnemar_p
+from kb.held_out import HOLD_OUT_SHARE, MIN_ENTRIES, MIN_HELD_OUT, MIN_PHRASINGS, entry_best_scores, mcnemar_p
 
 # The weights tried on held-out phrasings. log P spans ~0 (sure) to ~-10 (ruled out), cosines ~0.3
 # to 1: on BANKING77 0.02-0.05 were best, 0.1 already worse.
@@ -145,19 +145,6 @@ def _split(entry_ids: np.ndarray, seed: int) -> np.ndarray | None:
     return held
 
 
-def _best_cosines(vectors: np.ndarray, entry_ids: np.ndarray, classes: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Each query's best phrasing cosine per entry (columns in ``classes`` order), in chunks to
-    bound memory."""
-    order = np.argsort(entry_ids, kind="stable")
-    starts = np.searchsorted(entry_ids[order], classes)
-    matrix = np.ascontiguousarray(vectors[order])
-    out = np.empty((len(queries), len(classes)), dtype=np.float32)
-    for start in range(0, len(queries), 1024):
-        scores = queries[start : start + 1024] @ matrix.T
-        out[start : start + 1024] = np.maximum.reduceat(scores, starts, axis=1)
-    return out
-
-
 def _fit(rows: np.ndarray, labels: np.ndarray, warm: EntryHead | None = None):
     from sklearn.linear_model import LogisticRegression
 
@@ -251,7 +238,9 @@ def entry_head_fit(
     classes = model.classes_
     asked = np.flatnonzero(held[row_phrasing])
     truth = np.searchsorted(classes, labels[asked])
-    cosine = _best_cosines(vectors[~held], entry_ids[~held], classes, query_rows[asked])
+    cosine, entries = entry_best_scores(vectors[~held], entry_ids[~held], query_rows[asked])
+    if not np.array_equal(entries, classes):  # only if sampling MAX_ROWS left an entry without rows
+        raise ValueError("the classifier's entries differ from the index's")
     log_p = model.predict_log_proba(head_rows[asked])
     base_right = cosine.argmax(axis=1) == truth
     accuracy = {w: float(((cosine + w * log_p).argmax(axis=1) == truth).mean()) for w in WEIGHTS}

@@ -22,3 +22,17 @@ def mcnemar_p(base_right: np.ndarray, tuned_right: np.ndarray) -> float:
     if only_base + only_tuned == 0:
         return 1.0
     return float(binomtest(only_tuned, only_base + only_tuned, 0.5).pvalue)
+
+
+def entry_best_scores(
+    kb_vectors: np.ndarray, kb_entries: np.ndarray, queries: np.ndarray, *, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's score for each entry (its best phrasing's cosine, as live search ranks), and the
+    entry ids (columns, sorted); queries are scored ``chunk`` at a time to bound memory."""
+    order = np.argsort(kb_entries, kind="stable")
+    entries, starts = np.unique(kb_entries[order], return_index=True)
+    matrix = np.ascontiguousarray(kb_vectors[order])
+    out = np.empty((len(queries), len(entries)), dtype=np.float32)
+    for start in range(0, len(queries), chunk):
+        out[start : start + chunk] = np.maximum.reduceat(queries[start : start + chunk] @ matrix.T, starts, axis=1)
+    return out, entries

@@ -241,6 +241,7 @@ def index_entries_rank(
     timings_ms: dict[str, float] | None = None,
     scan_scores: np.ndarray | None = None,
     head_input: np.ndarray | None = None,
+    head_log_probabilities: np.ndarray | None = None,
 ) -> list[FusedEntry]:
     """The search step shared by live search and the benchmarks: dense and (if ``hybrid`` and the
     index has keyword data) keyword candidates, ``keep`` (which of their entries may answer),
@@ -251,7 +252,8 @@ def index_entries_rank(
     EntryScan.phrasing_scores when the caller computed them (to reuse them for retrieval features).
     ``head_input``: what the index's entry classifier reads for this question
     (kb.entry_head.question_head_inputs; default ``vector``): with a classifier, dense questions
-    rank by cosine + weight x log P(entry)."""
+    rank by cosine + weight x log P(entry); ``head_log_probabilities``: its output for this question
+    when the caller computed it already."""
     fusion = fusion or Fusion()
     hybrid = hybrid and index.keyword is not None
     depth = max(k, fusion.depth) if hybrid else k
@@ -259,8 +261,10 @@ def index_entries_rank(
     started = time.perf_counter()
     # The entry classifier ranks dense questions only: hybrid fusion was tuned on cosines.
     bonus = None
-    if vector is not None and not hybrid:
-        bonus = index.head_bonus(vector if head_input is None else head_input)
+    if vector is not None and not hybrid and index.head is not None:
+        if head_log_probabilities is None:
+            head_log_probabilities = index.head.log_probabilities(vector if head_input is None else head_input)
+        bonus = index.head.weight * head_log_probabilities
     dense = (
         index.dense_candidates(vector, entries=depth, scan_scores=scan_scores, bonus=bonus)
         if vector is not None
@@ -362,11 +366,12 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         return entries.keys()
 
     classified = index.head is not None and vector is not None and not hybrid
-    head_input = None
+    log_probabilities = None
     if classified:
         head_started = time.perf_counter()
         head_input = question_head_inputs(embedder, [query], vector[None], index.head.reads)[0]
-        timings["classifier_input"] = (time.perf_counter() - head_started) * 1000
+        log_probabilities = index.head.log_probabilities(head_input)  # ranks, and gives features
+        timings["classifier"] = (time.perf_counter() - head_started) * 1000
     scan_scores = None
     if features and index.scan is not None and vector is not None:
         scan_scores = index.scan.phrasing_scores(vector)
@@ -380,7 +385,7 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         keep=published,
         timings_ms=timings,
         scan_scores=scan_scores,
-        head_input=head_input,
+        head_log_probabilities=log_probabilities,
     )
     hits = [
         EntryHit(
@@ -405,7 +410,7 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
             query,
             scores=scan_scores,
             entry_id=hits[0].entry_id,
-            log_probabilities=index.head.log_probabilities(head_input) if classified else None,
+            log_probabilities=log_probabilities,
         )
         timings["features"] = (time.perf_counter() - features_started) * 1000
     return SearchResult(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kb.held_out import HOLD_OUT_SHARE, MIN_ENTRIES, MIN_HELD_OUT, MIN_PHRASINGS
+from kb.held_out import HOLD_OUT_SHARE, MIN_ENTRIES, MIN_HELD_OUT, MIN_PHRASINGS, entry_best_scores
 
 OUT_OF_SCOPE_SHARE = 0.1  # of the entries, held out whole as out-of-scope questions
 MAX_WRONG_RATE = 0.05  # the cap on wrong answers for the F1 comparison, as kb_calibrate's default
@@ -150,14 +150,6 @@ class RankingScores:
         return data
 
 
-def _entry_scores(kb_vectors: np.ndarray, kb_entries: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's score for each entry (its best phrasing), and the entry ids (columns)."""
-    order = np.argsort(kb_entries, kind="stable")
-    entries, starts = np.unique(kb_entries[order], return_index=True)
-    cosines = queries @ kb_vectors[order].T
-    return np.maximum.reduceat(cosines, starts, axis=1), entries
-
-
 def _answer_f1(best: np.ndarray, right: np.ndarray, in_scope: int, cap: float) -> tuple[float, float]:
     """The best F1 over score thresholds, answering when the best score reaches it, with wrong
     answers (a wrong entry, or any answer to an out-of-scope question) <= ``cap`` of all questions."""
@@ -193,7 +185,7 @@ def ranking_evaluate(
     kb_entries = np.array([p.entry_id for p in split.train], dtype=np.int64)
     questions = split.held_out + split.out_of_scope
     question_vectors = encode([q.text for q in questions])
-    scores, entries = _entry_scores(kb_vectors, kb_entries, question_vectors)
+    scores, entries = entry_best_scores(kb_vectors, kb_entries, question_vectors)
     expected = np.array([q.entry_id for q in split.held_out], dtype=np.int64)
     in_scope = len(split.held_out)
     own = scores[np.arange(in_scope), np.searchsorted(entries, expected)]

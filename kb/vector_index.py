@@ -176,13 +176,6 @@ class LoadedIndex:
             head=head,
         )
 
-    def head_bonus(self, query: np.ndarray) -> np.ndarray | None:
-        """The entry classifier's ranking bonus (weight x log P) per entry in scan order, or None
-        without a classifier."""
-        if self.head is None:
-            return None
-        return self.head.weight * self.head.log_probabilities(query)
-
     def search(self, query: np.ndarray, k: int) -> list[PhrasingHit]:
         """Top variants for one unit-length query vector as (variant_id, entry_id, score)."""
         if self.index.ntotal == 0:
@@ -209,7 +202,8 @@ class LoadedIndex:
     ) -> list[PhrasingHit]:
         """The best phrasing by cosine of at least ``entries`` entries (all if fewer), best first.
         ``scan_scores``: the query's EntryScan.phrasing_scores, if computed already (flat index);
-        ``bonus``: :meth:`head_bonus`, to rank by cosine + bonus (flat index only)."""
+        ``bonus``: per entry in scan order (the entry classifier's weight x log P), to rank by
+        cosine + bonus (flat index only)."""
         if self.scan is not None:
             # A few more than asked: callers drop entries unpublished since the index was built.
             return self.scan.entries_best(query, entries=max(entries * 2, entries + 8), scores=scan_scores, bonus=bonus)
