@@ -43,7 +43,7 @@ def _measure(embedder, kb) -> dict:
     """Cosine alone and cosine + entry classifier for ``embedder``, through the product's steps."""
     import numpy as np
 
-    from kb.entry_head import INPUTS, entry_head_fit, phrasing_head_rows, question_head_inputs
+    from kb.entry_head import INPUTS, entry_head_fit, phrasing_head_rows, question_head_inputs, rerank_head_rows
 
     vectors, phrasing_seconds = texts_encode(embedder, kb.phrasings)
     questions, question_seconds = texts_encode(embedder, kb.queries, queries=True)
@@ -53,9 +53,22 @@ def _measure(embedder, kb) -> dict:
     for reads in INPUTS:
         with Timer() as fit_timer:
             rows, row_queries, row_phrasing = phrasing_head_rows(embedder, vectors, kb.phrasings, reads)
-            fitted = entry_head_fit(vectors, kb.phrasing_entry_ids, rows, row_queries, row_phrasing, reads=reads)
+            fitted = entry_head_fit(
+                vectors,
+                kb.phrasing_entry_ids,
+                rows,
+                row_queries,
+                row_phrasing,
+                reads=reads,
+                rerank_rows=rerank_head_rows(embedder, vectors, kb.phrasings, reads),
+            )
         with Timer() as inputs_timer:
             head_inputs = question_head_inputs(embedder, kb.queries, questions, reads)
+        rerank_inputs = None
+        if fitted.head is not None and fitted.head.rerank is not None:
+            # All of them here; live search makes the USE call for the re-ranked questions only
+            # (their share is reported below).
+            rerank_inputs = question_head_inputs(embedder, kb.queries, questions, fitted.head.rerank.reads)
         print(f"  classifier reading {reads}: {fitted.report}", flush=True)
         out[f"fit_{reads}"] = {**fitted.report, "wall_seconds": round(fit_timer.seconds, 1)}
         out[f"head_input_ms_per_question_{reads}"] = round(inputs_timer.seconds * 1000 / max(len(kb.queries), 1), 3)
@@ -67,6 +80,7 @@ def _measure(embedder, kb) -> dict:
                     vectors=questions,
                     hybrid=False,
                     head_inputs=head_inputs,
+                    rerank_inputs=rerank_inputs,
                 )
             )
     ranked = queries_rank_many(configs=configs, queries=kb.queries, k=10)
@@ -78,6 +92,7 @@ def _measure(embedder, kb) -> dict:
             **rankings_score(result.entries, kb.query_entry_ids),
             "right": right,
             "rank_ms_p50": round(float(np.percentile(result.latency_ms, 50)), 3),
+            "reranked_share": round(float(result.reranked.mean()), 4),
         }
     out["embed_seconds"] = round(phrasing_seconds + question_seconds, 1)
     return out
@@ -119,10 +134,12 @@ def _train(kb, training) -> tuple[str, dict, float]:
 
 def _classifier_rows(label: str, measured: dict) -> list[tuple]:
     rows = []
-    for reads in ("question", "both"):
+    for reads in ("question", "gated", "both"):
         fit = measured[f"fit_{reads}"]
         if f"classifier_{reads}" in measured:
             time_note = f"fit {fit['wall_seconds']} s"
+            if reads == "gated":
+                time_note += f", {measured['classifier_gated']['reranked_share']:.0%} re-ranked"
             rows.append(_row(f"{label} + entry classifier reading {reads}", measured[f"classifier_{reads}"], time_note))
     return rows
 
@@ -165,6 +182,7 @@ def main() -> None:
         f"base: classifier ({reads}) vs cosine": ("base", "cosine", "base", f"classifier_{reads}") for reads in INPUTS
     }
     comparisons["base: classifier both vs question"] = ("base", "classifier_question", "base", "classifier_both")
+    comparisons["base: classifier gated vs question"] = ("base", "classifier_question", "base", "classifier_gated")
     if not args.no_tuning:
         defaults = TrainingSettings()
         training = TrainingSettings(epochs=args.epochs or defaults.epochs, hard_negatives=args.hard_negatives)
@@ -194,6 +212,12 @@ def main() -> None:
                 f"classifier_{reads}",
             )
         comparisons["tuned: classifier both vs question"] = ("tuned", "classifier_question", "tuned", "classifier_both")
+        comparisons["tuned: classifier gated vs question"] = (
+            "tuned",
+            "classifier_question",
+            "tuned",
+            "classifier_gated",
+        )
     print()
     print(table(rows, ("model", "top-1", "recall@5", "MRR", "time")))
     result["mcnemar"] = {}

@@ -8,6 +8,7 @@ No database is used; call :func:`django_setup` first (the embedders read their m
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import random
 import time
@@ -156,10 +157,12 @@ def index_load(
 
 @dataclass(frozen=True)
 class Ranked:
-    """Each query's ranked entries (kb.selectors.FusedEntry lists) and per-query latency."""
+    """Each query's ranked entries (kb.selectors.FusedEntry lists), per-query latency, and which
+    queries the entry classifier's re-ranking classifier ranked (kb.entry_head.EntryHead.rerank)."""
 
     entries: list[list]
     latency_ms: np.ndarray
+    reranked: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ class RankConfig:
     # What the index's entry classifier reads per query (kb.entry_head.question_head_inputs);
     # None = the vectors themselves.
     head_inputs: np.ndarray | None = None
+    # What its re-ranking classifier reads per query (KB_ENTRY_CLASSIFIER_INPUT "gated").
+    rerank_inputs: np.ndarray | None = None
 
 
 def queries_rank(
@@ -195,12 +200,17 @@ def queries_rank_many(*, configs: Sequence[RankConfig], queries: Sequence[str], 
 
     ranked: list[list] = [[] for _ in configs]
     latency = np.zeros((len(configs), len(queries)))
+    reranked = np.zeros((len(configs), len(queries)), dtype=bool)
     for number, query in enumerate(queries):
         for slot, config in enumerate(configs):
             started = time.perf_counter()
             hybrid = config.hybrid(query) if callable(config.hybrid) else config.hybrid
             tokens = text_tokenize(query) if hybrid else []
             vector = None if config.vectors is None else config.vectors[number]
+            timings: dict[str, float] = {}
+            rerank_input = None
+            if config.rerank_inputs is not None:
+                rerank_input = functools.partial(config.rerank_inputs.__getitem__, number)
             ranked[slot].append(
                 index_entries_rank(
                     index=config.index,
@@ -210,10 +220,15 @@ def queries_rank_many(*, configs: Sequence[RankConfig], queries: Sequence[str], 
                     hybrid=hybrid,
                     fusion=config.fusion,
                     head_input=None if config.head_inputs is None else config.head_inputs[number],
+                    rerank_input=rerank_input,
+                    timings_ms=timings,
                 )
             )
             latency[slot, number] = (time.perf_counter() - started) * 1000
-    return [Ranked(entries=ranked[slot], latency_ms=latency[slot]) for slot in range(len(configs))]
+            reranked[slot, number] = "rerank" in timings
+    return [
+        Ranked(entries=ranked[slot], latency_ms=latency[slot], reranked=reranked[slot]) for slot in range(len(configs))
+    ]
 
 
 def rankings_score(rankings: Sequence[Sequence], expected: np.ndarray) -> dict[str, float]:

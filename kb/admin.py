@@ -640,7 +640,16 @@ class IndexVersionAdmin(admin.ModelAdmin):
             measured = f"held-out top-1 {cosine:.1%} by cosine, {with_head:.1%} with it ({p_text})"
         if report.get("kept"):
             reused = ", refitted with the weight chosen before" if report.get("reused") else ""
-            return f"ranks (weight {report['weight']}{reused}); {measured}".rstrip("; ")
+            line = f"ranks (weight {report['weight']}{reused}); {measured}".rstrip("; ")
+            if report.get("reranks"):
+                line += (
+                    f"; where its two best entries are within {report['rerank_margin']}, a second classifier "
+                    f"reading both models re-ranks (weight {report['rerank_weight']}; "
+                    f"{report['rerank_share']:.1%} of held-out phrasings, top-1 {report['top1_reranked']:.1%})"
+                )
+            elif "rerank_reason" in report:
+                line += f"; no re-ranking: {report['rerank_reason']}"
+            return line
         return f"not used: {report.get('reason', '')}"
 
     def has_add_permission(self, request):

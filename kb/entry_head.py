@@ -12,6 +12,12 @@ share of each entry's phrasings, fits on the rest, picks the weight on the held-
 the classifier only when held-out top-1 beats the cosine's beyond noise (McNemar's exact test);
 otherwise the index ranks by cosine alone, as before, and the report says why. Fitting takes
 scikit-learn (the worker); applying it is one small matrix product (numpy, any process).
+
+A classifier reading more than the question's own vector (MiniLM and USE side by side) ranks a
+little better but needs a USE call per question. "gated" (the default input) keeps that cost for
+the few questions where it can matter: the first classifier ranks; where it leaves the two best
+entries within a margin, the second re-ranks. The margin and the second's weight are chosen on the
+same held-out phrasings, and the second is kept only if it ranks them better.
 """
 
 from __future__ import annotations
@@ -47,7 +53,12 @@ class EntryHead:
     coef: np.ndarray  # float32 (entries, dimension)
     intercept: np.ndarray  # float32 (entries,)
     weight: float
-    reads: str = "both"  # what it reads for a question (INPUTS)
+    reads: str = "both"  # what it reads for a question: "both" or "question" (see INPUTS)
+    # KB_ENTRY_CLASSIFIER_INPUT "gated": a second classifier, reading both models, that re-ranks a
+    # question only when this one leaves its top two entries within ``rerank_margin`` of each other
+    # (cosine + weight x log P), so most questions never need the USE call it costs.
+    rerank: EntryHead | None = None
+    rerank_margin: float = 0.0
 
     def log_probabilities(self, query: np.ndarray) -> np.ndarray:
         """log P(entry) for each of ``entry_ids`` given one query vector."""
@@ -62,27 +73,54 @@ class EntryHead:
         logits -= logits.max()
         return logits - np.log(np.exp(logits).sum())
 
+    def reranks(self, first: float, second: float) -> bool:
+        """Whether the re-ranking classifier should rank a question whose two best entries score
+        ``first`` and ``second`` by this one (cosine + weight x log P)."""
+        return self.rerank is not None and first - second < self.rerank_margin
+
     def arrays(self) -> dict[str, np.ndarray]:
         """What the index file stores (kb.vector_index.write_index_file)."""
-        return {
+        out = {
             "head_entry_ids": self.entry_ids,
             "head_coef": self.coef,
             "head_intercept": self.intercept,
             "head_weight": np.array([self.weight], dtype=np.float64),
             "head_reads": np.array([self.reads]),
         }
+        if self.rerank is not None:
+            out.update(
+                rerank_coef=self.rerank.coef,
+                rerank_intercept=self.rerank.intercept,
+                rerank_weight=np.array([self.rerank.weight], dtype=np.float64),
+                rerank_reads=np.array([self.rerank.reads]),
+                rerank_margin=np.array([self.rerank_margin], dtype=np.float64),
+            )
+        return out
 
     @classmethod
     def from_arrays(cls, data: Mapping[str, np.ndarray]) -> EntryHead | None:
         """The head stored in an index file; None in files without one."""
-        if "head_coef" not in getattr(data, "files", data):
+        names = getattr(data, "files", data)
+        if "head_coef" not in names:
             return None
+        entry_ids = np.asarray(data["head_entry_ids"], dtype=np.int64)
+        rerank = None
+        if "rerank_coef" in names:
+            rerank = cls(
+                entry_ids=entry_ids,
+                coef=np.ascontiguousarray(data["rerank_coef"], dtype=np.float32),
+                intercept=np.asarray(data["rerank_intercept"], dtype=np.float32),
+                weight=float(data["rerank_weight"][0]),
+                reads=str(data["rerank_reads"][0]),
+            )
         return cls(
-            entry_ids=np.asarray(data["head_entry_ids"], dtype=np.int64),
+            entry_ids=entry_ids,
             coef=np.ascontiguousarray(data["head_coef"], dtype=np.float32),
             intercept=np.asarray(data["head_intercept"], dtype=np.float32),
             weight=float(data["head_weight"][0]),
-            reads=str(data["head_reads"][0]) if "head_reads" in getattr(data, "files", data) else "both",
+            reads=str(data["head_reads"][0]) if "head_reads" in names else "both",
+            rerank=rerank,
+            rerank_margin=float(data["rerank_margin"][0]) if rerank is not None else 0.0,
         )
 
 
@@ -102,10 +140,30 @@ def entries_key(entry_ids: np.ndarray) -> str:
     return hashlib.sha1(unique.tobytes()).hexdigest()[:16]
 
 
-# What the classifier reads for a question: "both" = an English question's MiniLM and USE vectors
-# side by side (one USE call more per question, ~1.5 ms here); "question" = its query vector alone.
-# On BANKING77 (tuned model): 94.16% against 93.80% top-1 (docs/BENCHMARKS.md).
-INPUTS = ("both", "question")
+# What the classifier reads for a question (KB_ENTRY_CLASSIFIER_INPUT): "both" = an English
+# question's MiniLM and USE vectors side by side (one USE call more per question, ~2.5 ms of CPU
+# here); "question" = its query vector alone; "gated" = the question, and where that leaves the top
+# two entries close, a second classifier reading both re-ranks (the USE call for those alone). On
+# BANKING77 (tuned model): question 93.80% top-1, gated 94.25% with 3% of questions re-ranked, both
+# 94.25% (docs/BENCHMARKS.md).
+INPUTS = ("both", "question", "gated")
+# The margins (between the two best entries' cosine + weight x log P) tried for "gated".
+RERANK_MARGINS = (0.02, 0.05, 0.1, 0.2)
+
+
+def primary_reads(reads: str) -> str:
+    """What the first (or only) classifier of setting ``reads`` reads: "gated" starts from the question."""
+    return "question" if reads == "gated" else reads
+
+
+def rerank_head_rows(embedder, vectors: np.ndarray, texts: list[str], reads: str) -> np.ndarray | None:
+    """For "gated", the rows the re-ranking classifier learns from (the phrasings as it reads them:
+    both models), in the order of :func:`phrasing_head_rows`' rows; None otherwise, or for a
+    single-model embedder (both of its inputs are the same vector)."""
+    rows_of = getattr(embedder, "phrasing_head_rows", None)
+    if reads != "gated" or rows_of is None:
+        return None
+    return rows_of(vectors, texts, reads="both")[0]
 
 
 def phrasing_head_rows(
@@ -118,14 +176,14 @@ def phrasing_head_rows(
     rows_of = getattr(embedder, "phrasing_head_rows", None)
     if rows_of is None:
         return vectors, vectors, np.arange(len(vectors))
-    return rows_of(vectors, texts, reads=reads)
+    return rows_of(vectors, texts, reads=primary_reads(reads))
 
 
 def question_head_inputs(embedder, texts: list[str], queries: np.ndarray, reads: str = "both") -> np.ndarray:
     """What the classifier reads for questions ``texts`` embedded as ``queries`` (by
     ``embedder.encode_queries``): the embedder's ``head_inputs``, or the queries themselves."""
     inputs_of = getattr(embedder, "head_inputs", None)
-    return queries if inputs_of is None else inputs_of(texts, queries, reads=reads)
+    return queries if inputs_of is None else inputs_of(texts, queries, reads=primary_reads(reads))
 
 
 def _split(entry_ids: np.ndarray, seed: int) -> np.ndarray | None:
@@ -155,14 +213,50 @@ def _fit(rows: np.ndarray, labels: np.ndarray, warm: EntryHead | None = None):
     return model
 
 
-def _head(model, weight: float, reads: str) -> EntryHead:
+def _head(model, weight: float, reads: str, rerank: EntryHead | None = None, margin: float = 0.0) -> EntryHead:
     return EntryHead(
         entry_ids=np.asarray(model.classes_, dtype=np.int64),
         coef=np.ascontiguousarray(model.coef_, dtype=np.float32),
         intercept=np.asarray(model.intercept_, dtype=np.float32),
         weight=float(weight),
-        reads=reads,
+        reads=primary_reads(reads),
+        rerank=rerank,
+        rerank_margin=float(margin) if rerank is not None else 0.0,
     )
+
+
+def _rerank_choose(
+    cosine: np.ndarray, bonus: np.ndarray, rerank_log_p: np.ndarray, truth: np.ndarray
+) -> tuple[float, float, float, float]:
+    """The (weight, margin) of the re-ranking classifier that ranks the held-out questions best
+    (ties: the smaller margin, which re-ranks fewer questions, then the smaller weight), with its
+    top-1 and the share of questions it re-ranks."""
+    first = cosine + bonus
+    top_two = np.sort(first, axis=1)[:, -2:]
+    close = top_two[:, 1] - top_two[:, 0]
+    picked = first.argmax(axis=1)
+    candidates = []
+    for weight in WEIGHTS:
+        reranked = (cosine + weight * rerank_log_p).argmax(axis=1)
+        for margin in RERANK_MARGINS:
+            right = np.where(close < margin, reranked, picked) == truth
+            candidates.append((float(right.mean()), -margin, -weight))
+    accuracy, margin, weight = max(candidates)
+    return -weight, -margin, accuracy, float((close < -margin).mean())
+
+
+# What a reused head's report carries over from the measurement that chose it.
+_REUSED_REPORT = (
+    "held_out",
+    "top1_cosine",
+    "top1_with_head",
+    "top1_head_alone",
+    "p_value",
+    "top1_reranked",
+    "rerank_weight",
+    "rerank_margin",
+    "rerank_share",
+)
 
 
 def _sample(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,6 +274,7 @@ def entry_head_fit(
     previous_report: Mapping | None = None,
     seed: int = 0,
     reads: str = "both",
+    rerank_rows: np.ndarray | None = None,
 ) -> HeadFit:
     """Fit the entry classifier for an index.
 
@@ -191,7 +286,12 @@ def entry_head_fit(
 
     ``previous`` / ``previous_report``: the last index's head and report. When they were fitted on
     the same entries, the weight (or the decision to go without a head) is kept and the classifier
-    is refitted from the previous coefficients, which is several times faster than choosing again."""
+    is refitted from the previous coefficients, which is several times faster than choosing again.
+
+    ``rerank_rows`` (``reads`` "gated", :func:`rerank_head_rows`): the same rows as the second
+    classifier reads them; it is fitted on the same held-out split and kept, with the weight and
+    margin that rank the held-out phrasings best, only if re-ranking the close questions beats the
+    first classifier alone there."""
     started = time.perf_counter()
     entry_ids = np.asarray(entry_ids, dtype=np.int64)
     key = entries_key(entry_ids)
@@ -215,15 +315,19 @@ def entry_head_fit(
     if same_entries and previous is not None and np.array_equal(previous.entry_ids, np.unique(entry_ids)):
         sample = _sample(len(head_rows), rng)
         model = _fit(head_rows[sample], labels[sample], warm=previous)
+        rerank = None
+        if previous.rerank is not None and rerank_rows is not None:
+            rerank_model = _fit(rerank_rows[sample], labels[sample], warm=previous.rerank)
+            rerank = _head(rerank_model, previous.rerank.weight, "both")
+        report.update({key_: previous_report[key_] for key_ in _REUSED_REPORT if key_ in previous_report})
         report.update(
-            {
-                key_: previous_report[key_]
-                for key_ in ("held_out", "top1_cosine", "top1_with_head", "top1_head_alone", "p_value")
-                if key_ in previous_report
-            }
+            kept=True,
+            weight=previous.weight,
+            reranks=rerank is not None,
+            reused=True,
+            seconds=round(time.perf_counter() - started, 2),
         )
-        report.update(kept=True, weight=previous.weight, reused=True, seconds=round(time.perf_counter() - started, 2))
-        return HeadFit(_head(model, previous.weight, reads), report)
+        return HeadFit(_head(model, previous.weight, reads, rerank, previous.rerank_margin), report)
 
     held = _split(entry_ids, seed)
     if held is None:
@@ -233,8 +337,8 @@ def entry_head_fit(
         )
         return HeadFit(None, {**report, "kept": False, "reason": reason})
     train_rows = ~held[row_phrasing]
-    sample = np.flatnonzero(train_rows)[_sample(int(train_rows.sum()), rng)]
-    model = _fit(head_rows[sample], labels[sample])
+    sample_train = np.flatnonzero(train_rows)[_sample(int(train_rows.sum()), rng)]
+    model = _fit(head_rows[sample_train], labels[sample_train])
     classes = model.classes_
     asked = np.flatnonzero(held[row_phrasing])
     truth = np.searchsorted(classes, labels[asked])
@@ -265,8 +369,25 @@ def entry_head_fit(
             seconds=round(time.perf_counter() - started, 2),
         )
         return HeadFit(None, report)
+    rerank_model, rerank = None, None
+    if rerank_rows is not None:
+        rerank_model = _fit(rerank_rows[sample_train], labels[sample_train])
+        rerank = _rerank_choose(cosine, weight * log_p, rerank_model.predict_log_proba(rerank_rows[asked]), truth)
+        report.update(
+            top1_reranked=round(rerank[2], 4),
+            rerank_weight=rerank[0],
+            rerank_margin=rerank[1],
+            rerank_share=round(rerank[3], 4),
+        )
+        if rerank[2] <= accuracy[weight]:
+            rerank_model, rerank = None, None
+            report["rerank_reason"] = "re-ranking by both models ranked the held-out phrasings no better"
     # Every phrasing now, starting from the held-out fit (same entries: each keeps training phrasings).
     sample = _sample(len(head_rows), rng)
+    final_rerank = None
+    if rerank_model is not None:
+        warm = _head(rerank_model, rerank[0], "both")
+        final_rerank = _head(_fit(rerank_rows[sample], labels[sample], warm=warm), rerank[0], "both")
     final = _fit(head_rows[sample], labels[sample], warm=_head(model, weight, reads))
-    report.update(kept=True, seconds=round(time.perf_counter() - started, 2))
-    return HeadFit(_head(final, weight, reads), report)
+    report.update(kept=True, reranks=final_rerank is not None, seconds=round(time.perf_counter() - started, 2))
+    return HeadFit(_head(final, weight, reads, final_rerank, rerank[1] if rerank else 0.0), report)

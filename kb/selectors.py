@@ -242,6 +242,7 @@ def index_entries_rank(
     scan_scores: np.ndarray | None = None,
     head_input: np.ndarray | None = None,
     head_log_probabilities: np.ndarray | None = None,
+    rerank_input: Callable[[], np.ndarray] | None = None,
 ) -> list[FusedEntry]:
     """The search step shared by live search and the benchmarks: dense and (if ``hybrid`` and the
     index has keyword data) keyword candidates, ``keep`` (which of their entries may answer),
@@ -253,7 +254,9 @@ def index_entries_rank(
     ``head_input``: what the index's entry classifier reads for this question
     (kb.entry_head.question_head_inputs; default ``vector``): with a classifier, dense questions
     rank by cosine + weight x log P(entry); ``head_log_probabilities``: its output for this question
-    when the caller computed it already."""
+    when the caller computed it already. ``rerank_input``: gives what the classifier's re-ranking
+    classifier (kb.entry_head.EntryHead.rerank) reads, called only when the first leaves the two
+    best entries close (it may cost a model call)."""
     fusion = fusion or Fusion()
     hybrid = hybrid and index.keyword is not None
     depth = max(k, fusion.depth) if hybrid else k
@@ -270,6 +273,13 @@ def index_entries_rank(
         if vector is not None
         else []
     )
+    if bonus is not None and rerank_input is not None and len(dense) > 1:
+        first, second = np.searchsorted(index.scan.entry_ids, [dense[0][1], dense[1][1]])
+        if index.head.reranks(dense[0][2] + float(bonus[first]), dense[1][2] + float(bonus[second])):
+            rerank_started = time.perf_counter()
+            bonus = index.head.rerank.weight * index.head.rerank.log_probabilities(rerank_input())
+            dense = index.dense_candidates(vector, entries=depth, scan_scores=scan_scores, bonus=bonus)
+            timings["rerank"] = (time.perf_counter() - rerank_started) * 1000
     searched = time.perf_counter()
     keyword = index.keyword_candidates(tokens, entries=depth) if hybrid else []
     keyword_done = time.perf_counter()
@@ -386,6 +396,11 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         timings_ms=timings,
         scan_scores=scan_scores,
         head_log_probabilities=log_probabilities,
+        rerank_input=(
+            (lambda: question_head_inputs(embedder, [query], vector[None], index.head.rerank.reads)[0])
+            if classified and index.head.rerank is not None
+            else None
+        ),
     )
     hits = [
         EntryHit(

@@ -31,7 +31,7 @@ from kb.embedding_models import (
     model_vectors_copy_out,
     model_vectors_store,
 )
-from kb.entry_head import EntryHead, HeadFit, entry_head_fit, phrasing_head_rows
+from kb.entry_head import EntryHead, HeadFit, entry_head_fit, phrasing_head_rows, rerank_head_rows
 from kb.keyword import keyword_index_from_texts
 from kb.models import (
     EmbeddingModel,
@@ -629,6 +629,7 @@ def _entry_head_fit(
     index then ranks by cosine alone, and the report says why."""
     reads = settings.KB_ENTRY_CLASSIFIER_INPUT
     rows, queries, row_phrasing = phrasing_head_rows(embedder, vectors, texts, reads)
+    rerank_rows = rerank_head_rows(embedder, vectors, texts, reads)
     previous_head = None
     if previous is not None and previous.entry_head.get("kept"):
         try:
@@ -646,6 +647,7 @@ def _entry_head_fit(
             previous=previous_head,
             previous_report=previous.entry_head if previous is not None else None,
             reads=reads,
+            rerank_rows=rerank_rows,
         )
     except (ValueError, ArithmeticError, MemoryError) as exc:
         logger.exception("fitting the entry classifier failed; the index ranks by cosine")

@@ -51,3 +51,36 @@ class ClusterEmbedder:
     def can_read(self, text: str) -> bool:
         """Everything."""
         return bool(text.strip())
+
+
+CLEAR_NOISE = 0.3
+
+
+def clear_view(texts: list[str]) -> np.ndarray:
+    """What a second, better model sees of ``texts``: the topic far more clearly (seeded per text)."""
+    rows = []
+    for text in texts:
+        seed = int.from_bytes(hashlib.sha256(f"second {text}".encode()).digest()[:8], "little")
+        match = _TOPIC.search(text)
+        direction = topic_vector(int(match.group(1))) if match else 0
+        rows.append(direction + CLEAR_NOISE * np.random.default_rng(seed).standard_normal(DIMENSION))
+    rows = np.array(rows, dtype=np.float32).reshape(len(texts), DIMENSION)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+class TwoViewClusterEmbedder(ClusterEmbedder):
+    """ClusterEmbedder whose entry classifier may also read :func:`clear_view` (as the language-routed
+    embedder's may read USE beside MiniLM): KB_ENTRY_CLASSIFIER_INPUT "both" and "gated" then learn
+    something the question's own vector lacks."""
+
+    name = "cluster-two-view-test"
+
+    def phrasing_head_rows(self, vectors, texts, *, reads="both"):
+        """Rows as the classifier reads them; "both" adds the clear view."""
+        rows = vectors if reads == "question" else np.hstack([vectors, clear_view(texts)])
+        return np.ascontiguousarray(rows, dtype=np.float32), vectors, np.arange(len(vectors))
+
+    def head_inputs(self, texts, queries, *, reads="both"):
+        """A question's input: its vector, and for "both" the clear view beside it."""
+        self.clear_view_calls = getattr(self, "clear_view_calls", 0) + (reads != "question")
+        return queries if reads == "question" else np.hstack([queries, clear_view(texts)])

@@ -13,10 +13,10 @@ import pytest
 
 from kb import services
 from kb.entry_head import WEIGHTS, EntryHead, entries_key, entry_head_fit, phrasing_head_rows, question_head_inputs
-from kb.models import IndexVersion, Variant
+from kb.models import Entry, IndexVersion, Variant
 from kb.selectors import current_index, entry_search, index_entries_rank
 from kb.vector_index import LoadedIndex, build_index, read_index_file, write_index_file
-from tests.cluster_embedder import ClusterEmbedder
+from tests.cluster_embedder import ClusterEmbedder, clear_view
 from tests.factories import entries_create, kb_embed_and_publish
 
 TOPICS, PHRASINGS = 10, 30
@@ -182,10 +182,8 @@ def test_routed_rows_are_the_phrasings_as_questions_reach_the_classifier():
     assert np.array_equal(question_head_inputs(embedder, texts, asked, "question"), asked)
 
 
-@pytest.fixture
-def cluster_kb(db, settings):
-    settings.KB_EMBEDDER = "tests.cluster_embedder.ClusterEmbedder"
-    settings.KB_HYBRID_SEARCH = False
+def _cluster_entries_create():
+    """One entry per topic, its phrasings "topic t #0" .. "topic t #29"."""
     entries_create(
         [
             {
@@ -197,6 +195,13 @@ def cluster_kb(db, settings):
             for t in range(TOPICS)
         ]
     )
+
+
+@pytest.fixture
+def cluster_kb(db, settings):
+    settings.KB_EMBEDDER = "tests.cluster_embedder.ClusterEmbedder"
+    settings.KB_HYBRID_SEARCH = False
+    _cluster_entries_create()
     return kb_embed_and_publish()
 
 
@@ -266,3 +271,102 @@ def test_a_confidence_model_that_reads_the_classifier_falls_back_to_the_score_wi
     assert without.confidence is None and trace["value"] is None
     assert "head_logp" in trace["unused"] and "kb_calibrate" in trace["unused"]
     _thresholds_cache.clear()
+
+
+def test_gated_reranks_close_questions_with_a_second_classifier_and_only_those():
+    items = _texts()
+    vectors, entry_ids = _vectors(items)
+    both = np.hstack([vectors, clear_view([text for text, _ in items])])
+    fitted = entry_head_fit(
+        vectors, entry_ids, vectors, vectors, np.arange(len(vectors)), reads="gated", rerank_rows=both
+    )
+    report, head = fitted.report, fitted.head
+    assert report["reads"] == "gated" and report["reranks"] is True and head.reads == "question"
+    assert head.rerank is not None and head.rerank.reads == "both" and head.rerank.coef.shape[1] == both.shape[1]
+    assert report["top1_reranked"] > report["top1_with_head"]
+    assert head.rerank_margin == report["rerank_margin"] and 0 < report["rerank_share"] < 1
+
+    new_items = _texts(start=1000, phrasings=20)
+    queries, truth = _vectors(new_items)
+    second = np.hstack([queries, clear_view([text for text, _ in new_items])])
+    index = _index(vectors, entry_ids, head)
+    calls = []
+
+    def rank(number, rerank=True):
+        def rerank_input():
+            calls.append(number)
+            return second[number]
+
+        return index_entries_rank(
+            index=index,
+            vector=queries[number],
+            tokens=[],
+            k=5,
+            hybrid=False,
+            rerank_input=rerank_input if rerank else None,
+        )
+
+    first_only = [rank(n, rerank=False)[0].entry_id for n in range(len(queries))]
+    gated = [rank(n)[0].entry_id for n in range(len(queries))]
+    assert np.mean(np.array(gated) == truth) > np.mean(np.array(first_only) == truth)
+    # The second classifier was asked about the close questions only, and they alone changed.
+    assert 0 < len(calls) < len(queries)
+    changed = {n for n in range(len(queries)) if gated[n] != first_only[n]}
+    assert changed <= set(calls)
+
+    # The index file keeps both classifiers and the margin; the same entries reuse all of it.
+    loaded = EntryHead.from_arrays(head.arrays())
+    assert np.array_equal(loaded.rerank.coef, head.rerank.coef) and loaded.rerank_margin == head.rerank_margin
+    again = entry_head_fit(
+        vectors,
+        entry_ids,
+        vectors,
+        vectors,
+        np.arange(len(vectors)),
+        reads="gated",
+        rerank_rows=both,
+        previous=loaded,
+        previous_report=report,
+    )
+    assert again.report["reused"] is True and again.head.rerank is not None
+    assert again.head.rerank.weight == head.rerank.weight and again.head.rerank_margin == head.rerank_margin
+
+
+def test_gated_keeps_the_first_classifier_alone_where_the_second_adds_nothing():
+    items = _texts()
+    vectors, entry_ids = _vectors(items)
+    fitted = entry_head_fit(
+        vectors, entry_ids, vectors, vectors, np.arange(len(vectors)), reads="gated", rerank_rows=vectors.copy()
+    )
+    assert fitted.head is not None and fitted.head.rerank is None and fitted.report["reranks"] is False
+    assert "no better" in fitted.report["rerank_reason"]
+    assert "rerank_coef" not in fitted.head.arrays()
+
+
+def test_publishing_gated_reranks_live_close_questions_only(db, settings, admin_client):
+    """KB_ENTRY_CLASSIFIER_INPUT=gated through publishing, live search and the admin: the second
+    classifier is fitted and kept, and live search asks for its input (a model call in the product)
+    only for questions whose two best entries the first classifier leaves close."""
+    from kb.embedders import get_embedder
+
+    settings.KB_EMBEDDER = "tests.cluster_embedder.TwoViewClusterEmbedder"
+    settings.KB_HYBRID_SEARCH = False
+    settings.KB_ENTRY_CLASSIFIER_INPUT = "gated"
+    _cluster_entries_create()
+    version = kb_embed_and_publish()
+    report = version.entry_head
+    assert report["reads"] == "gated" and report["reranks"] is True
+    head = current_index.get().head
+    assert head.reads == "question" and head.rerank.reads == "both" and head.rerank_margin == report["rerank_margin"]
+    page = admin_client.get("/admin/kb/indexversion/").content.decode()
+    assert "a second classifier reading both models re-ranks" in page
+
+    embedder = get_embedder()
+    embedder.clear_view_calls = 0
+    results = [entry_search(query=f"topic {n % TOPICS} #{3000 + n}") for n in range(60)]
+    reranked = [result for result in results if "rerank" in result.timings_ms]
+    assert 0 < len(reranked) < len(results) and embedder.clear_view_calls == len(reranked)
+    assert all(result.mode == "dense+classifier" for result in results)
+    entry_of = dict(Entry.objects.values_list("question", "id"))
+    right = [result.hits[0].entry_id == entry_of[f"topic {n % TOPICS} #0"] for n, result in enumerate(results)]
+    assert sum(right) >= 0.8 * len(results)
