@@ -256,6 +256,7 @@ _REUSED_REPORT = (
     "rerank_weight",
     "rerank_margin",
     "rerank_share",
+    "rerank_reason",
 )
 
 
