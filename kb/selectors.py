@@ -268,6 +268,9 @@ def index_entries_rank(
         if head_log_probabilities is None:
             head_log_probabilities = index.head.log_probabilities(vector if head_input is None else head_input)
         bonus = index.head.weight * head_log_probabilities
+        if rerank_input is not None and index.head.rerank is not None and scan_scores is None:
+            # The scan computes them anyway; kept, a re-ranked question does not scan twice.
+            scan_scores = index.scan.phrasing_scores(vector)
     dense = (
         index.dense_candidates(vector, entries=depth, scan_scores=scan_scores, bonus=bonus)
         if vector is not None
