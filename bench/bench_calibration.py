@@ -8,7 +8,9 @@ questions are decided with both (the score thresholds and, where kb_calibrate ke
 confidence). Everything runs through chatbot.pipeline.answer_question.
 
 Run: .venv/bin/python bench/bench_calibration.py [--both] [--tuned]   (part of `make bench`)
-With --both, the retrieval mode that is not the default (dense or hybrid) is measured too; with
+The default's answer confidence is measured beside the same one fitted without the labelled
+out-of-scope questions' nearness (kb_calibrate --without-examples). With --both, the retrieval mode
+that is not the default (dense or hybrid) is measured too; with
 --tuned, kb_tune runs on the knowledge base last and, if it switched to a tuned model, kb_calibrate
 and the test questions run again with it (dense).
 """
@@ -54,7 +56,10 @@ def main() -> None:
     results, rows = {}, []
     # BANKING77-OOS is English: "hybrid" here means keyword fusion for English questions too.
     default = "hybrid" if settings.KB_HYBRID_SEARCH and "en" in settings.KB_HYBRID_LANGUAGES else "dense"
-    modes = [default] + ([{"dense": "hybrid", "hybrid": "dense"}[default]] if "--both" in sys.argv else [])
+    # Side by side: the answer confidence reading retrieval features only (as before issue 12's
+    # out-of-scope examples), then the default, which also reads nearness to labelled out-of-scope questions.
+    without = f"{default} without examples"
+    modes = [without, default] + ([{"dense": "hybrid", "hybrid": "dense"}[default]] if "--both" in sys.argv else [])
     modes += ["tuned"] if "--tuned" in sys.argv else []
     for mode in modes:
         if mode == "tuned":
@@ -76,7 +81,7 @@ def main() -> None:
             }
             if not outcome.switched:
                 continue
-        hybrid = mode == "hybrid"
+        hybrid = mode.startswith("hybrid")
         settings.KB_HYBRID_SEARCH = hybrid
         settings.KB_HYBRID_LANGUAGES = ["en", "zh"] if hybrid else settings.KB_HYBRID_LANGUAGES
         DecisionThresholds.objects.filter(language="en").update(
@@ -89,6 +94,7 @@ def main() -> None:
                 *map(str, VALID),
                 max_wrong_rate=MAX_WRONG_RATE,
                 max_clarify_rate=MAX_CLARIFY_RATE,
+                without_examples=mode == without,
                 verbosity=0,
                 stdout=output,
             )

@@ -3,10 +3,12 @@ the widget, the decision thresholds, and the entries admin with its hit-testing 
 
 from django import forms
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from simple_history.admin import SimpleHistoryAdmin
 
 from chatbot.evaluation.admin import EntryWithHitTestingAdmin
-from chatbot.models import Conversation, DecisionThresholds, Feedback, Message, Site
+from chatbot.models import Conversation, DecisionThresholds, Feedback, Message, OutOfScopeExamples, Site
 from chatbot.sites import site_key_rotate, site_origins
 from kb.models import Entry, Language
 
@@ -215,6 +217,34 @@ class DecisionThresholdsForm(forms.ModelForm):
         fields = ("language", "answer_threshold", "clarify_threshold", "clarify_margin", "max_suggestions")
 
 
+@admin.register(OutOfScopeExamples)
+class OutOfScopeExamplesAdmin(admin.ModelAdmin):
+    """What kb_calibrate learned the bot must not answer: read-only (a change means calibrating
+    again with corrected labels, which measures whether it still helps)."""
+
+    list_display = ("__str__", "language", "count", "embedder", "created_at")
+    fields = ("language", "embedder", "created_at", "question_list")
+    readonly_fields = fields
+
+    @admin.display(description="questions")
+    def count(self, obj):
+        return len(obj.questions)
+
+    @admin.display(description="questions")
+    def question_list(self, obj):
+        return format_html_join("", "<div>{}</div>", ((question,) for question in obj.questions))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A confidence model may name it: kb_calibrate removes the ones none does.
+        return False
+
+
 @admin.register(DecisionThresholds)
 class DecisionThresholdsAdmin(SimpleHistoryAdmin):
     """One row per question language; kb_calibrate fills them from labelled questions, and an
@@ -267,9 +297,20 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
                 f"; ROC AUC {note['auc']:.3f} (best score alone {note.get('score_auc', 0):.3f}); out of fold: "
                 f"F1 {metrics.get('f1', 0):.3f}, wrong answers {metrics.get('wrong_rate', 0):.2%}"
             )
+        if model.get("examples") is not None:
+            link = reverse("admin:chatbot_outofscopeexamples_change", args=[model["examples"]])
+            summary = format_html(
+                '{}; it also reads how near a question comes to <a href="{}">{} labelled out-of-scope questions</a>',
+                summary,
+                link,
+                note.get("out_of_scope_examples", "the"),
+            )
+            without = note.get("metrics_without_examples")
+            if without:
+                summary = format_html("{} (F1 {} out of fold without them)", summary, f"{without.get('f1', 0):.3f}")
         if obj.answer_confidence is None:
-            summary += ". Not in use: set an answer confidence to use it."
-        return summary + "."
+            summary = format_html("{}. Not in use: set an answer confidence to use it", summary)
+        return format_html("{}.", summary)
 
     @admin.display(description="calibrated")
     def calibrated(self, obj):

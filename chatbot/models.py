@@ -332,6 +332,29 @@ class DecisionThresholds(models.Model):
             )
 
 
+class OutOfScopeExamples(models.Model):
+    """Labelled out-of-scope questions kb_calibrate learned from, with their vectors in the space of
+    the embedder that asked them: how near a new question comes to the nearest of them is one of
+    the answer confidence's features (chatbot.confidence.OUT_OF_SCOPE_FEATURE). A question close to
+    one the bot must not answer is likely out of scope too, however close it also is to an entry.
+    Written once by kb_calibrate and never changed; the confidence model names the row it reads."""
+
+    language = models.CharField(max_length=8)
+    embedder = models.CharField(max_length=300, help_text="The embedder (kb.embedders name) the vectors are of.")
+    questions = models.JSONField(default=list, help_text="The labelled questions, in the vectors' order.")
+    dimensions = models.PositiveIntegerField()
+    vectors = models.BinaryField(help_text="float32, one row per question, unit length.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "out-of-scope examples"
+        verbose_name_plural = "out-of-scope examples"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.language}: {len(self.questions)} out-of-scope questions ({self.created_at:%Y-%m-%d %H:%M})"
+
+
 class PromptText(models.Model):
     """One message of an LLM prompt, stored once by its SHA-256: a bot message's decision record
     refers to its prompt's messages by hash (chatbot.decision_record), so the instructions shared by

@@ -10,11 +10,11 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from chatbot import cues
-from chatbot.confidence import ConfidenceModel
+from chatbot.confidence import OUT_OF_SCOPE_FEATURE, ConfidenceModel, out_of_scope_similarity
 from chatbot.decision_record import DecisionRecord, record_of_search
 from chatbot.decisions import ASKED_FOR_PERSON, Decision, Kind, Thresholds, decide
 from chatbot.models import Source
-from chatbot.selectors import thresholds_for
+from chatbot.selectors import out_of_scope_vectors, thresholds_for
 from kb.embedders import get_embedder
 from kb.language import detect_language
 from kb.selectors import EntryHit, SearchResult, entry_search
@@ -103,11 +103,11 @@ def answer_question(
             unused = "a follow-up is ranked with the previous question: the score decides"
         elif result.features is None:
             unused = "no retrieval features (no hit, or an approximate index): the score decides"
-        elif missing := [name for name in model.features if name not in result.features]:
-            # e.g. fitted with the entry classifier's features on an index published without one
-            unused = f"the index gives no {', '.join(missing)}: the score decides until kb_calibrate runs again"
         else:
-            confidence = model.probability(result.features)
+            features, unused = _confidence_features(model, result)
+            if features is not None:
+                confidence = model.probability(features)
+                result = replace(result, features=features)
     decision = decide(
         [hit.score for hit in hits],
         thresholds,
@@ -140,6 +140,24 @@ def _confidence_model(thresholds: Thresholds) -> tuple[ConfidenceModel | None, s
             f"{embedder}: the score decides until kb_calibrate runs again"
         )
     return thresholds.confidence_model, ""
+
+
+def _confidence_features(model: ConfidenceModel, result: SearchResult) -> tuple[dict[str, float] | None, str]:
+    """The features ``model`` reads (the search's, plus the nearness to labelled out-of-scope
+    questions when it reads that), or None and why they cannot all be had."""
+    features = result.features
+    if OUT_OF_SCOPE_FEATURE in model.features:
+        examples = None if model.examples is None else out_of_scope_vectors(model.examples)
+        if examples is None or result.vector is None or examples.shape[1] != result.vector.shape[-1]:
+            return None, (
+                f"its out-of-scope examples (#{model.examples}) are gone or of another model: the score decides "
+                "until kb_calibrate runs again"
+            )
+        features = {**features, OUT_OF_SCOPE_FEATURE: out_of_scope_similarity(examples, result.vector)}
+    if missing := [name for name in model.features if name not in features]:
+        # e.g. fitted with the entry classifier's features on an index published without one
+        return None, f"the index gives no {', '.join(missing)}: the score decides until kb_calibrate runs again"
+    return features, ""
 
 
 def _search_with_context(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from django.conf import settings
 
 from chatbot.decisions import Thresholds
-from chatbot.models import Conversation, DecisionThresholds, Message, PromptText, Role
+from chatbot.models import Conversation, DecisionThresholds, Message, OutOfScopeExamples, PromptText, Role
 from chatbot.protocol import HistoryItem, history_item
 from kb.models import Entry
 
@@ -46,6 +47,26 @@ def _thresholds_read(language: str) -> Thresholds:
     rows = {row.language: row for row in DecisionThresholds.objects.filter(language__in=[language, "en"])}
     row = rows.get(language) or rows.get("en") or DecisionThresholds(language=language)
     return row.as_thresholds(language)
+
+
+_examples_cache: dict[int, np.ndarray | None] = {}
+_EXAMPLES_CACHED = 4  # rows kept in memory; a confidence model reads one, a new calibration another
+
+
+def out_of_scope_vectors(examples_id: int) -> np.ndarray | None:
+    """The vectors of OutOfScopeExamples ``examples_id`` (rows never change, so each is read from the
+    database once per process); None when the row is gone."""
+    if examples_id in _examples_cache:
+        return _examples_cache[examples_id]
+    row = OutOfScopeExamples.objects.filter(pk=examples_id).values_list("dimensions", "vectors").first()
+    vectors = None
+    if row is not None:
+        dimensions, data = row
+        vectors = np.frombuffer(bytes(data), dtype=np.float32).reshape(-1, dimensions)
+    while len(_examples_cache) >= _EXAMPLES_CACHED:
+        _examples_cache.pop(next(iter(_examples_cache)))
+    _examples_cache[examples_id] = vectors
+    return vectors
 
 
 @dataclass(frozen=True)

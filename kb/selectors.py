@@ -92,6 +92,8 @@ class SearchResult:
     mode: str = "dense"  # "dense", "dense+classifier" (kb.entry_head) or "hybrid"
     # The best hit's retrieval features (kb.retrieval_features), when asked for and the index is flat.
     features: dict[str, float] | None = None
+    # The question's unit vector (in the index's model's space), when the features were computed.
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 FUSION_METHODS = ("rrf", "score")
@@ -438,7 +440,17 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
         timings_ms=timings,
         mode="hybrid" if hybrid else ("dense+classifier" if classified else "dense"),
         features=values,
+        vector=vector if values is not None else None,
     )
+
+
+def questions_encode(texts: list[str], batch: int = 64) -> np.ndarray:
+    """The questions' unit vectors as live search embeds them (by the model version of the
+    published index), one row each: for measuring features of many labelled questions at once."""
+    index = current_index.get()
+    embedder = embedder_for(index.model_directory) if index is not None else get_embedder()
+    rows = [embedder.encode_queries(texts[start : start + batch]) for start in range(0, len(texts), batch)]
+    return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
 
 
 def published_entry_rows(entry_ids: Collection[int]) -> list[tuple[int, str, str, str, dict]]:

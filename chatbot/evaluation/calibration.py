@@ -137,7 +137,7 @@ def _evaluate(data: _Arrays, thresholds: Thresholds) -> Metrics:
 def thresholds_evaluate(questions: list[ScoredQuestion], thresholds: Thresholds) -> Metrics:
     """How these thresholds decide these questions (e.g. a test set after calibrating on another).
     With a confidence model, each question's confidence is the model's reading of its features
-    (the stored ``confidence`` where it has none)."""
+    (the stored ``confidence`` where it has none, or not all the model reads)."""
     depth = max((len(q.scores) for q in questions), default=1) or 1
     confidence = None
     if thresholds.uses_confidence:
@@ -145,7 +145,7 @@ def thresholds_evaluate(questions: list[ScoredQuestion], thresholds: Thresholds)
         confidence = np.array(
             [
                 model.probability(q.features)
-                if q.features is not None
+                if q.features is not None and all(name in q.features for name in model.features)
                 else (np.nan if q.confidence is None else q.confidence)
                 for q in questions
             ],

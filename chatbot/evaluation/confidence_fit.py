@@ -12,15 +12,16 @@ refitted on all of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from chatbot.confidence import ConfidenceModel
+from chatbot.confidence import OUT_OF_SCOPE_FEATURE, ConfidenceModel, unit_rows
 from chatbot.decisions import Thresholds
 from chatbot.evaluation.calibration import MARGINS, Metrics, ScoredQuestion, _Arrays, thresholds_search
 
 MIN_EACH_CLASS = 20  # right answers, and wrong-or-out-of-scope ones, needed to fit
+MIN_OUT_OF_SCOPE_EXAMPLES = 20  # labelled out-of-scope questions needed to learn from nearness to them
 FOLDS = 5
 CONFIDENCE_STEPS = 200  # candidate confidence thresholds (quantiles of the predictions)
 CLARIFY_STEPS = 12  # candidate "did you mean" thresholds (quantiles of the best score)
@@ -41,10 +42,39 @@ class ConfidenceCalibration:
     auc: float  # ROC AUC of the out-of-fold confidence for "the best entry is right"
     cosine_auc: float  # ... of the best cosine, on the same questions
     questions: int  # with features (the ones it learned from)
+    # The out-of-scope questions (indices into the questions) whose nearness the model reads; () if none.
+    examples: tuple[int, ...] = ()
+    without_examples: Metrics | None = None  # out of fold, the model fitted without that nearness
 
 
 def _labels(questions: list[ScoredQuestion]) -> np.ndarray:
     return np.array([q.in_scope and bool(q.correct) and q.correct[0] for q in questions], dtype=int)
+
+
+def out_of_scope_nearness(vectors: np.ndarray, examples: list[int], chunk: int = 4096) -> np.ndarray:
+    """OUT_OF_SCOPE_FEATURE for every row of ``vectors`` against the rows ``examples`` of it,
+    leaving each example itself out (its nearness to the others, as a new question would see them).
+    Rows need not be of unit length: this is a cosine."""
+    vectors = unit_rows(vectors)
+    pool = vectors[examples]
+    nearness = np.empty(len(vectors), dtype=np.float64)
+    position = {row: column for column, row in enumerate(examples)}
+    for start in range(0, len(vectors), chunk):
+        similarities = vectors[start : start + chunk] @ pool.T
+        for row in range(start, min(start + chunk, len(vectors))):
+            if row in position:
+                similarities[row - start, position[row]] = -np.inf
+        nearness[start : start + chunk] = similarities.max(axis=1)
+    return nearness
+
+
+@dataclass(frozen=True)
+class _Fit:
+    thresholds: Thresholds
+    metrics: Metrics
+    feasible: bool
+    candidates: int
+    auc: float
 
 
 def confidence_calibrate(
@@ -52,6 +82,7 @@ def confidence_calibrate(
     *,
     score_thresholds: Thresholds,
     embedder: str,
+    vectors: np.ndarray | None = None,
     max_wrong_rate: float = 0.05,
     max_clarify_rate: float = 0.10,
     seed: int = 0,
@@ -59,14 +90,18 @@ def confidence_calibrate(
     """Fit the model on ``questions`` (those with features), choose its threshold and the clarify
     threshold and margin under the caps; ``score_thresholds`` (the calibrated score rule) keeps its
     answer threshold for questions the model cannot read. Raises NotEnoughQuestions when either
-    class has fewer than MIN_EACH_CLASS questions."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    class has fewer than MIN_EACH_CLASS questions.
 
-    usable = [q for q in questions if q.features is not None and q.scores]
+    ``vectors`` (one unit row per question, as live search embeds them): with at least
+    MIN_OUT_OF_SCOPE_EXAMPLES out-of-scope questions among them, a second model also reads each
+    question's nearness to those (OUT_OF_SCOPE_FEATURE, measured leaving the question itself out),
+    and is the one returned when its out-of-fold F1 is higher; ``examples`` then lists the
+    questions it measures against, and its ``examples`` id is left for the caller to fill in
+    once it has stored them."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = [number for number, q in enumerate(questions) if q.features is not None and q.scores]
+    usable = [questions[number] for number in rows]
     labels = _labels(usable)
     right, other = int(labels.sum()), int(len(labels) - labels.sum())
     if min(right, other) < MIN_EACH_CLASS:
@@ -74,16 +109,70 @@ def confidence_calibrate(
             f"{right} questions with a right best entry and {other} out of scope or wrong: "
             f"need {MIN_EACH_CLASS} of each to fit a confidence model"
         )
-    names = tuple(usable[0].features)
+    # A feature of the current model's examples is measured again below, each question left out.
+    names = tuple(name for name in usable[0].features if name != OUT_OF_SCOPE_FEATURE)
     x = np.array([[q.features[name] for name in names] for q in usable], dtype=float)
+    common = {
+        "questions": questions,
+        "rows": rows,
+        "labels": labels,
+        "score_thresholds": score_thresholds,
+        "embedder": embedder,
+        "max_wrong_rate": max_wrong_rate,
+        "max_clarify_rate": max_clarify_rate,
+        "seed": seed,
+    }
+    plain = _fit(x, names, **common)
+    chosen, examples, without = plain, (), None
+    out_of_scope = [number for number, q in enumerate(questions) if not q.in_scope]
+    if vectors is not None and len(out_of_scope) >= MIN_OUT_OF_SCOPE_EXAMPLES:
+        if len(vectors) != len(questions):
+            raise ValueError(f"{len(vectors)} vectors for {len(questions)} questions")
+        nearness = out_of_scope_nearness(vectors, out_of_scope)
+        near = _fit(np.column_stack([x, nearness[rows]]), (*names, OUT_OF_SCOPE_FEATURE), **common)
+        if near.feasible and (near.metrics.f1 > plain.metrics.f1 or not plain.feasible):
+            chosen, examples, without = near, tuple(out_of_scope), plain.metrics
+    return ConfidenceCalibration(
+        thresholds=chosen.thresholds,
+        metrics=chosen.metrics,
+        feasible=chosen.feasible,
+        candidates=chosen.candidates,
+        auc=chosen.auc,
+        cosine_auc=float(roc_auc_score(labels, [q.scores[0] for q in usable])),
+        questions=len(usable),
+        examples=examples,
+        without_examples=without,
+    )
+
+
+def _fit(
+    x: np.ndarray,
+    names: tuple[str, ...],
+    *,
+    questions: list[ScoredQuestion],
+    rows: list[int],
+    labels: np.ndarray,
+    score_thresholds: Thresholds,
+    embedder: str,
+    max_wrong_rate: float,
+    max_clarify_rate: float,
+    seed: int,
+) -> _Fit:
+    """One logistic model over the columns ``names`` of ``x`` (the rows ``rows`` of ``questions``),
+    its thresholds chosen on out-of-fold predictions, then refitted on all of them."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     def pipeline():
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
 
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=seed)
     out_of_fold = cross_val_predict(pipeline(), x, labels, cv=folds, method="predict_proba")[:, 1]
-    by_question = {id(q): p for q, p in zip(usable, out_of_fold, strict=True)}
-    confidence = np.array([by_question.get(id(q), np.nan) for q in questions], dtype=float)
+    confidence = np.full(len(questions), np.nan)
+    confidence[rows] = out_of_fold
 
     depth = max(len(q.scores) for q in questions)
     data = _Arrays(questions, depth, confidence)
@@ -120,20 +209,10 @@ def confidence_calibrate(
         intercept=float(logistic.intercept_[0]),
         embedder=embedder,
     )
-    return ConfidenceCalibration(
-        thresholds=Thresholds(
-            language=chosen.language,
-            answer=chosen.answer,
-            clarify=chosen.clarify,
-            margin=chosen.margin,
-            max_suggestions=chosen.max_suggestions,
-            confidence=chosen.confidence,
-            confidence_model=model,
-        ),
+    return _Fit(
+        thresholds=replace(chosen, confidence_model=model),
         metrics=metrics,
         feasible=feasible,
         candidates=count,
         auc=float(roc_auc_score(labels, out_of_fold)),
-        cosine_auc=float(roc_auc_score(labels, [q.scores[0] for q in usable])),
-        questions=len(usable),
     )

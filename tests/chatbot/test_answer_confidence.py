@@ -5,9 +5,11 @@ with another embedder falls back to the score."""
 
 from __future__ import annotations
 
+import html
 import io
 from pathlib import Path
 
+import numpy as np
 import pytest
 from django.core.management import call_command
 
@@ -141,3 +143,69 @@ def test_another_embedder_falls_back_to_the_score_and_score_only_removes_the_mod
     assert "uses: the best score (--score-only)" in out.getvalue()
     answer = answer_question(question, llm_available=False)
     assert "confidence" not in answer.decision.decision_json() and answer.features is None
+
+
+def _test_f1(banking_slice) -> tuple[float, float, list]:
+    """F1 and wrong-answer rate of the live decisions on the test questions, and their cases."""
+    from chatbot.evaluation.calibration import thresholds_evaluate
+    from chatbot.selectors import thresholds_for
+
+    cases = hit_test_rows(labelled_rows_read(banking_slice["test"]), llm_available=False).cases
+    metrics = thresholds_evaluate([case.scored() for case in cases], thresholds_for(language="en"))
+    return metrics.f1, metrics.wrong_rate, cases
+
+
+def test_the_confidence_learns_from_labelled_out_of_scope_questions(banking_slice, settings, admin_client):
+    from chatbot.confidence import OUT_OF_SCOPE_FEATURE
+    from chatbot.models import OutOfScopeExamples
+    from chatbot.selectors import _examples_cache
+    from kb.selectors import questions_encode
+
+    settings.CHATBOT_THRESHOLDS_CACHE_SECONDS = 0
+    _examples_cache.clear()
+    call_command("kb_calibrate", str(banking_slice["valid"]), without_examples=True, stdout=io.StringIO(), verbosity=0)
+    assert OUT_OF_SCOPE_FEATURE not in DecisionThresholds.objects.get(language="en").confidence_model["features"]
+    f1_without, _, _ = _test_f1(banking_slice)
+
+    out = io.StringIO()
+    call_command("kb_calibrate", str(banking_slice["valid"]), stdout=out, verbosity=0)
+    row = DecisionThresholds.objects.get(language="en")
+    note, model = row.calibration["confidence"], row.confidence_model
+    assert "it reads nearness to" in out.getvalue(), out.getvalue()
+    assert note["adopted"] and OUT_OF_SCOPE_FEATURE in model["features"]
+    assert note["metrics"]["f1"] > note["metrics_without_examples"]["f1"], note
+    examples = OutOfScopeExamples.objects.get(pk=model["examples"])
+    labelled = [row_ for row_ in labelled_rows_read(banking_slice["valid"]) if row_["category"] == "oos"]
+    assert sorted(examples.questions) == sorted(row_["question"] for row_ in labelled)
+    assert note["out_of_scope_examples"] == len(labelled) and examples.embedder == model["embedder"]
+
+    # On questions it never saw, it answers better than the model without the nearness.
+    f1_with, wrong_with, cases = _test_f1(banking_slice)
+    assert f1_with > f1_without, (f1_with, f1_without)
+    assert wrong_with <= 0.08
+    # Each live answer's nearness is its cosine to the nearest stored example.
+    vectors = np.frombuffer(bytes(examples.vectors), dtype=np.float32).reshape(-1, examples.dimensions)
+    decided = [case for case in cases if case.answer.features is not None][:20]
+    questions = questions_encode([case.question for case in decided])
+    for case, vector in zip(decided, questions, strict=True):
+        nearest = float((vectors @ vector).max() / np.linalg.norm(vector))
+        assert case.answer.features[OUT_OF_SCOPE_FEATURE] == pytest.approx(nearest, abs=0.02)
+    # A question that is one of the examples is as near as can be, and is not answered from the FAQ.
+    known = answer_question(labelled[0]["question"], llm_available=False)
+    assert known.features[OUT_OF_SCOPE_FEATURE] == pytest.approx(1.0, abs=0.02) and known.kind != Kind.FAQ
+
+    # Admin: the thresholds page says what the confidence reads and links to the questions.
+    page = admin_client.get(f"/admin/chatbot/decisionthresholds/{row.pk}/change/").content.decode()
+    link = f"/admin/chatbot/outofscopeexamples/{examples.pk}/change/"
+    assert f'<a href="{link}">{len(labelled)} labelled out-of-scope questions</a>' in page, page
+    listed = admin_client.get(link).content.decode()
+    assert html.escape(labelled[0]["question"], quote=False) in listed
+
+    # The examples gone (a database restored without them): the score decides, and says why.
+    examples.delete()
+    _examples_cache.clear()
+    answer = answer_question("I still have not received my new card", llm_available=False)
+    trace = answer.decision.decision_json()["confidence"]
+    assert answer.confidence is None and "out-of-scope examples" in trace["unused"], trace
+    if answer.kind != Kind.CLARIFY:
+        assert (answer.kind == Kind.FAQ) == (answer.score >= row.answer_threshold)

@@ -4,6 +4,7 @@ that beats the score where the score cannot separate."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -149,3 +150,90 @@ def test_thresholds_row_checks_the_confidence():
     with pytest.raises(ValidationError, match="must not be higher"):
         row.full_clean()
     assert math.isclose(MODEL.probability({"top1": 0.7, "margin": 0.1}), 1 / (1 + math.exp(0.5)))
+
+
+def _topic_questions(seed: int, n: int = 800, dims: int = 32) -> tuple[list[ScoredQuestion], np.ndarray]:
+    """Questions with vectors: in-scope ones about 12 topics, out-of-scope ones about 5 others. The
+    retrieval features barely tell them apart ("signal" is weak, the best score says nothing); what
+    a question is about does."""
+    topics = np.random.default_rng(0).normal(size=(17, dims))  # the same topics for every seed
+    rng = np.random.default_rng(seed)
+    questions, vectors = [], []
+    for _ in range(n):
+        in_scope = rng.random() < 0.6
+        right = bool(in_scope and rng.random() < 0.85)
+        topic = topics[rng.integers(0, 12) if in_scope else rng.integers(12, 17)]
+        vector = topic + rng.normal(scale=0.4, size=dims)
+        vectors.append(vector / np.linalg.norm(vector))
+        scores = tuple(sorted(rng.uniform(0.5, 0.95, size=rng.integers(1, 4)).tolist(), reverse=True))
+        features = {"top1": scores[0], "signal": rng.normal(0.5 if right else -0.5, 1.0)}
+        questions.append(ScoredQuestion("en", scores, (right,) + (False,) * (len(scores) - 1), in_scope, features))
+    return questions, np.array(vectors, dtype=np.float32)
+
+
+def test_out_of_scope_nearness_leaves_each_example_out():
+    from chatbot.evaluation.confidence_fit import out_of_scope_nearness
+
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[7] = vectors[3]  # two identical examples: each is the other's nearest, at 1.0
+    examples = [3, 7, 10, 20, 21]
+    nearness = out_of_scope_nearness(vectors, examples, chunk=16)  # chunks must not change anything
+    for row in range(len(vectors)):
+        others = [example for example in examples if example != row]
+        assert nearness[row] == pytest.approx(float((vectors[others] @ vectors[row]).max()), abs=1e-6)
+    assert nearness[3] == pytest.approx(1.0, abs=1e-6) and nearness[7] == pytest.approx(1.0, abs=1e-6)
+    assert nearness[10] < 1.0
+
+
+def test_fitting_reads_nearness_to_out_of_scope_questions_when_it_helps():
+    from chatbot.confidence import OUT_OF_SCOPE_FEATURE, out_of_scope_similarity
+
+    questions, vectors = _topic_questions(1)
+    by_score = Thresholds("en", 0.8, 0.7, 0.02)
+    plain = confidence_calibrate(questions, score_thresholds=by_score, embedder="e")
+    near = confidence_calibrate(questions, score_thresholds=by_score, embedder="e", vectors=vectors)
+    assert plain.examples == () and plain.without_examples is None
+    out_of_scope = [number for number, q in enumerate(questions) if not q.in_scope]
+    assert near.examples == tuple(out_of_scope)
+    assert near.without_examples == plain.metrics
+    assert near.feasible and near.metrics.f1 > plain.metrics.f1 + 0.1 and near.auc > plain.auc
+    model = near.thresholds.confidence_model
+    assert model.features == ("top1", "signal", OUT_OF_SCOPE_FEATURE) and model.examples is None
+
+    # New questions, with the nearness measured against the stored examples as live chat does:
+    # decided about as well as the out-of-fold figures said, and better than without.
+    fresh, fresh_vectors = _topic_questions(2)
+    examples = vectors[list(near.examples)]
+    measured = [
+        ScoredQuestion(
+            q.language,
+            q.scores,
+            q.correct,
+            q.in_scope,
+            {**q.features, OUT_OF_SCOPE_FEATURE: out_of_scope_similarity(examples, vector)},
+        )
+        for q, vector in zip(fresh, fresh_vectors, strict=True)
+    ]
+    held_out = thresholds_evaluate(measured, near.thresholds)
+    assert held_out.f1 == pytest.approx(near.metrics.f1, abs=0.06) and held_out.wrong_rate <= 0.07
+    assert held_out.f1 > thresholds_evaluate(fresh, plain.thresholds).f1 + 0.1
+    # Questions without the nearness (none stored for them either) are decided by the score rule.
+    by_score_rule = thresholds_evaluate(fresh, dataclasses.replace(near.thresholds, confidence=None))
+    assert thresholds_evaluate(fresh, near.thresholds) == by_score_rule
+
+
+def test_fitting_ignores_nearness_with_too_few_out_of_scope_questions():
+    questions, vectors = _topic_questions(3)
+    kept = [number for number, q in enumerate(questions) if q.in_scope or number % 40 == 0]
+    few = [questions[number] for number in kept]
+    assert 0 < sum(not q.in_scope for q in few) < 20
+    fitted = confidence_calibrate(
+        few, score_thresholds=Thresholds("en", 0.8, 0.7, 0.02), embedder="e", vectors=vectors[kept]
+    )
+    assert fitted.examples == () and "oos_similarity" not in fitted.thresholds.confidence_model.features
+    with pytest.raises(ValueError, match="vectors for"):
+        confidence_calibrate(
+            questions, score_thresholds=Thresholds("en", 0.8, 0.7, 0.02), embedder="e", vectors=vectors[:10]
+        )

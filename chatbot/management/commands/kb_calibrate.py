@@ -4,19 +4,24 @@ confidence, from labelled questions."""
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from tqdm import tqdm
 
+from chatbot.confidence import unit_rows
 from chatbot.evaluation.calibration import thresholds_calibrate, thresholds_evaluate
 from chatbot.evaluation.confidence_fit import NotEnoughQuestions, confidence_calibrate
 from chatbot.evaluation.hit_testing import hit_test_rows
 from chatbot.evaluation.labelled import labelled_rows_read
-from chatbot.models import DecisionThresholds
+from chatbot.models import DecisionThresholds, OutOfScopeExamples
 from kb.embedders import get_embedder
 from kb.importing import ImportFileError
+from kb.selectors import questions_encode
 
 
 class Command(BaseCommand):
@@ -37,9 +42,25 @@ class Command(BaseCommand):
         parser.add_argument(
             "--score-only", action="store_true", help="no confidence model: answer by the best score (removes one)"
         )
+        parser.add_argument(
+            "--without-examples",
+            action="store_true",
+            help="the confidence reads retrieval features only, not nearness to the labelled out-of-scope questions",
+        )
         parser.add_argument("--dry-run", action="store_true", help="print the result, change nothing")
 
-    def handle(self, *args, files, max_wrong_rate, max_clarify_rate, min_questions, score_only, dry_run, **options):
+    def handle(
+        self,
+        *args,
+        files,
+        max_wrong_rate,
+        max_clarify_rate,
+        min_questions,
+        score_only,
+        without_examples,
+        dry_run,
+        **options,
+    ):
         rows = []
         for path in files:
             try:
@@ -54,7 +75,7 @@ class Command(BaseCommand):
             self.stderr.write(f"... and {len(report.errors) - 20} more rows skipped")
         by_language = defaultdict(list)
         for case in report.cases:
-            by_language[case.answer.language].append(case.scored())
+            by_language[case.answer.language].append(case)
         if not by_language:
             raise CommandError("no labelled question could be asked")
         settings = {
@@ -62,14 +83,26 @@ class Command(BaseCommand):
             "max_wrong_rate": max_wrong_rate,
             "max_clarify_rate": max_clarify_rate,
             "score_only": score_only,
+            "without_examples": without_examples,
             "dry_run": dry_run,
         }
-        for language, questions in sorted(by_language.items()):
-            self._calibrate(language, questions, min_questions=min_questions, **settings)
+        for language, cases in sorted(by_language.items()):
+            self._calibrate(language, cases, min_questions=min_questions, **settings)
 
     def _calibrate(
-        self, language, questions, *, files, max_wrong_rate, max_clarify_rate, min_questions, score_only, dry_run
+        self,
+        language,
+        cases,
+        *,
+        files,
+        max_wrong_rate,
+        max_clarify_rate,
+        min_questions,
+        score_only,
+        without_examples,
+        dry_run,
     ):
+        questions = [case.scored() for case in cases]
         in_scope = sum(q.in_scope for q in questions)
         self.stdout.write(
             f"\n[{language}] {len(questions)} questions ({in_scope} in scope, {len(questions) - in_scope} out)"
@@ -101,7 +134,12 @@ class Command(BaseCommand):
         confidence, confidence_note = None, {"adopted": False, "reason": "--score-only"}
         if not score_only:
             confidence, confidence_note = self._confidence(
-                questions, result, max_wrong_rate=max_wrong_rate, max_clarify_rate=max_clarify_rate
+                cases,
+                questions,
+                result,
+                examples=not without_examples,
+                max_wrong_rate=max_wrong_rate,
+                max_clarify_rate=max_clarify_rate,
             )
             if confidence is not None:
                 lines.append(("confidence", confidence.metrics))
@@ -126,7 +164,10 @@ class Command(BaseCommand):
         )
         row.answer_threshold, row.clarify_threshold, row.clarify_margin = final.answer, final.clarify, final.margin
         row.answer_confidence = final.confidence if adopted else None
-        row.confidence_model = final.confidence_model.as_json() if adopted else {}
+        model = final.confidence_model if adopted else None
+        if model is not None and confidence.examples:
+            model = replace(model, examples=self._examples_store(language, cases, confidence.examples).pk)
+        row.confidence_model = model.as_json() if model is not None else {}
         row.calibration = {
             "at": timezone.now().isoformat(),
             "files": [str(path) for path in files],
@@ -143,13 +184,16 @@ class Command(BaseCommand):
         row.save()
         self.stdout.write(self.style.SUCCESS(f"  saved the {language} thresholds"))
 
-    def _confidence(self, questions, by_score, *, max_wrong_rate, max_clarify_rate):
-        """The fitted confidence (None if it could not be fitted) and a note on whether it is used."""
+    def _confidence(self, cases, questions, by_score, *, examples, max_wrong_rate, max_clarify_rate):
+        """The fitted confidence (None if it could not be fitted) and a note on whether it is used;
+        ``examples``: let it read nearness to the labelled out-of-scope questions."""
+        self._vectors = questions_encode([case.question for case in cases]) if examples else None
         try:
             fitted = confidence_calibrate(
                 questions,
                 score_thresholds=by_score.thresholds,
                 embedder=get_embedder().name,
+                vectors=self._vectors,
                 max_wrong_rate=max_wrong_rate,
                 max_clarify_rate=max_clarify_rate,
             )
@@ -168,6 +212,11 @@ class Command(BaseCommand):
             reason = f"its F1 {fitted.metrics.f1:.3f} out of fold is not above the score's {by_score.metrics.f1:.3f}"
         else:
             reason = f"F1 {fitted.metrics.f1:.3f} out of fold against the score's {by_score.metrics.f1:.3f}"
+        if fitted.examples:
+            self.stdout.write(
+                f"  it reads nearness to {len(fitted.examples)} labelled out-of-scope questions: F1 "
+                f"{fitted.metrics.f1:.3f} out of fold against {fitted.without_examples.f1:.3f} without"
+            )
         note = {
             "adopted": fitted.feasible and (better or not by_score.feasible),
             "reason": reason,
@@ -175,5 +224,27 @@ class Command(BaseCommand):
             "auc": round(fitted.auc, 4),
             "score_auc": round(fitted.cosine_auc, 4),
             "metrics": fitted.metrics.as_dict(),
+            "out_of_scope_examples": len(fitted.examples),
         }
+        if fitted.without_examples is not None:
+            note["metrics_without_examples"] = fitted.without_examples.as_dict()
         return fitted, note
+
+    def _examples_store(self, language, cases, examples) -> OutOfScopeExamples:
+        """Store the out-of-scope questions the model measures nearness to, with their vectors.
+        Examples no confidence model names any more are deleted (older than an hour: a web process
+        may still read the previous thresholds for a few seconds)."""
+        vectors = np.ascontiguousarray(unit_rows(self._vectors[list(examples)]))
+        stored = OutOfScopeExamples.objects.create(
+            language=language,
+            embedder=get_embedder().name,
+            questions=[cases[number].question for number in examples],
+            dimensions=vectors.shape[1],
+            vectors=vectors.tobytes(),
+        )
+        models = DecisionThresholds.objects.values_list("confidence_model", flat=True)
+        named = {(model or {}).get("examples") for model in models}
+        OutOfScopeExamples.objects.exclude(pk__in=[pk for pk in named | {stored.pk} if pk is not None]).filter(
+            created_at__lt=timezone.now() - timedelta(hours=1)
+        ).delete()
+        return stored
