@@ -91,13 +91,15 @@ class ConfidenceModel:
             return None
 
 
-def out_of_scope_similarity(examples: np.ndarray, query: np.ndarray) -> float:
-    """OUT_OF_SCOPE_FEATURE: the cosine of the ``query`` vector to the nearest row of ``examples``
-    (unit vectors of labelled out-of-scope questions, in the same space). The query need not be of
-    unit length (the routed embedder scales its questions so that their dot product with a
-    phrasing is the weighted cosine)."""
+def out_of_scope_nearest(examples: np.ndarray, query: np.ndarray) -> tuple[float, int]:
+    """OUT_OF_SCOPE_FEATURE, the cosine of the ``query`` vector to the nearest row of ``examples``
+    (unit vectors of labelled out-of-scope questions, in the same space), and that row. The query
+    need not be of unit length (the routed embedder scales its questions so that their dot product
+    with a phrasing is the weighted cosine)."""
     query = np.asarray(query, dtype=np.float32).reshape(-1)
-    return float((examples @ query).max() / max(float(np.linalg.norm(query)), 1e-12))
+    similarities = examples @ query
+    row = int(similarities.argmax())
+    return float(similarities[row]) / max(float(np.linalg.norm(query)), 1e-12), row
 
 
 def unit_rows(vectors: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from django.conf import settings
 
 from chatbot import cues
-from chatbot.confidence import OUT_OF_SCOPE_FEATURE, ConfidenceModel, out_of_scope_similarity
+from chatbot.confidence import OUT_OF_SCOPE_FEATURE, ConfidenceModel, out_of_scope_nearest
 from chatbot.decision_record import DecisionRecord, record_of_search
 from chatbot.decisions import ASKED_FOR_PERSON, Decision, Kind, Thresholds, decide
 from chatbot.models import Source
@@ -97,14 +97,14 @@ def answer_question(
     if context_question and result.readable:
         result, memory = _search_with_context(result, text, context_question, previous_entry_id)
     hits = result.hits
-    confidence = None
+    confidence, nearest = None, None
     if model is not None:
         if memory is not None:
             unused = "a follow-up is ranked with the previous question: the score decides"
         elif result.features is None:
             unused = "no retrieval features (no hit, or an approximate index): the score decides"
         else:
-            features, unused = _confidence_features(model, result)
+            features, nearest, unused = _confidence_features(model, result)
             if features is not None:
                 confidence = model.probability(features)
                 result = replace(result, features=features)
@@ -126,6 +126,8 @@ def answer_question(
             trace["unused"] = unused
         if result.features is not None:
             trace["features"] = {name: round(value, 4) for name, value in result.features.items()}
+        if nearest is not None:
+            trace["nearest_out_of_scope"] = nearest
     return _answer(decision, hits, result, thresholds, language, memory, started, confidence, trace)
 
 
@@ -142,22 +144,29 @@ def _confidence_model(thresholds: Thresholds) -> tuple[ConfidenceModel | None, s
     return thresholds.confidence_model, ""
 
 
-def _confidence_features(model: ConfidenceModel, result: SearchResult) -> tuple[dict[str, float] | None, str]:
+def _confidence_features(
+    model: ConfidenceModel, result: SearchResult
+) -> tuple[dict[str, float] | None, dict | None, str]:
     """The features ``model`` reads (the search's, plus the nearness to labelled out-of-scope
-    questions when it reads that), or None and why they cannot all be had."""
-    features = result.features
+    questions when it reads that, with which of them was nearest: {"examples": row id, "row": n}),
+    or None and why they cannot all be had."""
+    features, nearest = result.features, None
     if OUT_OF_SCOPE_FEATURE in model.features:
         examples = None if model.examples is None else out_of_scope_vectors(model.examples)
         if examples is None or result.vector is None or examples.shape[1] != result.vector.shape[-1]:
-            return None, (
+            return (
+                None,
+                None,
                 f"its out-of-scope examples (#{model.examples}) are gone or of another model: the score decides "
-                "until kb_calibrate runs again"
+                "until kb_calibrate runs again",
             )
-        features = {**features, OUT_OF_SCOPE_FEATURE: out_of_scope_similarity(examples, result.vector)}
+        similarity, row = out_of_scope_nearest(examples, result.vector)
+        features = {**features, OUT_OF_SCOPE_FEATURE: similarity}
+        nearest = {"examples": model.examples, "row": row}
     if missing := [name for name in model.features if name not in features]:
         # e.g. fitted with the entry classifier's features on an index published without one
-        return None, f"the index gives no {', '.join(missing)}: the score decides until kb_calibrate runs again"
-    return features, ""
+        return None, None, f"the index gives no {', '.join(missing)}: the score decides until kb_calibrate runs again"
+    return features, nearest, ""
 
 
 def _search_with_context(

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from chatbot.confidence import OUT_OF_SCOPE_FEATURE
 from chatbot.decisions import score_verdict
-from chatbot.models import Message, PromptText
+from chatbot.models import Message, OutOfScopeExamples, PromptText
 from kb.models import Entry, Variant
 
 
@@ -76,6 +77,13 @@ def traces_of(messages: list[Message], *, with_prompt: bool = False) -> dict[int
             part["sha256"] for message in bot for part in ((message.decision or {}).get("llm") or {}).get("prompt", [])
         }
         prompts = dict(PromptText.objects.filter(sha256__in=digests).values_list("sha256", "text"))
+    # The labelled out-of-scope question each confidence found nearest (the row's question list only).
+    example_ids = {
+        ((message.decision or {}).get("confidence") or {}).get("nearest_out_of_scope", {}).get("examples")
+        for message in bot
+    }
+    example_ids.discard(None)
+    examples = dict(OutOfScopeExamples.objects.filter(id__in=example_ids).values_list("id", "questions"))
     traces = {}
     for message in bot:
         decision = message.decision or {}
@@ -110,7 +118,7 @@ def traces_of(messages: list[Message], *, with_prompt: bool = False) -> dict[int
             language=decision.get("language", ""),
             thresholds=thresholds,
             hits=hits,
-            confidence=decision.get("confidence"),
+            confidence=_confidence_with_nearest(decision.get("confidence"), examples),
             llm=llm,
             llm_prompt=prompt,
             options=decision.get("options") or [],
@@ -121,3 +129,18 @@ def traces_of(messages: list[Message], *, with_prompt: bool = False) -> dict[int
             search_mode=decision.get("search_mode", ""),
         )
     return traces
+
+
+def _confidence_with_nearest(confidence: dict | None, examples: dict[int, list[str]]) -> dict | None:
+    """The confidence trace, with ``nearest_question`` (the text of the labelled out-of-scope
+    question it found nearest, "" when those examples are gone) and ``nearness`` when it read one."""
+    nearest = (confidence or {}).get("nearest_out_of_scope")
+    if not nearest:
+        return confidence
+    questions = examples.get(nearest.get("examples"), [])
+    row = nearest.get("row", -1)
+    return {
+        **confidence,
+        "nearest_question": questions[row] if 0 <= row < len(questions) else "",
+        "nearness": (confidence.get("features") or {}).get(OUT_OF_SCOPE_FEATURE),
+    }

@@ -8,6 +8,10 @@ answers and suggestion lists), but on **out-of-fold** predictions: each question
 from a model that did not see it, so the reported metrics are what the fitted model should do on
 new questions, not what it does on the questions it learned from. The model used live is then
 refitted on all of them.
+
+Given the questions' vectors, a second model also reads how near each question comes to the
+labelled out-of-scope ones (chatbot.confidence.OUT_OF_SCOPE_FEATURE, each measured leaving itself
+out), and is kept when its out-of-fold F1 is the higher.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ import numpy as np
 
 from chatbot.confidence import OUT_OF_SCOPE_FEATURE, ConfidenceModel, unit_rows
 from chatbot.decisions import Thresholds
-from chatbot.evaluation.calibration import MARGINS, Metrics, ScoredQuestion, _Arrays, thresholds_search
+from chatbot.evaluation.calibration import (
+    CAP_CONFIDENCE,
+    MARGINS,
+    Metrics,
+    ScoredQuestion,
+    _Arrays,
+    thresholds_search,
+)
 
 MIN_EACH_CLASS = 20  # right answers, and wrong-or-out-of-scope ones, needed to fit
 MIN_OUT_OF_SCOPE_EXAMPLES = 20  # labelled out-of-scope questions needed to learn from nearness to them
@@ -85,11 +96,13 @@ def confidence_calibrate(
     vectors: np.ndarray | None = None,
     max_wrong_rate: float = 0.05,
     max_clarify_rate: float = 0.10,
+    cap_confidence: float = CAP_CONFIDENCE,
     seed: int = 0,
 ) -> ConfidenceCalibration:
     """Fit the model on ``questions`` (those with features), choose its threshold and the clarify
-    threshold and margin under the caps; ``score_thresholds`` (the calibrated score rule) keeps its
-    answer threshold for questions the model cannot read. Raises NotEnoughQuestions when either
+    threshold and margin under the caps (the wrong-answer cap kept at ``cap_confidence``);
+    ``score_thresholds`` (the calibrated score rule) keeps its answer threshold for questions the
+    model cannot read. Raises NotEnoughQuestions when either
     class has fewer than MIN_EACH_CLASS questions.
 
     ``vectors`` (one unit row per question, as live search embeds them): with at least
@@ -120,6 +133,7 @@ def confidence_calibrate(
         "embedder": embedder,
         "max_wrong_rate": max_wrong_rate,
         "max_clarify_rate": max_clarify_rate,
+        "cap_confidence": cap_confidence,
         "seed": seed,
     }
     plain = _fit(x, names, **common)
@@ -156,6 +170,7 @@ def _fit(
     embedder: str,
     max_wrong_rate: float,
     max_clarify_rate: float,
+    cap_confidence: float,
     seed: int,
 ) -> _Fit:
     """One logistic model over the columns ``names`` of ``x`` (the rows ``rows`` of ``questions``),
@@ -195,7 +210,12 @@ def _fit(
         for level in levels
     )
     chosen, metrics, feasible, count = thresholds_search(
-        data, grid, max_wrong_rate=max_wrong_rate, max_clarify_rate=max_clarify_rate, tie=lambda t: t.confidence
+        data,
+        grid,
+        max_wrong_rate=max_wrong_rate,
+        max_clarify_rate=max_clarify_rate,
+        tie=lambda t: t.confidence,
+        cap_confidence=cap_confidence,
     )
 
     fitted = pipeline().fit(x, labels)

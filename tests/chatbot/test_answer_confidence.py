@@ -16,9 +16,10 @@ from django.core.management import call_command
 from chatbot.decisions import Kind
 from chatbot.evaluation.hit_testing import hit_test_rows
 from chatbot.evaluation.labelled import labelled_rows_read
-from chatbot.models import DecisionThresholds
+from chatbot.models import Conversation, DecisionThresholds
 from chatbot.pipeline import answer_question
 from chatbot.selectors import _thresholds_cache
+from chatbot.services import BotReply, exchange_save
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77-oos"
 INTENTS = 12  # the knowledge base: the first intents (alphabetically) of BANKING77-OOS's 50
@@ -193,6 +194,17 @@ def test_the_confidence_learns_from_labelled_out_of_scope_questions(banking_slic
     # A question that is one of the examples is as near as can be, and is not answered from the FAQ.
     known = answer_question(labelled[0]["question"], llm_available=False)
     assert known.features[OUT_OF_SCOPE_FEATURE] == pytest.approx(1.0, abs=0.02) and known.kind != Kind.FAQ
+    nearest = known.decision.decision_json()["confidence"]["nearest_out_of_scope"]
+    assert examples.questions[nearest["row"]] == labelled[0]["question"] and nearest["examples"] == examples.pk
+    # Ops reading the transcript see which labelled question it was like.
+    conversation = Conversation.objects.create()
+    reply = BotReply(
+        source=known.source, text=known.text, record=known.decision, entry_id=known.entry_id, score=known.score
+    )
+    exchange_save(conversation=conversation, client_id="c1", customer_text=labelled[0]["question"], reply=reply)
+    transcript = admin_client.get(f"/ops/conversations/{conversation.pk}/").content.decode()
+    shown = html.escape(labelled[0]["question"])
+    assert f'nearest labelled out-of-scope question (cosine 1.000): <q class="oos-nearest">{shown}</q>' in transcript
 
     # Admin: the thresholds page says what the confidence reads and links to the questions.
     page = admin_client.get(f"/admin/chatbot/decisionthresholds/{row.pk}/change/").content.decode()

@@ -117,7 +117,7 @@ def test_kb_calibrate_saves_thresholds_and_prints_the_figures(labelled_shop):
     assert "precision" in text and "recall" in text and "F1" in text
     row = DecisionThresholds.objects.get(language="en")
     assert row.calibration["questions"] == 12 and row.calibration["metrics"]["wrong_answers"] == 0
-    assert row.calibration["feasible"] is True
+    assert row.calibration["feasible"] is True and row.calibration["cap_confidence"] == 0.9
     # The saved thresholds give no wrong answer on these questions, as the cap demanded.
     from chatbot.evaluation.hit_testing import hit_test_rows
     from chatbot.evaluation.labelled import labelled_rows_read
@@ -155,3 +155,36 @@ def test_kb_calibrate_refuses_a_missing_file(db, tmp_path):
 
     with pytest.raises(CommandError, match="missing.csv"):
         call_command("kb_calibrate", str(tmp_path / "missing.csv"), verbosity=0)
+
+
+def test_wrong_rate_bound_grows_with_fewer_questions_and_more_confidence():
+    from chatbot.evaluation.calibration import wrong_rate_bound
+
+    assert wrong_rate_bound(0.05, 2000, 0.5) == 0.05  # the measured rate alone
+    assert wrong_rate_bound(0.0, 70) == 0.0  # none wrong: a small set is not ruled out by the bound
+    # 90%: z = 1.2816; 5% of 2,000 questions -> +0.62 points.
+    assert wrong_rate_bound(0.05, 2000) == pytest.approx(0.05 + 1.2816 * (0.05 * 0.95 / 2000) ** 0.5, abs=1e-5)
+    assert wrong_rate_bound(0.05, 200) > wrong_rate_bound(0.05, 2000) > 0.05
+    assert wrong_rate_bound(0.05, 2000, 0.99) > wrong_rate_bound(0.05, 2000, 0.9)
+
+
+def test_the_wrong_answer_cap_holds_with_the_asked_confidence():
+    from chatbot.evaluation.calibration import wrong_rate_bound
+
+    questions = _random_questions(7, n=800)
+    measured = thresholds_calibrate(questions, language="en", max_wrong_rate=0.04, cap_confidence=0.5)
+    bounded = thresholds_calibrate(questions, language="en", max_wrong_rate=0.04)  # 90% by default
+    assert measured.feasible and bounded.feasible
+    # The measured rate alone goes right up to the cap; its bound is over it, so the default stays further under.
+    assert wrong_rate_bound(measured.metrics.wrong_rate, 800) > 0.04 >= measured.metrics.wrong_rate
+    assert wrong_rate_bound(bounded.metrics.wrong_rate, 800) <= 0.04
+    assert bounded.metrics.wrong_rate < measured.metrics.wrong_rate
+    assert bounded.metrics.f1 <= measured.metrics.f1
+
+
+def test_kb_calibrate_refuses_a_cap_confidence_out_of_range(db, tmp_path):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--cap-confidence must be at least 0.5"):
+        call_command("kb_calibrate", str(tmp_path / "any.csv"), cap_confidence=1.0, verbosity=0)

@@ -188,7 +188,7 @@ def test_out_of_scope_nearness_leaves_each_example_out():
 
 
 def test_fitting_reads_nearness_to_out_of_scope_questions_when_it_helps():
-    from chatbot.confidence import OUT_OF_SCOPE_FEATURE, out_of_scope_similarity
+    from chatbot.confidence import OUT_OF_SCOPE_FEATURE, out_of_scope_nearest
 
     questions, vectors = _topic_questions(1)
     by_score = Thresholds("en", 0.8, 0.7, 0.02)
@@ -212,7 +212,7 @@ def test_fitting_reads_nearness_to_out_of_scope_questions_when_it_helps():
             q.scores,
             q.correct,
             q.in_scope,
-            {**q.features, OUT_OF_SCOPE_FEATURE: out_of_scope_similarity(examples, vector)},
+            {**q.features, OUT_OF_SCOPE_FEATURE: out_of_scope_nearest(examples, vector)[0]},
         )
         for q, vector in zip(fresh, fresh_vectors, strict=True)
     ]

@@ -13,8 +13,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from tqdm import tqdm
 
-from chatbot.confidence import unit_rows
-from chatbot.evaluation.calibration import thresholds_calibrate, thresholds_evaluate
+from chatbot.confidence import OUT_OF_SCOPE_FEATURE, unit_rows
+from chatbot.evaluation.calibration import CAP_CONFIDENCE, thresholds_calibrate, thresholds_evaluate
 from chatbot.evaluation.confidence_fit import NotEnoughQuestions, confidence_calibrate
 from chatbot.evaluation.hit_testing import hit_test_rows
 from chatbot.evaluation.labelled import labelled_rows_read
@@ -38,6 +38,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-wrong-rate", type=float, default=0.05, help="cap on wrong answers / questions")
         parser.add_argument("--max-clarify-rate", type=float, default=0.10, help="cap on 'did you mean' replies")
+        parser.add_argument(
+            "--cap-confidence",
+            type=float,
+            default=CAP_CONFIDENCE,
+            help="how sure the wrong-answer cap must hold for new questions, given how many were measured "
+            "(0.5: the measured rate alone)",
+        )
         parser.add_argument("--min-questions", type=int, default=30, help="fewer in a language: left unchanged")
         parser.add_argument(
             "--score-only", action="store_true", help="no confidence model: answer by the best score (removes one)"
@@ -58,9 +65,12 @@ class Command(BaseCommand):
         min_questions,
         score_only,
         without_examples,
+        cap_confidence,
         dry_run,
         **options,
     ):
+        if not 0.5 <= cap_confidence < 1:
+            raise CommandError(f"--cap-confidence must be at least 0.5 and below 1, not {cap_confidence}")
         rows = []
         for path in files:
             try:
@@ -84,6 +94,7 @@ class Command(BaseCommand):
             "max_clarify_rate": max_clarify_rate,
             "score_only": score_only,
             "without_examples": without_examples,
+            "cap_confidence": cap_confidence,
             "dry_run": dry_run,
         }
         for language, cases in sorted(by_language.items()):
@@ -100,6 +111,7 @@ class Command(BaseCommand):
         min_questions,
         score_only,
         without_examples,
+        cap_confidence,
         dry_run,
     ):
         questions = [case.scored() for case in cases]
@@ -119,6 +131,7 @@ class Command(BaseCommand):
             max_wrong_rate=max_wrong_rate,
             max_clarify_rate=max_clarify_rate,
             max_suggestions=row.max_suggestions,
+            cap_confidence=cap_confidence,
         )
         before = thresholds_evaluate(questions, current)
         chosen, metrics = result.thresholds, result.metrics
@@ -128,7 +141,10 @@ class Command(BaseCommand):
         )
         if not result.feasible:
             self.stdout.write(
-                self.style.WARNING(f"  no thresholds keep wrong answers under {max_wrong_rate:.1%}: the safest shown")
+                self.style.WARNING(
+                    f"  no thresholds keep wrong answers under {max_wrong_rate:.1%} (with {cap_confidence:.0%} "
+                    "confidence): the safest shown"
+                )
             )
         lines = [("by score", metrics)]
         confidence, confidence_note = None, {"adopted": False, "reason": "--score-only"}
@@ -140,6 +156,7 @@ class Command(BaseCommand):
                 examples=not without_examples,
                 max_wrong_rate=max_wrong_rate,
                 max_clarify_rate=max_clarify_rate,
+                cap_confidence=cap_confidence,
             )
             if confidence is not None:
                 lines.append(("confidence", confidence.metrics))
@@ -149,6 +166,11 @@ class Command(BaseCommand):
                 f"  {name:10} precision {m.precision:.3f}  recall {m.recall:.3f}  F1 {m.f1:.3f}  "
                 f"wrong answers {m.wrong_rate:.2%} ({m.wrong_answers})  did-you-mean {m.clarify_rate:.1%} "
                 f"({m.helpful_clarifications} helpful)  out-of-scope not answered {m.out_of_scope_handled:.1%}"
+            )
+        if current.uses_confidence and OUT_OF_SCOPE_FEATURE in current.confidence_model.features:
+            self.stdout.write(
+                "  (current: in sample where these questions are among its out-of-scope examples, each then "
+                "nearest to itself)"
             )
         adopted = confidence is not None and confidence_note["adopted"]
         self.stdout.write(
@@ -174,6 +196,7 @@ class Command(BaseCommand):
             "questions": len(questions),
             "max_wrong_rate": max_wrong_rate,
             "max_clarify_rate": max_clarify_rate,
+            "cap_confidence": cap_confidence,
             "feasible": feasible,
             "metrics": final_metrics.as_dict(),
             "score_thresholds": {"answer": chosen.answer, "clarify": chosen.clarify, "margin": chosen.margin},
@@ -184,7 +207,7 @@ class Command(BaseCommand):
         row.save()
         self.stdout.write(self.style.SUCCESS(f"  saved the {language} thresholds"))
 
-    def _confidence(self, cases, questions, by_score, *, examples, max_wrong_rate, max_clarify_rate):
+    def _confidence(self, cases, questions, by_score, *, examples, max_wrong_rate, max_clarify_rate, cap_confidence):
         """The fitted confidence (None if it could not be fitted) and a note on whether it is used;
         ``examples``: let it read nearness to the labelled out-of-scope questions."""
         self._vectors = questions_encode([case.question for case in cases]) if examples else None
@@ -196,6 +219,7 @@ class Command(BaseCommand):
                 vectors=self._vectors,
                 max_wrong_rate=max_wrong_rate,
                 max_clarify_rate=max_clarify_rate,
+                cap_confidence=cap_confidence,
             )
         except NotEnoughQuestions as exc:
             return None, {"adopted": False, "reason": f"no confidence model: {exc}"}
@@ -207,7 +231,10 @@ class Command(BaseCommand):
         )
         better = fitted.metrics.f1 > by_score.metrics.f1
         if not fitted.feasible:
-            reason = f"the confidence cannot keep wrong answers under {max_wrong_rate:.1%}"
+            reason = (
+                f"the confidence cannot keep wrong answers under {max_wrong_rate:.1%} "
+                f"(with {cap_confidence:.0%} confidence)"
+            )
         elif not better and by_score.feasible:
             reason = f"its F1 {fitted.metrics.f1:.3f} out of fold is not above the score's {by_score.metrics.f1:.3f}"
         else:
