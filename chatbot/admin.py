@@ -327,5 +327,6 @@ class DecisionThresholdsAdmin(SimpleHistoryAdmin):
             f"{data.get('at', '')[:19]} on {data.get('questions', '?')} questions ({files}), answering by {by}: "
             f"precision {metrics.get('precision', 0):.3f}, recall {metrics.get('recall', 0):.3f}, "
             f"F1 {metrics.get('f1', 0):.3f}, wrong answers {metrics.get('wrong_rate', 0):.2%} "
-            f"(cap {data.get('max_wrong_rate', 0):.2%})"
+            f"(cap {data.get('max_wrong_rate', 0):.2%}"
+            + (f", kept with {data['cap_confidence']:.0%} confidence)" if data.get("cap_confidence") else ")")
         )

@@ -210,6 +210,7 @@ def test_the_confidence_learns_from_labelled_out_of_scope_questions(banking_slic
     page = admin_client.get(f"/admin/chatbot/decisionthresholds/{row.pk}/change/").content.decode()
     link = f"/admin/chatbot/outofscopeexamples/{examples.pk}/change/"
     assert f'<a href="{link}">{len(labelled)} labelled out-of-scope questions</a>' in page, page
+    assert "kept with 90% confidence" in page
     listed = admin_client.get(link).content.decode()
     assert html.escape(labelled[0]["question"], quote=False) in listed
 
