@@ -15,7 +15,7 @@ It may also read how near the question comes to labelled out-of-scope questions
 (OUT_OF_SCOPE_FEATURE, over chatbot.models.OutOfScopeExamples): retrieval features describe the
 knowledge base's side only, and a question about a topic the FAQ does not cover can sit as close to
 an entry as a right one does; being closer still to a question known to be out of scope tells them
-apart. On BANKING77-OOS it took the out-of-fold F1 from 0.857 to 0.882 (docs/BENCHMARKS.md).
+apart. On BANKING77-OOS it took the test F1 from 0.839 to 0.871 (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -19,3 +19,15 @@ def axe_summary(results) -> list[dict]:
         }
         for violation in results.response.get("violations", [])
     ]
+
+
+def axe_run(page):
+    """axe-core's results for ``page`` as it rests. axe reads colours as drawn at that instant, so
+    a panel still fading in (the widget's 0.18 s opening animation) blends its colours with the
+    page behind and fails the contrast rule on a slow machine; with reduced motion, which the
+    widget honours, everything is drawn in its final state at once."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    page.emulate_media(reduced_motion="reduce")
+    page.evaluate("() => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    return Axe().run(page)

@@ -102,10 +102,10 @@ def confidence_calibrate(
     """Fit the model on ``questions`` (those with features), choose its threshold and the clarify
     threshold and margin under the caps (the wrong-answer cap kept at ``cap_confidence``);
     ``score_thresholds`` (the calibrated score rule) keeps its answer threshold for questions the
-    model cannot read. Raises NotEnoughQuestions when either
-    class has fewer than MIN_EACH_CLASS questions.
+    model cannot read. Raises NotEnoughQuestions when either class has fewer than MIN_EACH_CLASS
+    questions.
 
-    ``vectors`` (one unit row per question, as live search embeds them): with at least
+    ``vectors`` (one row per question, as live search embeds them): with at least
     MIN_OUT_OF_SCOPE_EXAMPLES out-of-scope questions among them, a second model also reads each
     question's nearness to those (OUT_OF_SCOPE_FEATURE, measured leaving the question itself out),
     and is the one returned when its out-of-fold F1 is higher; ``examples`` then lists the

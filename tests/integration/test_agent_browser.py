@@ -7,13 +7,12 @@ back and the bot answers again. Saves the README's inbox screenshot."""
 from __future__ import annotations
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 
 from chatbot.models import Message
-from tests.axe_summary import axe_summary
+from tests.axe_summary import axe_run, axe_summary
 from tests.integration.servers import web_server_start
 from tests.integration.test_widget_browser import (
     SCREENSHOTS,
@@ -108,7 +107,7 @@ def test_an_agent_takes_over_from_the_bot_and_hands_back(tmp_path, chromium, sto
     assert "Alice" in agent_bubble.first.inner_text()
     assert track_answer.split("\n")[0][:40] in agent_bubble.first.inner_text()
     # axe-core on the inbox as the agent works in it.
-    results = Axe().run(inbox)
+    results = axe_run(inbox)
     assert results.violations_count == 0, axe_summary(results)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     inbox.screenshot(path=str(SCREENSHOTS / "ops-inbox.png"), full_page=True)

@@ -12,12 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from django.db import connections
 
 from chatbot.models import Conversation, Message, Site
-from tests.axe_summary import axe_summary
+from tests.axe_summary import axe_run, axe_summary
 from tests.factories import entries_create, kb_embed_and_publish
 from tests.integration.servers import web_server_start
 from tests.integration.widget_hosts import HostSite, TcpProxy
@@ -389,7 +388,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     page.evaluate("SupportChat.setLanguage('en')")
 
     # axe-core: no violations on the host page with the widget open; no CSP violation at any point.
-    results = Axe().run(page)
+    results = axe_run(page)
     assert results.violations_count == 0, axe_summary(results)
     assert not [line for line in page.console if "Content Security Policy" in line or "Refused to" in line]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -412,7 +411,7 @@ def test_the_widget_on_a_customer_site(tmp_path, chromium, llm_server, stop_afte
     assert widget(phone, ".panel").evaluate("p => getComputedStyle(p).animationName") == "none"
     ask(phone, "可以开发票吗")
     wait_for_bubbles(phone, 2)
-    results = Axe().run(phone)
+    results = axe_run(phone)
     assert results.violations_count == 0, axe_summary(results)
     phone.screenshot(path=str(SCREENSHOTS / "widget-phone.png"))
 
@@ -513,5 +512,5 @@ def test_the_demo_page_is_a_host_page_of_the_widget(tmp_path, chromium, stop_aft
         {"kind": "customer", "text": "I forgot my password", "pending": False},
         {"kind": "bot", "text": entries["How do I reset my password?"].answer, "pending": False},
     ]
-    results = Axe().run(page)
+    results = axe_run(page)
     assert results.violations_count == 0, axe_summary(results)
