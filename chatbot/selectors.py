@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -51,6 +52,7 @@ def _thresholds_read(language: str) -> Thresholds:
 
 _examples_cache: dict[int, np.ndarray | None] = {}
 _EXAMPLES_CACHED = 4  # rows kept in memory; a confidence model reads one, a new calibration another
+_examples_lock = threading.Lock()
 
 
 def out_of_scope_vectors(examples_id: int) -> np.ndarray | None:
@@ -63,9 +65,10 @@ def out_of_scope_vectors(examples_id: int) -> np.ndarray | None:
     if row is not None:
         dimensions, data = row
         vectors = np.frombuffer(bytes(data), dtype=np.float32).reshape(-1, dimensions)
-    while len(_examples_cache) >= _EXAMPLES_CACHED:
-        _examples_cache.pop(next(iter(_examples_cache)))
-    _examples_cache[examples_id] = vectors
+    with _examples_lock:  # web processes answer on several threads
+        while len(_examples_cache) >= _EXAMPLES_CACHED:
+            _examples_cache.pop(next(iter(_examples_cache)))
+        _examples_cache[examples_id] = vectors
     return vectors
 
 

@@ -92,7 +92,7 @@ class SearchResult:
     mode: str = "dense"  # "dense", "dense+classifier" (kb.entry_head) or "hybrid"
     # The best hit's retrieval features (kb.retrieval_features), when asked for and the index is flat.
     features: dict[str, float] | None = None
-    # The question's unit vector (in the index's model's space), when the features were computed.
+    # The question's vector as the index scores it (its model's space), when the features were computed.
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
