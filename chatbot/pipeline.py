@@ -5,8 +5,9 @@ caller's next step when the decision says so (chatbot.answering)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 from django.conf import settings
 
 from chatbot import cues
@@ -44,6 +45,9 @@ class Answer:
     # The best hit's retrieval features and the answer confidence read from them, when computed.
     features: dict[str, float] | None = None
     confidence: float | None = None
+    # The question's vector as the index scored it, when the features were computed (kb_calibrate
+    # measures nearness between labelled questions with it).
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def retrieval(self) -> list[dict]:
@@ -242,4 +246,5 @@ def _answer(
         decision=record,
         features=result.features,
         confidence=confidence,
+        vector=result.vector,
     )

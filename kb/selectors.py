@@ -444,15 +444,6 @@ def entry_search(*, query: str, k: int | None = None, features: bool = False) ->
     )
 
 
-def questions_encode(texts: list[str], batch: int = 64) -> np.ndarray:
-    """The questions' unit vectors as live search embeds them (by the model version of the
-    published index), one row each: for measuring features of many labelled questions at once."""
-    index = current_index.get()
-    embedder = embedder_for(index.model_directory) if index is not None else get_embedder()
-    rows = [embedder.encode_queries(texts[start : start + batch]) for start in range(0, len(texts), batch)]
-    return np.vstack(rows).astype(np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
-
-
 def published_entry_rows(entry_ids: Collection[int]) -> list[tuple[int, str, str, str, dict]]:
     """(id, question, answer, language, translations) of those of ``entry_ids`` that are published.
 

@@ -160,7 +160,7 @@ def test_the_confidence_learns_from_labelled_out_of_scope_questions(banking_slic
     from chatbot.confidence import OUT_OF_SCOPE_FEATURE
     from chatbot.models import OutOfScopeExamples
     from chatbot.selectors import _examples_cache
-    from kb.selectors import questions_encode
+    from kb.embedders import get_embedder
 
     settings.CHATBOT_THRESHOLDS_CACHE_SECONDS = 0
     _examples_cache.clear()
@@ -187,7 +187,7 @@ def test_the_confidence_learns_from_labelled_out_of_scope_questions(banking_slic
     # Each live answer's nearness is its cosine to the nearest stored example.
     vectors = np.frombuffer(bytes(examples.vectors), dtype=np.float32).reshape(-1, examples.dimensions)
     decided = [case for case in cases if case.answer.features is not None][:20]
-    questions = questions_encode([case.question for case in decided])
+    questions = get_embedder().encode_queries([case.question for case in decided])
     for case, vector in zip(decided, questions, strict=True):
         nearest = float((vectors @ vector).max() / np.linalg.norm(vector))
         assert case.answer.features[OUT_OF_SCOPE_FEATURE] == pytest.approx(nearest, abs=0.02)

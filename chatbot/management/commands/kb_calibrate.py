@@ -21,7 +21,6 @@ from chatbot.evaluation.labelled import labelled_rows_read
 from chatbot.models import DecisionThresholds, OutOfScopeExamples
 from kb.embedders import get_embedder
 from kb.importing import ImportFileError
-from kb.selectors import questions_encode
 
 
 class Command(BaseCommand):
@@ -210,7 +209,7 @@ class Command(BaseCommand):
     def _confidence(self, cases, questions, by_score, *, examples, max_wrong_rate, max_clarify_rate, cap_confidence):
         """The fitted confidence (None if it could not be fitted) and a note on whether it is used;
         ``examples``: let it read nearness to the labelled out-of-scope questions."""
-        self._vectors = questions_encode([case.question for case in cases]) if examples else None
+        self._vectors = _vectors_of(cases) if examples else None
         try:
             fitted = confidence_calibrate(
                 questions,
@@ -275,3 +274,14 @@ class Command(BaseCommand):
             created_at__lt=timezone.now() - timedelta(hours=1)
         ).delete()
         return stored
+
+
+def _vectors_of(cases) -> np.ndarray | None:
+    """The labelled questions' vectors as hit testing embedded them (one row each; zeros for a
+    question that had no features, e.g. one the embedder cannot read), None if none had one."""
+    vectors = [case.answer.vector for case in cases]
+    known = next((vector for vector in vectors if vector is not None), None)
+    if known is None:
+        return None
+    zeros = np.zeros_like(known, dtype=np.float32)
+    return np.vstack([zeros if vector is None else vector for vector in vectors]).astype(np.float32)
